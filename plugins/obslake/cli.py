@@ -1,0 +1,150 @@
+"""The ``obslake`` command.
+
+    obslake demo                 run the end-to-end demo (local S3 on loopback, import, report)
+    obslake validate-config      check every job YAML under include/ and print the errors
+    obslake dry-run JOB [FILE]   validate new files (or one file/key) of a job without writing
+    obslake status [JOB]         files pending/succeeded/failed, rows, last import, latest errors
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from obslake.config import default_include_dir, load_import_job, load_import_jobs
+from obslake.exceptions import ObslakeError
+
+
+def _jobs_dir(args) -> Path:
+    return Path(args.include) / "import_jobs" if args.include else default_include_dir() / "import_jobs"
+
+
+def _find_job(args, name: str):
+    path = _jobs_dir(args)
+    for candidate in (path / f"{name}.yaml", path / f"{name}.yml"):
+        if candidate.exists():
+            return load_import_job(candidate)
+    raise ObslakeError(f"no job named {name!r} in {path} (expected {path / (name + '.yaml')})")
+
+
+def _store(job):
+    from obslake.storage import open_store
+
+    try:
+        from obslake.connections import store_for
+
+        return store_for(job.source, job.conn_id)
+    except ImportError:
+        return open_store(job.source)
+
+
+def cmd_validate_config(args) -> int:
+    jobs, errors = load_import_jobs(_jobs_dir(args))
+    for job in jobs:
+        print(f"ok      {job.name}: {job.source} -> {'.'.join(job.table_identifier)} ({job.status.value})")
+    for err in errors:
+        print(f"INVALID {err}")
+    return 1 if errors else 0
+
+
+def cmd_dry_run(args) -> int:
+    from obslake.schema.validate import validate_file
+
+    job = _find_job(args, args.job)
+    store, prefix = _store(job)
+    if args.file:
+        key = args.file
+        if "://" in key:
+            from obslake.storage.base import parse_uri
+
+            key = parse_uri(key).prefix
+        infos = [store.head(key)]
+    else:
+        from obslake.lake.catalog import LakeSettings
+        from obslake.lake.discovery import find_new_files
+        from obslake.lake.ledger import Ledger
+
+        infos, _ = find_new_files(job, store, prefix, Ledger(LakeSettings.from_env().state_uri))
+        if not infos:
+            print(f"{job.name}: no new files under {job.source}")
+            return 0
+    failed = 0
+    for info in infos:
+        report = validate_file(job, store, info)
+        print(report.summary())
+        failed += not report.ok
+    print(f"\n{len(infos) - failed} file(s) valid, {failed} failed (nothing was written)")
+    return 1 if failed else 0
+
+
+def job_status(job_name: str) -> dict:
+    """Plain data about one job: counts per status, rows, last import, latest errors."""
+    from obslake.lake.catalog import LakeSettings
+    from obslake.lake.ledger import Ledger
+
+    rows = Ledger(LakeSettings.from_env().state_uri).rows(job_name)
+    counts = {"pending": 0, "succeeded": 0, "failed": 0}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    done = [r for r in rows if r["status"] == "succeeded" and r["finished_at"]]
+    errors = sorted((r for r in rows if r["status"] == "failed"), key=lambda r: r["finished_at"] or r["first_seen"],
+                    reverse=True)
+    return {
+        "job": job_name,
+        "files": counts,
+        "rows": sum(r["rows"] or 0 for r in done),
+        "last_import": max((r["finished_at"] for r in done), default=None),
+        "latest_errors": [{"file": f"{r['bucket']}/{r['key']}", "etag": r["etag"], "error": r["error"]}
+                          for r in errors[:5]],
+    }
+
+
+def cmd_status(args) -> int:
+    if args.job:
+        names = [args.job]
+    else:
+        jobs, _ = load_import_jobs(_jobs_dir(args))
+        names = [j.name for j in jobs]
+    for name in names:
+        s = job_status(name)
+        f = s["files"]
+        print(f"{name}: pending={f['pending']} succeeded={f['succeeded']} failed={f['failed']} rows={s['rows']:,} "
+              f"last_import={s['last_import'] or '-'}")
+        for e in s["latest_errors"]:
+            print(f"  FAILED {e['file']} (etag {e['etag']}):")
+            for line in (e["error"] or "").splitlines()[:6]:
+                print(f"    {line}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="obslake", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--include", help="the include/ directory (default: $OBSLAKE_INCLUDE_DIR or ./include)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    demo = sub.add_parser("demo", help="run the end-to-end demo on a local S3 (moto) on 127.0.0.1")
+    demo.add_argument("--workdir", help="where the demo's lake and Airflow home go (default .obslake-demo/)")
+    sub.add_parser("validate-config", help="check every job YAML")
+    dry = sub.add_parser("dry-run", help="validate files of a job without writing")
+    dry.add_argument("job")
+    dry.add_argument("file", nargs="?", help="a key under the bucket or a full URI (default: all new files)")
+    st = sub.add_parser("status", help="job status: file counts, rows, errors")
+    st.add_argument("job", nargs="?")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.cmd == "demo":
+            from obslake.demo import run_demo
+
+            return run_demo(args.workdir)
+        return {"validate-config": cmd_validate_config, "dry-run": cmd_dry_run, "status": cmd_status}[args.cmd](args)
+    except ObslakeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

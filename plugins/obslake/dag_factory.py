@@ -1,0 +1,95 @@
+"""Build one Airflow DAG per import job. Airflow is imported inside the functions only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from obslake.config import ImportJob, JobStatus, load_import_jobs
+
+log = logging.getLogger(__name__)
+START = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def build_import_dag(job: ImportJob) -> Any:
+    """The DAG ``obslake_import__<job>``: wait for new files → verify bucket → validate → import (mapped)."""
+    from airflow.configuration import conf
+    from airflow.sdk import DAG
+
+    from obslake.airflow_support import job_to_dict
+    from obslake.operators.iceberg_sync import IcebergSyncOperator
+    from obslake.operators.schema_validate import SchemaValidateOperator
+    from obslake.operators.tag_verify import TagVerifyOperator
+    from obslake.sensors.prefix import S3KeyPrefixSensor
+
+    deferrable = job.deferrable
+    if deferrable is None:
+        deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
+    job_dict = job_to_dict(job)
+    with DAG(
+        dag_id=job.dag_id,
+        description=f"Import {job.source} into {'.'.join(job.table_identifier)} (obslake)",
+        schedule=job.schedule,
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        is_paused_upon_creation=job.status == JobStatus.paused,
+        tags=["obslake", "import", f"model:{job.model.name}", *job.tags],
+        default_args={
+            "retries": job.retries,
+            "retry_delay": dt.timedelta(seconds=30),
+            "retry_exponential_backoff": True,
+            "owner": "obslake",
+        },
+        doc_md=(
+            f"### obslake import job `{job.name}`\n\nWatches `{job.source}` (formats: {', '.join(job.formats)}) "
+            f"every {job.poll_interval:g}s and imports each new file version exactly once into the Iceberg "
+            f"table `{'.'.join(job.table_identifier)}`. Pause the DAG to pause the job; run "
+            f"`obslake status {job.name}` for file counts and errors."
+        ),
+    ) as dag:
+        files = S3KeyPrefixSensor(task_id="wait_for_new_files", job=job_dict, deferrable=deferrable, soft_fail=True)
+        verify = TagVerifyOperator(
+            task_id="verify_bucket_ownership", source=job.source, conn_id=job.conn_id,
+            key_variable=job.ingestion_key_variable, tag_name=job.tag_name,
+        )
+        valid = SchemaValidateOperator(task_id="validate_files", job=job_dict, files=files.output)
+        imported = IcebergSyncOperator.partial(task_id="import_file", job=job_dict).expand(file=valid.output)
+        files >> verify >> valid >> imported
+    return dag
+
+
+def build_config_error_dag(path_stem: str, message: str) -> Any:
+    """A one-task DAG that fails with a config error, so a bad YAML is visible in the UI, not silent."""
+    from airflow.sdk import DAG
+
+    from obslake.operators.config_error import ConfigErrorOperator
+
+    with DAG(
+        dag_id=f"obslake_import__{path_stem}", schedule=None, start_date=START, catchup=False,
+        tags=["obslake", "import", "config-error"], is_paused_upon_creation=False,
+        doc_md=f"### Invalid import job config\n\n```\n{message}\n```",
+    ) as dag:
+        ConfigErrorOperator(task_id="invalid_job_config", message=message)
+    return dag
+
+
+def build_import_dags(directory: str | Path) -> dict[str, Any]:
+    """``{dag_id: DAG}`` for every job YAML in ``directory`` (deleted jobs get no DAG)."""
+    jobs, errors = load_import_jobs(directory)
+    dags: dict[str, Any] = {}
+    for job in jobs:
+        if job.status == JobStatus.deleted:
+            log.info("import job %s is deleted: no DAG (its data and ledger stay)", job.name)
+            continue
+        dags[job.dag_id] = build_import_dag(job)
+    for err in errors:
+        stem = re.sub(r"[^a-z0-9_-]", "_", Path(err.path).stem.lower())
+        log.error("%s", err)
+        dag_id = f"obslake_import__{stem}"
+        if dag_id not in dags:
+            dags[dag_id] = build_config_error_dag(stem, str(err))
+    return dags

@@ -1,0 +1,230 @@
+"""`obslake demo`: a whole import on this machine, with nothing to configure.
+
+1. Starts a real S3 endpoint on 127.0.0.1 (moto server) and creates a bucket tagged
+   ``arize-ingestion-key``.
+2. Uploads example click-through-rate inference files in nested date folders (Parquet, CSV, Avro,
+   Arrow IPC) and one file with missing prediction ids.
+3. Runs the import DAG of ``include/import_jobs/demo_ctr.yaml`` with ``dag.test()`` against an Airflow
+   metadata DB, catalog and warehouse under ``.obslake-demo/``.
+4. Changes one file and runs the DAG again: only that file is imported, its old rows are replaced.
+5. Prints what landed: files and rows from the ledger, the Iceberg table and its partitions, a few rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+PROJECT = Path(__file__).resolve().parents[2]
+BUCKET = "obslake-demo"
+PREFIX = "click-thru-rate/production/v1/"
+KEY_VARIABLE = "obslake_demo_ingestion_key"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def inference_table(n: int, day: dt.date, seed: int, *, id_prefix: str = "") -> pa.Table:
+    """``n`` realistic click-through-rate predictions on ``day`` (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    seconds = np.sort(rng.integers(0, 86_400, n))
+    age = rng.integers(18, 80, n)
+    position = rng.integers(1, 11, n)
+    ctr_7d = np.round(rng.beta(2, 30, n), 5)
+    category = rng.choice(["sports", "news", "shopping", "travel", "games"], n)
+    logit = -2.5 + 8 * ctr_7d - 0.15 * position + rng.normal(0, 0.5, n)
+    score = 1 / (1 + np.exp(-logit))
+    clicked = rng.random(n) < score
+    actual = np.where(clicked, "click", "no_click").astype(object)
+    actual[rng.random(n) < 0.2] = None  # actuals not known yet for some rows
+    return pa.table({
+        "prediction_id": [f"{id_prefix}{day:%Y%m%d}-{seed:03d}-{i:06d}" for i in range(n)],
+        "prediction_ts": pa.array([start + dt.timedelta(seconds=int(s)) for s in seconds], pa.timestamp("us", tz="UTC")),
+        "feature_age": pa.array(age, pa.int64()),
+        "feature_ad_position": pa.array(position, pa.int64()),
+        "feature_user_ctr_7d": pa.array(ctr_7d, pa.float64()),
+        "feature_category": pa.array(category, pa.string()),
+        "region": pa.array(rng.choice(["us-east", "us-west", "eu", "apac"], n), pa.string()),
+        "device": pa.array(rng.choice(["ios", "android", "web"], n), pa.string()),
+        "predicted_score": pa.array(np.round(score, 6), pa.float64()),
+        "predicted_label": pa.array(np.where(score > 0.5, "click", "no_click"), pa.string()),
+        "actual_label": pa.array(actual, pa.string()),
+    })
+
+
+def demo_files(today: dt.date) -> dict[str, bytes]:
+    """Key → bytes of the example files (nested folders, every format, one bad file)."""
+    from obslake.formats import write_table
+
+    days = [today - dt.timedelta(days=d) for d in (3, 2, 1)]
+    files: dict[str, tuple[pa.Table, str]] = {
+        f"{days[0]:%Y/%m/%d}/part-000.parquet": (inference_table(4000, days[0], 1), "parquet"),
+        f"{days[0]:%Y/%m/%d}/part-001.parquet": (inference_table(3500, days[0], 2), "parquet"),
+        f"{days[1]:%Y/%m/%d}/predictions.csv": (inference_table(2500, days[1], 3), "csv"),
+        f"{days[2]:%Y/%m/%d}/hourly/predictions.avro": (inference_table(2000, days[2], 4), "avro"),
+        f"{days[2]:%Y/%m/%d}/hourly/predictions.arrow": (inference_table(1500, days[2], 5), "arrow"),
+    }
+    bad = inference_table(50, days[2], 6).to_pylist()
+    for row in (7, 19):  # rows 7 and 19 have no prediction id
+        bad[row - 1]["prediction_id"] = None
+    files[f"{days[2]:%Y/%m/%d}/late/missing-ids.csv"] = (pa.Table.from_pylist(bad, inference_table(1, days[2], 6).schema), "csv")
+    out = {}
+    for key, (table, fmt) in files.items():
+        buf = io.BytesIO()
+        write_table(table, fmt, buf)
+        out[key] = buf.getvalue()
+    out["README.txt"] = b"not an inference file: ignored by the importer\n"
+    return out
+
+
+def _say(msg: str) -> None:
+    print(f"\n\033[1m== {msg}\033[0m", flush=True)
+
+
+def run_demo(workdir: str | Path | None = None, *, keep: bool = False) -> int:
+    """Run the whole demo; return a process exit code."""
+    t0 = time.monotonic()
+    workdir = Path(workdir or PROJECT / ".obslake-demo").resolve()
+    if workdir.exists() and not keep:
+        shutil.rmtree(workdir)
+    (workdir / "airflow").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    key = secrets.token_hex(16)
+    env = {
+        "OBSLAKE_HOME": str(workdir / "lake"),
+        "OBSLAKE_INCLUDE_DIR": str(PROJECT / "include"),
+        "AIRFLOW_HOME": str(workdir / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{workdir / 'airflow' / 'airflow.db'}",
+        "AWS_ACCESS_KEY_ID": "demo",
+        "AWS_SECRET_ACCESS_KEY": "demo",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
+            "conn_type": "aws", "login": "demo", "password": "demo",
+            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }),
+        f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": key,
+    }
+    os.environ.update(env)
+
+    _say(f"starting a local S3 (moto server) on {endpoint}")
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        return _demo_body(workdir, endpoint, key, t0)
+    finally:
+        server.stop()
+
+
+def _demo_body(workdir: Path, endpoint: str, key: str, t0: float) -> int:
+    from obslake.storage.s3 import S3Store, make_s3_client
+
+    client = make_s3_client(endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    client.put_bucket_tagging(Bucket=BUCKET, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": key}]})
+    store = S3Store(BUCKET, client)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    files = demo_files(today)
+    for k, data in files.items():
+        store.write(PREFIX + k, data)
+    print(f"bucket s3://{BUCKET} tagged arize-ingestion-key=<random key, also in Airflow Variable {KEY_VARIABLE}>")
+    for k, data in sorted(files.items()):
+        print(f"  uploaded s3://{BUCKET}/{PREFIX}{k}  ({len(data):,} bytes)")
+
+    _say("creating the Airflow metadata DB (airflow db migrate)")
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    dag = _load_dag("obslake_import__demo_ctr")
+    _say("run 1: dag.test() of obslake_import__demo_ctr (sensor → tag check → validate → import, mapped)")
+    run1 = dag.test()
+    print(f"run 1 finished: {getattr(run1, 'state', run1)}")
+
+    changed = f"{(today - dt.timedelta(days=2)):%Y/%m/%d}/predictions.csv"
+    from obslake.formats import write_table
+
+    buf = io.BytesIO()
+    write_table(inference_table(2600, today - dt.timedelta(days=2), 3, id_prefix="v2-"), "csv", buf)
+    store.write(PREFIX + changed, buf.getvalue())
+    _say(f"run 2: {changed} was re-uploaded with new content (2,600 rows); only it is imported, replacing its rows")
+    run2 = dag.test()
+    print(f"run 2 finished: {getattr(run2, 'state', run2)}")
+
+    _report(workdir)
+    print(f"\ndemo finished in {time.monotonic() - t0:.1f}s; everything is under {workdir}")
+    return 0
+
+
+def _load_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    return bag.dags[dag_id]
+
+
+def _report(workdir: Path) -> None:
+    import pyarrow.compute as pc
+
+    from obslake.config import load_import_job
+    from obslake.lake.catalog import LakeSettings, load_catalog
+    from obslake.lake.ledger import Ledger
+
+    job = load_import_job(PROJECT / "include" / "import_jobs" / "demo_ctr.yaml")
+    settings = LakeSettings.from_env()
+    ledger = Ledger(settings.state_uri)
+    _say("ledger (one row per file version)")
+    for r in ledger.rows(job.name):
+        err = f"  error: {r['error'].splitlines()[1].strip() if r['error'] and len(r['error'].splitlines()) > 1 else r['error']}" if r["status"] == "failed" else ""
+        print(f"  {r['status']:<9} rows={r['rows'] if r['rows'] is not None else '-':<6} etag={r['etag'][:10]}  s3://{r['bucket']}/{r['key']}{err}")
+    table = load_catalog(settings).load_table(job.table_identifier)
+    data = table.scan().to_arrow()
+    _say(f"Iceberg table {'.'.join(job.table_identifier)}: {data.num_rows:,} rows, {len(table.snapshots())} snapshots")
+    print(f"  metadata: {table.metadata_location}")
+    per_file = data.group_by("_source_file").aggregate([("prediction_id", "count")]).sort_by("_source_file")
+    for f, n in zip(per_file["_source_file"].to_pylist(), per_file["prediction_id_count"].to_pylist()):
+        print(f"  {n:>6,} rows from {f}")
+    ids = data["prediction_id"]
+    print(f"  distinct prediction ids: {pc.count_distinct(ids).as_py():,} (= rows: no duplicates)")
+    parts = sorted({Path(t.file.file_path).parent.name for t in table.scan().plan_files()})
+    print(f"  partitions (Hive-style folders under {table.location()}/data/): {', '.join(parts)}")
+    _say("a few rows")
+    cols = ["prediction_id", "prediction_timestamp", "prediction_label", "prediction_score", "actual_label",
+            "feature_age", "region", "date", "_source_row"]
+    print(data.select(cols).slice(0, 5).to_pandas().to_string(index=False) if _has_pandas() else data.select(cols).slice(0, 5))
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401
+
+        return True
+    except ImportError:
+        return False

@@ -1,0 +1,57 @@
+"""Domain exceptions.
+
+Every error is either *terminal* (the input or the configuration is wrong: retrying cannot help, the
+Airflow wrappers raise ``AirflowFailException``) or *transient* (network, commit conflict, a server
+that is down: a normal retry may help). The marker base classes :class:`TerminalError` and
+:class:`TransientError` carry that decision; wrappers never inspect messages.
+"""
+
+from __future__ import annotations
+
+
+class ObslakeError(Exception):
+    """Base class of every obslake error."""
+
+
+class TerminalError(ObslakeError):
+    """Retrying will not help: fix the input or the configuration first."""
+
+
+class TransientError(ObslakeError):
+    """A passing fault (network, a busy server, a commit conflict): retry."""
+
+
+class ConfigError(TerminalError):
+    """A job or connector configuration is invalid; the message names the file and the field."""
+
+
+class UnsupportedURIError(ConfigError):
+    """A storage URI has a scheme obslake cannot read (use s3://, gs:// or file://)."""
+
+
+class BucketOwnershipError(TerminalError):
+    """The bucket's ownership tag or label is missing or differs from the job's ingestion key."""
+
+
+class StorageAccessError(TerminalError):
+    """Access to a bucket or object was denied or it does not exist."""
+
+
+class StorageUnavailableError(TransientError):
+    """The object store did not answer or answered with a server error; retry."""
+
+
+class ObjectChangedError(TransientError):
+    """An object changed (new etag/generation) while it was being read; the next poll picks it up."""
+
+
+class FileFormatError(TerminalError):
+    """A file cannot be read in its declared format (corrupt, truncated, empty, wrong encoding)."""
+
+
+class SchemaMismatchError(TerminalError):
+    """A file's columns or types do not fit the job's model schema."""
+
+
+class CommitConflictError(TransientError):
+    """An Iceberg commit lost a race with another writer after all retries; refresh and try again."""

@@ -1,0 +1,94 @@
+"""Where the lake lives: the Iceberg catalog, the warehouse and the bookkeeping database.
+
+Defaults need no configuration: a SQL catalog on SQLite at ``$OBSLAKE_HOME/catalog.db`` (default
+``~/.obslake``) and a warehouse at ``$OBSLAKE_HOME/warehouse``. Production points
+``OBSLAKE_CATALOG_URI`` at Postgres (``postgresql+psycopg2://…``), or sets ``OBSLAKE_CATALOG_TYPE``
+to ``rest``/``glue`` with ``OBSLAKE_CATALOG_PROPERTIES`` (JSON of pyiceberg catalog properties).
+The import ledger lives in ``OBSLAKE_STATE_URI`` (default: the SQL catalog's database).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from obslake.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+CATALOG_NAME = "obslake"
+
+
+def obslake_home() -> Path:
+    """``$OBSLAKE_HOME`` or ``~/.obslake`` (created on first use)."""
+    home = Path(os.environ.get("OBSLAKE_HOME") or Path.home() / ".obslake").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@dataclasses.dataclass(frozen=True)
+class LakeSettings:
+    """Catalog type and properties, plus the SQLAlchemy URI of the state (ledger) database."""
+
+    catalog_type: str
+    catalog_properties: tuple[tuple[str, str], ...]
+    state_uri: str
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """pyiceberg catalog properties as a dict."""
+        return dict(self.catalog_properties)
+
+    @property
+    def warehouse(self) -> str | None:
+        """The warehouse location, if the catalog names one."""
+        return self.properties.get("warehouse")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "LakeSettings":
+        """Read ``OBSLAKE_*`` variables (see module docstring); fill in the embedded defaults."""
+        env = dict(os.environ if env is None else env)
+        ctype = env.get("OBSLAKE_CATALOG_TYPE", "sql").lower()
+        try:
+            extra: dict[str, Any] = json.loads(env.get("OBSLAKE_CATALOG_PROPERTIES") or "{}")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"OBSLAKE_CATALOG_PROPERTIES is not valid JSON: {exc}") from exc
+        props = {k: str(v) for k, v in extra.items()}
+        home = None
+        if ctype == "sql":
+            if "uri" not in props:
+                if env.get("OBSLAKE_CATALOG_URI"):
+                    props["uri"] = env["OBSLAKE_CATALOG_URI"]
+                else:
+                    home = obslake_home()
+                    props["uri"] = f"sqlite:///{home / 'catalog.db'}"
+            props.setdefault("init_catalog_tables", "true")
+        if "warehouse" not in props:
+            if env.get("OBSLAKE_WAREHOUSE"):
+                props["warehouse"] = env["OBSLAKE_WAREHOUSE"]
+            elif ctype == "sql":
+                home = home or obslake_home()
+                (home / "warehouse").mkdir(exist_ok=True)
+                props["warehouse"] = f"file://{home / 'warehouse'}"
+        props["type"] = ctype
+        state_uri = env.get("OBSLAKE_STATE_URI") or (props["uri"] if ctype == "sql" else None)
+        if state_uri is None:
+            state_uri = f"sqlite:///{obslake_home() / 'state.db'}"
+        return cls(ctype, tuple(sorted(props.items())), state_uri)
+
+
+@lru_cache(maxsize=8)
+def _load_catalog_cached(settings: LakeSettings) -> "Catalog":
+    from pyiceberg.catalog import load_catalog as _load
+
+    return _load(CATALOG_NAME, **settings.properties)
+
+
+def load_catalog(settings: LakeSettings | None = None) -> "Catalog":
+    """The pyiceberg catalog for ``settings`` (default: from the environment), cached per process."""
+    return _load_catalog_cached(settings or LakeSettings.from_env())

@@ -1,0 +1,358 @@
+"""Import one file version into its model's Iceberg table, exactly once.
+
+The recipe (one Iceberg transaction per file):
+
+1. The ledger row for (job, bucket, key, etag) goes to ``pending``.
+2. If a snapshot in the table's current lineage carries ``obslake.source-file`` = the file's URI and
+   ``obslake.source-etag`` = its etag, the file is already committed (a crash hit between the commit
+   and the ledger update): the ledger is repaired from the snapshot summary, nothing is appended.
+3. The file is streamed in record batches, mapped (:class:`~obslake.schema.mapping.BatchMapper`) and
+   written as Parquet data files in chunks of bounded size — memory does not grow with the file.
+4. One transaction deletes the rows of any earlier version of the same key (the file changed) and
+   appends the new data files, with the source key and etag in the snapshot properties. A commit
+   conflict refreshes the table and retries with the same data files.
+5. The ledger row goes to ``succeeded`` (rows, snapshot id).
+
+Note:
+    A crash after step 3 leaves unreferenced Parquet files in the warehouse (never visible to
+    readers; removed by Iceberg's orphan-file maintenance). A terminal error (bad file) marks the
+    ledger row ``failed`` with the error; a transient one leaves it ``pending`` for the retry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import logging
+import random
+import time
+import uuid
+from typing import TYPE_CHECKING, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from obslake import faults
+from obslake.config import ImportJob
+from obslake.exceptions import (
+    CommitConflictError,
+    FileFormatError,
+    ObjectChangedError,
+    SchemaMismatchError,
+    TerminalError,
+)
+from obslake.formats import format_for_key, read_batches, read_schema
+from obslake.lake.ledger import Ledger
+from obslake.schema.mapping import PARTITION_COLUMN, BatchMapper
+from obslake.storage.base import ObjectInfo, ObjectStore
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
+
+log = logging.getLogger(__name__)
+
+PROP_SOURCE_FILE = "obslake.source-file"
+PROP_SOURCE_ETAG = "obslake.source-etag"
+PROP_JOB = "obslake.job"
+PROP_ROWS = "obslake.rows"
+COMMIT_ATTEMPTS = 12
+CHUNK_ROWS = 1_000_000
+CHUNK_BYTES = 256 * 1024**2
+
+
+class FileTooLargeError(TerminalError):
+    """A file is over the job's ``max_file_bytes``."""
+
+
+@dataclasses.dataclass
+class ImportResult:
+    """What happened to one file version."""
+
+    uri: str
+    etag: str
+    status: str  # imported | already-imported | failed
+    rows: int = 0
+    table: str | None = None
+    snapshot_id: int | None = None
+    replaced: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """Plain form for XCom."""
+        return dataclasses.asdict(self)
+
+
+# -- table management ------------------------------------------------------------------------------
+def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) -> "Table":
+    """Load the model's table, creating it (partitioned by ``date``) on first use."""
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.schema import assign_fresh_schema_ids
+    from pyiceberg.transforms import IdentityTransform
+
+    namespace, name = job.table_identifier
+    ident = (namespace, name)
+    try:
+        return catalog.load_table(ident)
+    except NoSuchTableError:
+        pass
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+    schema = assign_fresh_schema_ids(catalog._convert_schema_if_needed(arrow_schema))
+    spec = PartitionSpec(
+        PartitionField(
+            source_id=schema.find_field(PARTITION_COLUMN).field_id, field_id=1000,
+            transform=IdentityTransform(), name=PARTITION_COLUMN,
+        )
+    )
+    properties = {
+        "obslake.model.space": job.model.space,
+        "obslake.model.name": job.model.name,
+        "obslake.model.environment": job.model.environment.value,
+        # full (untruncated) bounds let a replace drop whole files by metadata alone
+        "write.metadata.metrics.column._source_file": "full",
+        "write.parquet.compression-codec": "zstd",
+    }
+    try:
+        table = catalog.create_table(ident, schema=schema, partition_spec=spec, properties=properties)
+        log.info("created Iceberg table %s.%s", namespace, name)
+        return table
+    except TableAlreadyExistsError:  # a parallel task created it first
+        return catalog.load_table(ident)
+
+
+def _lineage(table: "Table") -> Iterator:
+    snap = table.current_snapshot()
+    while snap is not None:
+        yield snap
+        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+
+
+def find_committed(table: "Table", uri: str, etag: str):
+    """The snapshot in the current lineage that committed this file version, or None."""
+    for snap in _lineage(table):
+        s = snap.summary
+        if s is not None and s.get(PROP_SOURCE_FILE) == uri and s.get(PROP_SOURCE_ETAG) == etag:
+            return snap
+    return None
+
+
+def _has_earlier_version(table: "Table", uri: str) -> bool:
+    return any(s.summary is not None and s.summary.get(PROP_SOURCE_FILE) == uri for s in _lineage(table))
+
+
+def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str) -> pa.RecordBatch:
+    """Cast ``batch`` to the table's Arrow schema: missing columns become nulls, safe casts only."""
+    arrays = []
+    for field in target:
+        idx = batch.schema.get_field_index(field.name)
+        if idx < 0:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
+            continue
+        arr = batch.column(idx)
+        if arr.type != field.type:
+            try:
+                arr = pc.cast(arr, field.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaMismatchError(
+                    f"{uri}: column {field.name!r} is {arr.type} in this file but {field.type} in the table; "
+                    f"write it as {field.type} (a type change is not an additive schema change): {exc}"
+                ) from None
+        arrays.append(arr)
+    return pa.RecordBatch.from_arrays(arrays, schema=target)
+
+
+def _evolve(table: "Table", arrow_schema: pa.Schema, uri: str) -> "Table":
+    """Add columns the file has and the table lacks (additive only)."""
+    current = set(table.schema().as_arrow().names)
+    new = [f for f in arrow_schema if f.name not in current]
+    if not new:
+        return table
+    from pyiceberg.exceptions import CommitFailedException
+
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            with table.update_schema() as upd:
+                upd.union_by_name(pa.schema(new))
+            log.info("%s: added column(s) %s to the table", uri, [f.name for f in new])
+            return table
+        except CommitFailedException:
+            table.refresh()
+            if not [f for f in new if f.name not in set(table.schema().as_arrow().names)]:
+                return table
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
+    raise CommitConflictError(f"{uri}: could not add columns to the table after {COMMIT_ATTEMPTS} attempts")
+
+
+# -- the import -------------------------------------------------------------------------------------
+def _write_chunk(table: "Table", batches: list[pa.RecordBatch], write_uuid: uuid.UUID, counter) -> list:
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+    return list(
+        _dataframe_to_data_files(
+            table_metadata=table.metadata, df=pa.Table.from_batches(batches), io=table.io,
+            write_uuid=write_uuid, counter=counter,
+        )
+    )
+
+
+def _commit(table: "Table", uri: str, etag: str, data_files: list, props: dict[str, str], replace: bool):
+    from pyiceberg.exceptions import CommitFailedException
+    from pyiceberg.expressions import EqualTo
+
+    for attempt in range(COMMIT_ATTEMPTS):
+        if attempt:
+            table.refresh()
+            done = find_committed(table, uri, etag)
+            if done is not None:
+                return table, done, False
+            replace = replace or _has_earlier_version(table, uri)
+        try:
+            tx = table.transaction()
+            if replace:
+                tx.delete(EqualTo("_source_file", uri), snapshot_properties={PROP_JOB: props[PROP_JOB]})
+            if data_files or replace:
+                with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+                    for df in data_files:
+                        append.append_data_file(df)
+            table = tx.commit_transaction()
+            return table, find_committed(table, uri, etag), replace
+        except CommitFailedException as exc:
+            wait = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
+            log.info("%s: commit conflict (%s); retrying in %.2fs", uri, exc, wait)
+            time.sleep(wait)
+        except Exception as exc:  # sqlite "database is locked" and friends
+            if "locked" not in str(exc).lower():
+                raise
+            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
+    raise CommitConflictError(f"{uri}: commit kept conflicting after {COMMIT_ATTEMPTS} attempts; retry the task")
+
+
+def import_file(
+    job: ImportJob,
+    store: ObjectStore,
+    info: ObjectInfo,
+    *,
+    catalog: "Catalog",
+    ledger: Ledger,
+    batch_rows: int = 65_536,
+    chunk_rows: int = CHUNK_ROWS,
+) -> ImportResult:
+    """Import one file version exactly once (see module docstring).
+
+    Returns:
+        The outcome. Terminal problems with the file return ``status="failed"`` (and are in the ledger).
+
+    Raises:
+        TransientError: retry the call (the ledger row stays ``pending``).
+    """
+    started = time.monotonic()
+    uri = store.uri(info.key)
+    table_name = ".".join(job.table_identifier)
+    ledger.mark_pending(job.name, info)
+    log.info("importing %s (etag %s, %d bytes) into %s", uri, info.etag, info.size, table_name)
+    try:
+        if info.size > job.max_file_bytes:
+            raise FileTooLargeError(
+                f"{uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,}); split the "
+                "file or raise max_file_bytes in the job YAML"
+            )
+        fmt = format_for_key(info.key, job.formats)
+        if fmt is None:
+            raise FileFormatError(f"{uri}: extension not among the job's formats {list(job.formats)}")
+        ingested_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        with store.open(info.key, etag=info.etag) as f:
+            mapper = BatchMapper(job.schema_, read_schema(f, fmt, source=uri), uri, ingested_at)
+            batches = iter(read_batches(f, fmt, source=uri, batch_rows=batch_rows))
+            row = 1
+            first = None
+            for b in batches:
+                if b.num_rows:
+                    first = mapper.map(b, row)
+                    row += b.num_rows
+                    break
+            if first is None:
+                # a file with a header and no rows: nothing to add, but it still replaces an earlier version
+                first_schema = None
+            else:
+                first_schema = first.schema
+            from pyiceberg.exceptions import NoSuchTableError
+
+            if first_schema is None:
+                try:
+                    table = catalog.load_table(job.table_identifier)
+                except NoSuchTableError:
+                    ledger.mark_succeeded(job.name, info, rows=0, table_name=table_name, snapshot_id=None)
+                    return ImportResult(uri, info.etag, "imported", 0, table_name, seconds=time.monotonic() - started)
+            else:
+                table = ensure_table(catalog, job, first_schema)
+            done = find_committed(table, uri, info.etag)
+            if done is not None:
+                rows = int(done.summary.get(PROP_ROWS, "0"))
+                log.info("%s already committed in snapshot %s; repairing the ledger only", uri, done.snapshot_id)
+                ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=done.snapshot_id)
+                return ImportResult(uri, info.etag, "already-imported", rows, table_name, done.snapshot_id,
+                                    seconds=time.monotonic() - started)
+            if first_schema is not None:
+                table = _evolve(table, first_schema, uri)
+            target = table.schema().as_arrow()
+            write_uuid, counter = uuid.uuid4(), itertools.count(0)
+            data_files: list = []
+            buffer: list[pa.RecordBatch] = []
+            buffered_rows = buffered_bytes = total = 0
+
+            def flush() -> None:
+                nonlocal buffer, buffered_rows, buffered_bytes
+                if buffer:
+                    data_files.extend(_write_chunk(table, buffer, write_uuid, counter))
+                    buffer, buffered_rows, buffered_bytes = [], 0, 0
+
+            pending = [first] if first is not None else []
+            for mapped in itertools.chain(pending, (mapper.map(b, r) for b, r in _rows(batches, row))):
+                mapped = _conform(mapped, target, uri)
+                buffer.append(mapped)
+                buffered_rows += mapped.num_rows
+                buffered_bytes += mapped.nbytes
+                total += mapped.num_rows
+                faults.checkpoint("during-read")
+                if buffered_rows >= chunk_rows or buffered_bytes >= CHUNK_BYTES:
+                    flush()
+                    log.info("%s: %d rows written so far", uri, total)
+            flush()
+        faults.checkpoint("after-write")
+        replace = _has_earlier_version(table, uri)
+        props = {PROP_SOURCE_FILE: uri, PROP_SOURCE_ETAG: info.etag, PROP_JOB: job.name, PROP_ROWS: str(total)}
+        if not data_files and not replace:
+            ledger.mark_succeeded(job.name, info, rows=0, table_name=table_name, snapshot_id=None)
+            return ImportResult(uri, info.etag, "imported", 0, table_name, seconds=time.monotonic() - started)
+        table, snap, replaced = _commit(table, uri, info.etag, data_files, props, replace)
+        faults.checkpoint("after-commit")
+        snapshot_id = snap.snapshot_id if snap is not None else None
+        rows = int(snap.summary.get(PROP_ROWS, total)) if snap is not None else total
+        ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=snapshot_id)
+        seconds = time.monotonic() - started
+        log.info("%s: committed %d rows in snapshot %s (%.2fs)%s", uri, rows, snapshot_id, seconds,
+                 "; replaced the rows of an earlier version" if replaced else "")
+        return ImportResult(uri, info.etag, "imported", rows, table_name, snapshot_id, replaced, seconds=seconds)
+    except ObjectChangedError as exc:
+        msg = f"{exc} (this version is gone; the new version is imported on the next poll)"
+        ledger.mark_failed(job.name, info, error=msg)
+        return ImportResult(uri, info.etag, "failed", error=msg, table=table_name, seconds=time.monotonic() - started)
+    except TerminalError as exc:
+        log.error("%s: %s", uri, exc)
+        ledger.mark_failed(job.name, info, error=str(exc))
+        return ImportResult(uri, info.etag, "failed", error=str(exc), table=table_name,
+                            seconds=time.monotonic() - started)
+
+
+def _rows(batches, start: int):
+    row = start
+    for b in batches:
+        if b.num_rows:
+            yield b, row
+            row += b.num_rows

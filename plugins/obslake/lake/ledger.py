@@ -1,0 +1,171 @@
+"""The import ledger: one row per (job, bucket, key, etag) that obslake has seen.
+
+It is the answer to "was this exact file version imported?" and the source of job status. The Iceberg
+snapshot properties are the ground truth for "was it committed?"; the ledger is updated right after
+the commit, and a retry that finds the snapshot but no ledger row repairs the ledger instead of
+appending again (see :mod:`obslake.lake.importer`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from functools import lru_cache
+from typing import Iterable
+
+import sqlalchemy as sa
+
+from obslake.storage.base import ObjectInfo
+
+metadata = sa.MetaData()
+
+ledger_table = sa.Table(
+    "obslake_import_ledger",
+    metadata,
+    sa.Column("job", sa.String(128), primary_key=True),
+    sa.Column("bucket", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(1024), primary_key=True),
+    sa.Column("etag", sa.String(128), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("table_name", sa.String(512)),
+    sa.Column("snapshot_id", sa.BigInteger),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_obslake_ledger_job_status", "job", "status"),
+)
+
+
+class FileStatus(str, enum.Enum):
+    """Where one file version stands."""
+
+    pending = "pending"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+DONE = (FileStatus.succeeded.value, FileStatus.failed.value)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@lru_cache(maxsize=8)
+def _engine(uri: str) -> sa.Engine:
+    kwargs: dict = {"future": True}
+    if uri.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = sa.create_engine(uri, **kwargs)
+    metadata.create_all(engine, checkfirst=True)
+    return engine
+
+
+class Ledger:
+    """Reads and writes the ledger table in the state database (SQLite or Postgres).
+
+    Note:
+        Every write is one short transaction; concurrent writers (mapped tasks) touch different rows.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.engine = _engine(uri)
+
+    # -- reads -----------------------------------------------------------------------------------
+    def done_versions(self, job: str) -> set[tuple[str, str, str]]:
+        """(bucket, key, etag) of every version of ``job`` that succeeded or failed for good."""
+        t = ledger_table
+        q = sa.select(t.c.bucket, t.c.key, t.c.etag).where(t.c.job == job, t.c.status.in_(DONE))
+        with self.engine.connect() as conn:
+            return {(b, k, e) for b, k, e in conn.execute(q)}
+
+    def filter_new(self, job: str, objects: Iterable[ObjectInfo]) -> list[ObjectInfo]:
+        """The objects whose exact version is not yet succeeded/failed in the ledger."""
+        done = self.done_versions(job)
+        return [o for o in objects if (o.bucket, o.key, o.etag) not in done]
+
+    def get(self, job: str, obj: ObjectInfo) -> dict | None:
+        """The ledger row of one file version, as a dict, or None."""
+        t = ledger_table
+        q = sa.select(t).where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return dict(row) if row else None
+
+    def rows(self, job: str) -> list[dict]:
+        """Every ledger row of ``job`` (for status reports and tests)."""
+        t = ledger_table
+        q = sa.select(t).where(t.c.job == job).order_by(t.c.key, t.c.first_seen)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def counts(self, job: str) -> dict[str, int]:
+        """Files per status for ``job``."""
+        t = ledger_table
+        q = sa.select(t.c.status, sa.func.count()).where(t.c.job == job).group_by(t.c.status)
+        with self.engine.connect() as conn:
+            out = {s.value: 0 for s in FileStatus}
+            out.update({s: n for s, n in conn.execute(q)})
+            return out
+
+    # -- writes ----------------------------------------------------------------------------------
+    def mark_pending(self, job: str, obj: ObjectInfo) -> None:
+        """Record that an attempt on this version starts (creates the row, counts the attempt)."""
+        t = ledger_table
+        now = _now()
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                t.update()
+                .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
+                .values(status=FileStatus.pending.value, attempts=t.c.attempts + 1, started_at=now, error=None)
+            ).rowcount
+            if not updated:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            t.insert().values(
+                                job=job, bucket=obj.bucket, key=obj.key, etag=obj.etag, bytes=obj.size,
+                                status=FileStatus.pending.value, attempts=1, first_seen=now, started_at=now,
+                            )
+                        )
+                except sa.exc.IntegrityError:  # a concurrent attempt inserted it first
+                    conn.execute(
+                        t.update()
+                        .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
+                        .values(status=FileStatus.pending.value, attempts=t.c.attempts + 1, started_at=now)
+                    )
+
+    def _finish(self, job: str, obj: ObjectInfo, **values) -> None:
+        t = ledger_table
+        now = _now()
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                t.update()
+                .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
+                .values(finished_at=now, **values)
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    t.insert().values(
+                        job=job, bucket=obj.bucket, key=obj.key, etag=obj.etag, bytes=obj.size, attempts=1,
+                        first_seen=now, started_at=now, finished_at=now, **values,
+                    )
+                )
+
+    def mark_succeeded(self, job: str, obj: ObjectInfo, *, rows: int, table_name: str, snapshot_id: int | None) -> None:
+        """Record a committed import of this version."""
+        self._finish(
+            job, obj, status=FileStatus.succeeded.value, rows=rows, table_name=table_name,
+            snapshot_id=snapshot_id, error=None,
+        )
+
+    def mark_failed(self, job: str, obj: ObjectInfo, *, error: str) -> None:
+        """Record that this version cannot be imported as it is (a terminal error)."""
+        self._finish(job, obj, status=FileStatus.failed.value, error=error[:20_000])

@@ -1,0 +1,80 @@
+"""S3KeyPrefixSensor: wait until a job's bucket prefix holds file versions not yet in the ledger.
+
+One class serves ``s3://``, ``gs://`` and ``file://`` through the storage protocol.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+from obslake.airflow_support import airflow_errors, job_from_dict, job_to_dict
+
+
+class S3KeyPrefixSensor(BaseSensorOperator):
+    """Return (as XCom) the new file versions under the job's prefix, oldest first.
+
+    Poke mode lists once per ``poke_interval`` (the job's ``poll_interval``); ``deferrable=True``
+    hands the wait to :class:`~obslake.triggers.prefix.NewFilesTrigger` and frees the worker slot.
+
+    Args:
+        job: the import job (an ``ImportJob`` or its dict form).
+        deferrable: defer to the triggerer instead of poking.
+    """
+
+    template_fields = ("source",)
+    ui_color = "#e8f4fd"
+
+    def __init__(self, *, job: dict, deferrable: bool = False, **kwargs: Any):
+        job_obj = job_from_dict(job)
+        kwargs.setdefault("poke_interval", job_obj.poll_interval)
+        kwargs.setdefault("timeout", job_obj.sensor_timeout)
+        super().__init__(**kwargs)
+        self.job = job_to_dict(job_obj)
+        self.source = job_obj.source
+        self.deferrable = deferrable
+
+    def _job(self):
+        data = dict(self.job)
+        data["source"] = self.source
+        return job_from_dict(data)
+
+    def poke(self, context) -> PokeReturnValue:
+        """List the prefix once; done when there is at least one new version."""
+        from obslake.connections import store_for
+        from obslake.lake.catalog import LakeSettings
+        from obslake.lake.discovery import find_new_files
+        from obslake.lake.ledger import Ledger
+
+        job = self._job()
+        with airflow_errors():
+            store, prefix = store_for(job.source, job.conn_id)
+            new, _ = find_new_files(job, store, prefix, Ledger(LakeSettings.from_env().state_uri))
+        return PokeReturnValue(is_done=bool(new), xcom_value=[o.to_dict() for o in new])
+
+    def execute(self, context) -> Any:
+        """Poke once; if nothing is new and deferrable, wait in the triggerer."""
+        if not self.deferrable:
+            return super().execute(context)
+        first = self.poke(context)
+        if first.is_done:
+            return first.xcom_value
+        from obslake.triggers.prefix import NewFilesTrigger
+
+        self.defer(
+            trigger=NewFilesTrigger(job=job_to_dict(self._job()), poll_interval=self.poke_interval),
+            method_name="execute_complete",
+            timeout=dt.timedelta(seconds=self.timeout),
+        )
+
+    def execute_complete(self, context, event: dict) -> list[dict]:
+        """Resume after the trigger fired: return its files or raise its error."""
+        if event.get("status") != "success":
+            from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+            exc = AirflowFailException if event.get("terminal") else AirflowException
+            raise exc(event.get("message", "trigger failed"))
+        self.log.info("%d new file version(s) (%d new in all)", len(event["files"]), event.get("total_new", 0))
+        return event["files"]

@@ -1,0 +1,284 @@
+"""The one storage protocol obslake reads and writes buckets through.
+
+A store is bound to one bucket (or, for ``file://``, one root directory). Keys are always
+``/``-separated and relative to the bucket, never starting with ``/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import os
+from typing import BinaryIO, Callable, Iterator, Protocol, runtime_checkable
+from urllib.parse import urlparse
+
+from obslake.exceptions import ObjectChangedError, UnsupportedURIError
+
+SCHEMES = ("s3", "gs", "file")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object as listed: enough to decide whether it is new and to read exactly that version.
+
+    ``etag`` is the S3 ETag (quotes stripped), the GCS generation (as a string), or for local files
+    ``"<mtime_ns>-<size>"``. Together with (bucket, key) it identifies one version of a file.
+    """
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    mtime: dt.datetime  # timezone-aware UTC
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able form (for XCom and trigger events)."""
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "etag": self.etag,
+            "size": self.size,
+            "mtime": self.mtime.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ObjectInfo":
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            bucket=d["bucket"],
+            key=d["key"],
+            etag=d["etag"],
+            size=int(d["size"]),
+            mtime=dt.datetime.fromisoformat(d["mtime"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StorageURI:
+    """A parsed ``scheme://bucket/prefix`` (for ``file://``, bucket is ``""`` and prefix the path)."""
+
+    scheme: str
+    bucket: str
+    prefix: str
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.prefix}"
+        return f"{self.scheme}://{self.bucket}/{self.prefix}"
+
+
+def parse_uri(uri: str) -> StorageURI:
+    """Parse ``s3://bucket/prefix/``, ``gs://bucket/prefix/`` or ``file:///abs/path/``.
+
+    Raises:
+        UnsupportedURIError: the scheme is not one of s3, gs, file, or the bucket is missing.
+    """
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme not in SCHEMES:
+        raise UnsupportedURIError(
+            f"unsupported storage URI {uri!r}: use s3://bucket/prefix/, gs://bucket/prefix/ or file:///path/"
+        )
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise UnsupportedURIError(f"file URI {uri!r} must be absolute: file:///abs/path/")
+        return StorageURI("file", "", parsed.path)
+    if not parsed.netloc:
+        raise UnsupportedURIError(f"storage URI {uri!r} has no bucket: use {scheme}://bucket/prefix/")
+    return StorageURI(scheme, parsed.netloc, parsed.path.lstrip("/"))
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """What every backend (S3, GCS, local) provides.
+
+    Note:
+        Errors are mapped to :mod:`obslake.exceptions`: access denied / no such bucket to
+        :class:`~obslake.exceptions.StorageAccessError` (terminal), timeouts and 5xx to
+        :class:`~obslake.exceptions.StorageUnavailableError` (transient).
+    """
+
+    scheme: str
+    bucket: str
+
+    def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[ObjectInfo]:
+        """Yield every object under ``prefix`` recursively, paginated, in key order."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """Return the current version of one object (raises StorageAccessError if absent)."""
+        ...
+
+    def open(self, key: str, *, etag: str | None = None) -> BinaryIO:
+        """Open an object for streaming, seekable binary reads.
+
+        With ``etag`` given, read exactly that version (S3 ``IfMatch``, GCS ``generation``) and raise
+        :class:`~obslake.exceptions.ObjectChangedError` if it is gone or changed.
+        """
+        ...
+
+    def write(self, key: str, data: bytes) -> ObjectInfo:
+        """Write (create or replace) an object and return its new version."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete an object (no error if it is already gone)."""
+        ...
+
+    def get_bucket_tags(self) -> dict[str, str]:
+        """S3 bucket tags, GCS bucket labels, or for local stores the ``.obslake-tags.json`` file."""
+        ...
+
+    def uri(self, key: str = "") -> str:
+        """The full URI of ``key`` (``s3://bucket/key``)."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers shared by the backends.
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_BUFFER_SIZE = 8 * 1024 * 1024
+"""Read buffer of :class:`ObjectReader` (one ranged request fills at most this much)."""
+
+READALL_CHUNK = 64 * 1024 * 1024
+"""Largest single ranged request :meth:`RangedRawReader.readall` makes."""
+
+
+def to_utc(value: dt.datetime) -> dt.datetime:
+    """Return ``value`` as a timezone-aware UTC datetime (naive values are taken to be UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+class RangedRawReader(io.RawIOBase):
+    """A seekable, read-only raw stream over an object, fetched by byte ranges on demand.
+
+    Every :meth:`readinto` is one call of ``fetch(start, end)`` (``end`` inclusive, always within the
+    object). Wrap it in :class:`ObjectReader` so that small reads are served from a buffer.
+
+    Args:
+        fetch: Returns the bytes ``[start, end]`` of exactly the version being read. It must raise an
+            :mod:`obslake.exceptions` error (already mapped) when the request fails.
+        size: The object's size in bytes (from the ``HEAD`` that pinned the version).
+        name: The object's URI, used as ``name`` and in error messages.
+
+    Note:
+        A range coming back empty before the known end of the object means the object was truncated
+        or replaced under the reader: that raises :class:`~obslake.exceptions.ObjectChangedError`.
+    """
+
+    def __init__(self, fetch: Callable[[int, int], bytes], size: int, name: str) -> None:
+        super().__init__()
+        self._fetch = fetch
+        self._size = int(size)
+        self._pos = 0
+        self.name = name
+
+    @property
+    def size(self) -> int:
+        """The object's size in bytes."""
+        return self._size
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed object reader {self.name}")
+
+    def readable(self) -> bool:
+        """Always true while open."""
+        self._check_open()
+        return True
+
+    def seekable(self) -> bool:
+        """Always true while open."""
+        self._check_open()
+        return True
+
+    def writable(self) -> bool:
+        """Always false: object readers are read-only."""
+        self._check_open()
+        return False
+
+    def tell(self) -> int:
+        """Current position in bytes from the start of the object."""
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to ``offset`` relative to ``whence`` (no request is made); return the new position.
+
+        Raises:
+            ValueError: the reader is closed, ``whence`` is invalid or the position would be negative.
+        """
+        self._check_open()
+        if whence == io.SEEK_SET:
+            target = offset
+        elif whence == io.SEEK_CUR:
+            target = self._pos + offset
+        elif whence == io.SEEK_END:
+            target = self._size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        if target < 0:
+            raise ValueError(f"negative seek position {target} in {self.name}")
+        self._pos = target
+        return target
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
+        """Fill ``buffer`` from the current position with one ranged request; return the byte count.
+
+        Returns 0 at (or past) the end of the object without making a request.
+        """
+        self._check_open()
+        view = memoryview(buffer).cast("B")
+        if self._pos >= self._size or len(view) == 0:
+            return 0
+        wanted = min(len(view), self._size - self._pos)
+        data = self._fetch(self._pos, self._pos + wanted - 1)
+        got = min(len(data), wanted)
+        if got == 0:
+            raise ObjectChangedError(
+                f"{self.name}: object ended at byte {self._pos}, before its listed size {self._size}; "
+                "it was truncated or replaced while being read"
+            )
+        view[:got] = data[:got]
+        self._pos += got
+        return got
+
+    def readall(self) -> bytes:
+        """Read from the current position to the end in as few requests as possible."""
+        self._check_open()
+        chunks: list[bytes] = []
+        while self._pos < self._size:
+            end = min(self._size, self._pos + READALL_CHUNK) - 1
+            data = self._fetch(self._pos, end)
+            if not data:
+                raise ObjectChangedError(
+                    f"{self.name}: object ended at byte {self._pos}, before its listed size "
+                    f"{self._size}; it was truncated or replaced while being read"
+                )
+            data = data[: end - self._pos + 1]
+            chunks.append(data)
+            self._pos += len(data)
+        return b"".join(chunks)
+
+
+class ObjectReader(io.BufferedReader):
+    """The buffered, seekable, read-only binary file every :meth:`ObjectStore.open` returns.
+
+    A plain :class:`io.BufferedReader` (so ``pyarrow``, ``csv``, ``json`` and ``gzip`` accept it) that
+    also knows the object's :attr:`size`.
+    """
+
+    def __init__(self, raw: io.RawIOBase, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        super().__init__(raw, buffer_size=buffer_size)
+
+    @property
+    def size(self) -> int:
+        """The object's size in bytes (of the version being read)."""
+        raw_size = getattr(self.raw, "size", None)
+        if isinstance(raw_size, int):
+            return raw_size
+        return os.fstat(self.raw.fileno()).st_size
