@@ -192,7 +192,10 @@ class ImportJob(_Strict):
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        parse_uri(v)  # raises UnsupportedURIError (a ValueError is what pydantic reports)
+        try:
+            parse_uri(v)
+        except ConfigError as exc:  # pydantic reports ValueErrors with the field's location
+            raise ValueError(str(exc)) from None
         return v if v.endswith("/") else v + "/"
 
     @field_validator("ingestion_key_variable")

@@ -86,7 +86,25 @@ class LakeSettings:
 def _load_catalog_cached(settings: LakeSettings) -> "Catalog":
     from pyiceberg.catalog import load_catalog as _load
 
-    return _load(CATALOG_NAME, **settings.properties)
+    return retry_on_ddl_race(lambda: _load(CATALOG_NAME, **settings.properties))
+
+
+def retry_on_ddl_race(fn, attempts: int = 5):
+    """Call ``fn``; retry when concurrent processes race to create the same tables (CREATE IF NOT EXISTS
+    is not atomic on Postgres: the loser gets a unique violation on pg_type)."""
+    import random
+    import time
+
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (IntegrityError, ProgrammingError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def load_catalog(settings: LakeSettings | None = None) -> "Catalog":

@@ -92,6 +92,7 @@ def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) ->
     from pyiceberg.partitioning import PartitionField, PartitionSpec
     from pyiceberg.schema import assign_fresh_schema_ids
     from pyiceberg.transforms import IdentityTransform
+    from sqlalchemy.exc import IntegrityError
 
     namespace, name = job.table_identifier
     ident = (namespace, name)
@@ -101,7 +102,7 @@ def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) ->
         pass
     try:
         catalog.create_namespace(namespace)
-    except NamespaceAlreadyExistsError:
+    except (NamespaceAlreadyExistsError, IntegrityError):  # SQL catalogs report a lost race as IntegrityError
         pass
     schema = assign_fresh_schema_ids(catalog._convert_schema_if_needed(arrow_schema))
     spec = PartitionSpec(
@@ -122,7 +123,7 @@ def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) ->
         table = catalog.create_table(ident, schema=schema, partition_spec=spec, properties=properties)
         log.info("created Iceberg table %s.%s", namespace, name)
         return table
-    except TableAlreadyExistsError:  # a parallel task created it first
+    except (TableAlreadyExistsError, IntegrityError):  # a parallel task created it first
         return catalog.load_table(ident)
 
 

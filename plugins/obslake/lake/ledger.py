@@ -63,7 +63,9 @@ def _engine(uri: str) -> sa.Engine:
     else:
         kwargs["pool_pre_ping"] = True
     engine = sa.create_engine(uri, **kwargs)
-    metadata.create_all(engine, checkfirst=True)
+    from obslake.lake.catalog import retry_on_ddl_race
+
+    retry_on_ddl_race(lambda: metadata.create_all(engine, checkfirst=True))
     return engine
 
 

@@ -3,20 +3,55 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any, AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+# Imported once when the triggerer loads this class (as provider triggers do), never inside a poll:
+# the first poll then does no module loading in its worker thread.
+import boto3  # noqa: F401,E402
+import google.cloud.storage  # noqa: F401,E402
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: F401,E402
+
+import obslake.connections  # noqa: F401,E402
+import obslake.lake.discovery  # noqa: F401,E402
+import obslake.storage.gcs  # noqa: F401,E402
+import obslake.storage.s3  # noqa: F401,E402
+
+
+STORE_TTL_SECONDS = 900.0
+_stores: dict[tuple[str, str | None], tuple[float, object, str]] = {}
+_stores_lock = threading.Lock()
+
+
+def _cached_store(source: str, conn_id: str | None):
+    """One store per (source, connection) per triggerer process, rebuilt every 15 minutes.
+
+    Building a boto3/GCS client parses large JSON models while holding the GIL (0.2-0.3 s here),
+    which would stall every trigger sharing the event loop on every poll.
+    """
+    from obslake.connections import store_for
+
+    now = time.monotonic()
+    with _stores_lock:
+        hit = _stores.get((source, conn_id))
+        if hit is not None and now - hit[0] < STORE_TTL_SECONDS:
+            return hit[1], hit[2]
+        store, prefix = store_for(source, conn_id)
+        _stores[(source, conn_id)] = (now, store, prefix)
+        return store, prefix
+
 
 def _poll(job_dict: dict) -> tuple[list[dict], int]:
     from obslake.airflow_support import job_from_dict
-    from obslake.connections import store_for
     from obslake.lake.catalog import LakeSettings
     from obslake.lake.discovery import find_new_files
     from obslake.lake.ledger import Ledger
 
     job = job_from_dict(job_dict)
-    store, prefix = store_for(job.source, job.conn_id)
+    store, prefix = _cached_store(job.source, job.conn_id)
     new, total = find_new_files(job, store, prefix, Ledger(LakeSettings.from_env().state_uri))
     return [o.to_dict() for o in new], total
 
