@@ -1,0 +1,219 @@
+"""The import DAGs: integrity (parse, tags, retries, life cycle) and real runs with dag.test()."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from lake_fixtures import inference_rows, to_bytes
+
+PROJECT = Path(__file__).resolve().parents[2]
+HEAVY = ("boto3", "botocore", "pyiceberg", "pyarrow", "fastavro", "google.cloud", "airflow.providers.amazon",
+         "airflow.providers.google", "sqlalchemy.dialects.postgresql")
+
+
+def _bag(include: Path | None = None, monkeypatch=None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    if include is not None:
+        monkeypatch.setenv("OBSLAKE_INCLUDE_DIR", str(include))
+    return DagBag(dag_folder=str(PROJECT / "dags"))
+
+
+def test_repo_dags_parse_without_errors_and_carry_tags_and_retries(monkeypatch):
+    monkeypatch.delenv("OBSLAKE_INCLUDE_DIR", raising=False)
+    bag = _bag()
+    assert bag.import_errors == {}
+    assert bag.dags, "include/import_jobs/ ships at least one example job"
+    for dag_id, dag in bag.dags.items():
+        assert dag_id.startswith("obslake_import__")
+        assert "obslake" in dag.tags and "import" in dag.tags
+        assert dag.max_active_runs == 1
+        for task in dag.tasks:
+            assert task.retries >= 2, (dag_id, task.task_id)
+        assert [t.task_id for t in dag.topological_sort()] == [
+            "wait_for_new_files", "verify_bucket_ownership", "validate_files", "import_file"]
+
+
+def _job_yaml(name: str, source: str, status: str = "active", extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        name: {name}
+        source: {source}
+        model: {{space: tests, name: {name}, environment: production}}
+        ingestion_key_variable: obslake_test_key
+        schema:
+          prediction_id: prediction_id
+          timestamp: prediction_ts
+          prediction_label: predicted_label
+          prediction_score: predicted_score
+          features: {{prefix: "feature_"}}
+          tags: [region]
+        status: {status}
+    """) + textwrap.dedent(extra)
+
+
+def test_life_cycle_statuses_and_config_errors(tmp_path, monkeypatch):
+    jobs = tmp_path / "import_jobs"
+    jobs.mkdir()
+    (jobs / "live.yaml").write_text(_job_yaml("live", "s3://b/live/"))
+    (jobs / "resting.yaml").write_text(_job_yaml("resting", "s3://b/resting/", "paused"))
+    (jobs / "gone.yaml").write_text(_job_yaml("gone", "s3://b/gone/", "deleted"))
+    (jobs / "broken.yaml").write_text(_job_yaml("broken", "ftp://nope/"))
+    bag = _bag(tmp_path, monkeypatch)
+    assert bag.import_errors == {}
+    assert set(bag.dags) == {"obslake_import__live", "obslake_import__resting", "obslake_import__broken"}
+    assert bag.dags["obslake_import__live"].is_paused_upon_creation is False
+    assert bag.dags["obslake_import__resting"].is_paused_upon_creation is True
+    broken = bag.dags["obslake_import__broken"]
+    assert "config-error" in broken.tags
+    assert "ftp://nope/" in broken.get_task("invalid_job_config").message
+
+
+def test_dag_file_imports_no_provider_sdk_at_top_level(tmp_path):
+    probe = textwrap.dedent(f"""
+        import datetime, json, runpy, sys
+        HEAVY = {HEAVY!r}
+        def heavy():
+            return {{m for m in sys.modules if m.startswith(HEAVY)}}
+        from airflow.sdk import DAG, BaseOperator
+        with DAG("baseline", schedule=None, start_date=datetime.datetime(2024, 1, 1)):
+            BaseOperator(task_id="t")
+        base = heavy()
+        runpy.run_path({str(PROJECT / 'dags' / 'import_jobs.py')!r})
+        print(json.dumps(sorted(heavy() - base)))
+    """)
+    env = {**os.environ, "OBSLAKE_INCLUDE_DIR": str(PROJECT / "include")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+# -- real runs --------------------------------------------------------------------------------------
+@pytest.fixture
+def s3_job(tmp_path, monkeypatch, s3_client, s3_bucket, moto_server, lake, airflow_db):
+    """A job on a moto bucket tagged with the right key, with its Airflow connection and Variable."""
+    key = "k-" + os.urandom(8).hex()
+    s3_client.put_bucket_tagging(Bucket=s3_bucket, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": key}]})
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}))
+    monkeypatch.setenv("AIRFLOW_VAR_OBSLAKE_TEST_KEY", key)
+    jobs = tmp_path / "include" / "import_jobs"
+    jobs.mkdir(parents=True)
+
+    def make(name="e2e", extra="poll_interval: 0.5\nsensor_timeout: 3\n"):
+        (jobs / f"{name}.yaml").write_text(_job_yaml(name, f"s3://{s3_bucket}/in/", extra=extra))
+        return _bag(tmp_path / "include", monkeypatch).dags[f"obslake_import__{name}"]
+
+    return make
+
+
+def _states(run) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for ti in run.get_task_instances():
+        out.setdefault(ti.task_id, []).append(str(getattr(ti.state, "value", ti.state)))
+    return out
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_dag_run_imports_each_file_once_in_mapped_tasks(s3_job, s3_client, s3_bucket, lake):
+    dag = s3_job()
+    for i, fmt in enumerate(["parquet", "csv", "avro"]):
+        s3_client.put_object(Bucket=s3_bucket, Key=f"in/2024/0{i}/part.{fmt}",
+                             Body=to_bytes(inference_rows(100, start=100 * i), fmt))
+    bad = inference_rows(10, start=900).drop_columns(["predicted_label"])
+    s3_client.put_object(Bucket=s3_bucket, Key="in/bad/missing-label.parquet", Body=to_bytes(bad, "parquet"))
+    run = dag.test()
+    assert str(run.state) == "success", _states(run)
+    states = _states(run)
+    assert states["import_file"] == ["success"] * 3  # one mapped task per valid file
+    data = lake.catalog.load_table(("tests", "e2e__production")).scan().to_arrow()
+    assert data.num_rows == 300 and pc.count_distinct(data["prediction_id"]).as_py() == 300
+    counts = lake.ledger.counts("e2e")
+    assert counts == {"pending": 0, "succeeded": 3, "failed": 1}
+    failed = [r for r in lake.ledger.rows("e2e") if r["status"] == "failed"][0]
+    assert failed["key"] == "in/bad/missing-label.parquet" and "predicted_label" in failed["error"]
+
+    # the same DAG again: nothing new, the sensor times out softly, nothing is appended
+    started = time.monotonic()
+    run2 = dag.test()
+    assert _states(run2)["wait_for_new_files"] == ["skipped"]
+    assert time.monotonic() - started < 60
+    assert lake.catalog.load_table(("tests", "e2e__production")).scan().to_arrow().num_rows == 300
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_wrong_tag_fails_the_run_before_any_object_is_read(s3_job, s3_client, s3_bucket, lake):
+    dag = s3_job()
+    s3_client.put_object(Bucket=s3_bucket, Key="in/a.parquet", Body=to_bytes(inference_rows(10), "parquet"))
+    s3_client.put_bucket_tagging(Bucket=s3_bucket, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": "x"}]})
+    run = dag.test()
+    states = _states(run)
+    assert str(run.state) == "failed"
+    assert states["verify_bucket_ownership"] == ["failed"]
+    assert states["validate_files"] == ["upstream_failed"]
+    assert lake.ledger.rows("e2e") == []  # nothing was read, validated or imported
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_deferrable_sensor_run(s3_job, s3_client, s3_bucket, lake):
+    dag = s3_job("deferred", extra="poll_interval: 0.5\nsensor_timeout: 30\ndeferrable: true\n")
+    s3_client.put_object(Bucket=s3_bucket, Key="in/x/y.parquet", Body=to_bytes(inference_rows(25), "parquet"))
+    run = dag.test()
+    assert str(run.state) == "success", _states(run)
+    assert lake.ledger.counts("deferred")["succeeded"] == 1
+
+
+def test_trigger_waits_without_blocking_the_event_loop_then_fires(s3_client, s3_bucket, moto_server, lake,
+                                                                  monkeypatch, make_job):
+    from obslake.airflow_support import job_to_dict
+    from obslake.triggers.prefix import NewFilesTrigger
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}))
+    job = make_job(f"s3://{s3_bucket}/in/", conn_id="aws_default", poll_interval=0.2)
+    trigger = NewFilesTrigger(job=job_to_dict(job), poll_interval=0.2)
+    path, kwargs = trigger.serialize()
+    assert path == "obslake.triggers.prefix.NewFilesTrigger"
+    trigger = NewFilesTrigger(**json.loads(json.dumps(kwargs)))
+
+    body = to_bytes(inference_rows(5), "csv")  # built outside the loop: the test itself must not block it
+
+    async def scenario():
+        gaps: list[float] = []
+
+        async def ticker():
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.02)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        gen = trigger.run().__aiter__()
+        first = asyncio.create_task(gen.__anext__())
+        await asyncio.sleep(1.0)
+        assert not first.done(), "no files yet: the trigger must keep waiting"
+        await asyncio.to_thread(s3_client.put_object, Bucket=s3_bucket, Key="in/late/f.csv", Body=body)
+        event = await asyncio.wait_for(first, 20)
+        tick.cancel()
+        return event, gaps
+
+    event, gaps = asyncio.run(scenario())
+    assert event.payload["status"] == "success"
+    assert [f["key"] for f in event.payload["files"]] == ["in/late/f.csv"]
+    assert max(gaps) < 0.5, f"event loop was blocked for {max(gaps):.2f}s"

@@ -1,0 +1,194 @@
+"""Exactly-once imports into Iceberg, on a real S3 server (moto) and real catalogs (SQLite, Postgres)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from lake_fixtures import inference_rows, to_bytes
+from obslake.lake.discovery import find_new_files
+from obslake.lake.importer import PROP_SOURCE_ETAG, PROP_SOURCE_FILE, import_file
+from obslake.storage import open_store
+
+WORKER = Path(__file__).with_name("import_worker.py")
+
+
+@pytest.fixture
+def s3(s3_client, s3_bucket):
+    store, _ = open_store(f"s3://{s3_bucket}/models/ctr/", s3_client=s3_client)
+    return store
+
+
+def _put(store, key, table, fmt):
+    return store.write(key, to_bytes(table, fmt))
+
+
+def _scan(lake, job):
+    return lake.catalog.load_table(job.table_identifier).scan().to_arrow()
+
+
+def _worker(lake, moto_server, job, infos, *, fault=None, chunk_rows=None):
+    env = {**os.environ, **lake.env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env.pop("OBSLAKE_FAULT_AT", None)
+    if fault:
+        env["OBSLAKE_FAULT_AT"] = fault
+    payload = {"job": job.model_dump(mode="json", by_alias=True), "endpoint": moto_server,
+               "infos": [i.to_dict() for i in infos]}
+    if chunk_rows:
+        payload["chunk_rows"] = chunk_rows
+    return subprocess.run([sys.executable, str(WORKER), json.dumps(payload)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_nested_files_in_every_format_land_once(lake, s3, make_job):
+    job = make_job(s3.uri("models/ctr/"))
+    tables = {
+        "models/ctr/2024/a.parquet": (inference_rows(300, id_prefix="pq"), "parquet"),
+        "models/ctr/2024/05/b.csv": (inference_rows(200, id_prefix="csv"), "csv"),
+        "models/ctr/2024/05/06/c.avro": (inference_rows(150, id_prefix="avro"), "avro"),
+        "models/ctr/x/y/z/d.arrow": (inference_rows(100, id_prefix="arrow"), "arrow"),
+    }
+    for key, (t, fmt) in tables.items():
+        _put(s3, key, t, fmt)
+    s3.write("models/ctr/notes.txt", b"ignored")
+    new, total = find_new_files(job, s3, "models/ctr/", lake.ledger)
+    assert sorted(o.key for o in new) == sorted(tables) and total == 4
+    results = [import_file(job, s3, o, catalog=lake.catalog, ledger=lake.ledger) for o in new]
+    assert [r.status for r in results] == ["imported"] * 4
+    data = _scan(lake, job)
+    assert data.num_rows == 750
+    assert pc.count_distinct(data["prediction_id"]).as_py() == 750
+    for key, (t, _) in tables.items():
+        rows = data.filter(pc.equal(data["_source_file"], s3.uri(key)))
+        assert rows.num_rows == t.num_rows
+        assert sorted(rows["_source_row"].to_pylist()) == list(range(1, t.num_rows + 1))
+        assert sorted(rows["prediction_id"].to_pylist()) == sorted(t["prediction_id"].to_pylist())
+    assert data.schema.field("prediction_timestamp").type == pa.timestamp("us", tz="UTC")
+    assert {"feature_x", "feature_city", "region", "date", "_ingested_at"} <= set(data.schema.names)
+    table = lake.catalog.load_table(job.table_identifier)
+    files = [t.file.file_path for t in table.scan().plan_files()]
+    assert files and all("/data/date=" in f for f in files), files
+    props = [s.summary.get(PROP_SOURCE_FILE) for s in table.snapshots()]
+    assert sorted(p for p in props if p) == sorted(s3.uri(k) for k in tables)
+    # a second poll finds nothing new, and importing again appends nothing
+    assert find_new_files(job, s3, "models/ctr/", lake.ledger)[0] == []
+    snaps = len(table.snapshots())
+    again = import_file(job, s3, new[0], catalog=lake.catalog, ledger=lake.ledger)
+    assert again.status == "already-imported"
+    assert len(lake.catalog.load_table(job.table_identifier).snapshots()) == snaps
+    assert _scan(lake, job).num_rows == 750
+
+
+def test_changed_file_replaces_its_rows_in_one_commit(lake, s3, make_job):
+    job = make_job(s3.uri("models/ctr/"))
+    other = _put(s3, "models/ctr/other.parquet", inference_rows(50, id_prefix="other"), "parquet")
+    v1 = _put(s3, "models/ctr/day.csv", inference_rows(100, id_prefix="v1"), "csv")
+    for info in (other, v1):
+        import_file(job, s3, info, catalog=lake.catalog, ledger=lake.ledger)
+    table = lake.catalog.load_table(job.table_identifier)
+    log_before = len(table.metadata.metadata_log)
+    v2 = _put(s3, "models/ctr/day.csv", inference_rows(70, id_prefix="v2"), "csv")
+    assert v2.etag != v1.etag
+    assert [o.key for o in find_new_files(job, s3, "models/ctr/", lake.ledger)[0]] == ["models/ctr/day.csv"]
+    result = import_file(job, s3, v2, catalog=lake.catalog, ledger=lake.ledger)
+    assert result.status == "imported" and result.replaced and result.rows == 70
+    table = lake.catalog.load_table(job.table_identifier)
+    assert len(table.metadata.metadata_log) == log_before + 1, "replace must be one atomic commit"
+    data = table.scan().to_arrow()
+    day = data.filter(pc.equal(data["_source_file"], s3.uri("models/ctr/day.csv")))
+    assert sorted(day["prediction_id"].to_pylist()) == sorted(f"v2-{i}" for i in range(70))
+    assert data.num_rows == 120
+
+
+@pytest.mark.parametrize("fault", ["during-read", "after-write", "after-commit"])
+def test_kill_9_at_each_stage_then_retry_is_exactly_once(lake, s3, make_job, moto_server, fault):
+    job = make_job(s3.uri("models/ctr/"))
+    info = _put(s3, "models/ctr/big.parquet", inference_rows(5000, id_prefix="k"), "parquet")
+    crashed = _worker(lake, moto_server, job, [info], fault=fault, chunk_rows=1000)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    row = lake.ledger.get(job.name, info)
+    assert row["status"] == "pending"
+    committed = fault == "after-commit"
+    if committed:
+        assert _scan(lake, job).num_rows == 5000
+    retry = _worker(lake, moto_server, job, [info])
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    result = json.loads(retry.stdout.strip().splitlines()[-1])
+    assert result["status"] == ("already-imported" if committed else "imported")
+    data = _scan(lake, job)
+    assert data.num_rows == 5000
+    assert pc.count_distinct(data["prediction_id"]).as_py() == 5000
+    row = lake.ledger.get(job.name, info)
+    assert row["status"] == "succeeded" and row["rows"] == 5000 and row["attempts"] == 2
+
+
+def test_bad_file_fails_with_location_and_others_import(lake, s3, make_job):
+    job = make_job(s3.uri("models/ctr/"))
+    good = _put(s3, "models/ctr/good.parquet", inference_rows(40, id_prefix="g"), "parquet")
+    bad_rows = inference_rows(10, id_prefix="b").to_pylist()
+    bad_rows[3]["prediction_id"] = None
+    bad = _put(s3, "models/ctr/bad.parquet", pa.Table.from_pylist(bad_rows, inference_rows(1).schema), "parquet")
+    missing = _put(s3, "models/ctr/missing.csv", inference_rows(5).drop_columns(["predicted_label"]), "csv")
+    results = {r.uri.rsplit("/", 1)[1]: r for r in
+               (import_file(job, s3, i, catalog=lake.catalog, ledger=lake.ledger) for i in (bad, good, missing))}
+    assert results["good.parquet"].status == "imported"
+    assert results["bad.parquet"].status == "failed"
+    assert "row 4" in results["bad.parquet"].error and "'prediction_id'" in results["bad.parquet"].error
+    assert results["missing.csv"].status == "failed" and "predicted_label" in results["missing.csv"].error
+    assert _scan(lake, job).num_rows == 40
+    assert lake.ledger.get(job.name, bad)["status"] == "failed"
+    assert lake.ledger.counts(job.name) == {"pending": 0, "succeeded": 1, "failed": 2}
+    # failed versions are not offered again until they change
+    assert find_new_files(job, s3, "models/ctr/", lake.ledger)[0] == []
+
+
+def test_new_columns_evolve_the_table_and_type_changes_are_refused(lake, s3, make_job):
+    job = make_job(s3.uri("models/ctr/"))
+    import_file(job, s3, _put(s3, "models/ctr/a.parquet", inference_rows(10, id_prefix="a"), "parquet"),
+                catalog=lake.catalog, ledger=lake.ledger)
+    wider = inference_rows(10, id_prefix="w").append_column("feature_new", pa.array([1.5] * 10))
+    r = import_file(job, s3, _put(s3, "models/ctr/b.parquet", wider, "parquet"), catalog=lake.catalog,
+                    ledger=lake.ledger)
+    assert r.status == "imported"
+    data = _scan(lake, job)
+    assert data.num_rows == 20 and data["feature_new"].null_count == 10
+    changed = inference_rows(10, id_prefix="c").set_column(2, "feature_x", pa.array(["x"] * 10))
+    r = import_file(job, s3, _put(s3, "models/ctr/c.parquet", changed, "parquet"), catalog=lake.catalog,
+                    ledger=lake.ledger)
+    assert r.status == "failed" and "feature_x" in r.error and "double" in r.error
+
+
+def _import_many(lake, job, store, infos):
+    return [import_file(job, store, i, catalog=lake.catalog, ledger=lake.ledger) for i in infos]
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_eight_concurrent_writer_processes_on_postgres_lose_nothing(pg_lake, s3, make_job, moto_server):
+    job = make_job(s3.uri("models/ctr/"))
+    infos = [_put(s3, f"models/ctr/w{i}/part.parquet", inference_rows(200, start=i * 200, id_prefix="w"), "parquet")
+             for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:  # 8 OS processes, 2 files each, all committing to one table
+        procs = list(pool.map(lambda chunk: _worker(pg_lake, moto_server, job, chunk),
+                              [infos[i::8] for i in range(8)]))
+    for p in procs:
+        assert p.returncode == 0, p.stderr[-3000:]
+    results = [json.loads(line) for p in procs for line in p.stdout.strip().splitlines()]
+    assert sorted(r["status"] for r in results) == ["imported"] * 16
+    data = _scan(pg_lake, job)
+    assert data.num_rows == 3200
+    assert pc.count_distinct(data["prediction_id"]).as_py() == 3200
+    table = pg_lake.catalog.load_table(job.table_identifier)
+    committed = [s.summary.get(PROP_SOURCE_FILE) for s in table.snapshots() if s.summary.get(PROP_SOURCE_FILE)]
+    assert sorted(committed) == sorted(s3.uri(i.key) for i in infos)
+    assert pg_lake.ledger.counts(job.name)["succeeded"] == 16

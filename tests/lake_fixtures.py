@@ -1,0 +1,120 @@
+"""Fixtures for lake tests: an isolated catalog + ledger on SQLite, or on a fresh Postgres database."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import uuid
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+import pytest
+
+from obslake.config import ImportJob
+from obslake.formats import write_table
+from obslake.lake.catalog import LakeSettings, load_catalog
+from obslake.lake.ledger import Ledger
+
+PG_ADMIN_URI = os.environ.get("OBSLAKE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@dataclasses.dataclass
+class Lake:
+    settings: LakeSettings
+    env: dict[str, str]
+
+    @property
+    def catalog(self):
+        return load_catalog(self.settings)
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.settings.state_uri)
+
+
+@pytest.fixture
+def lake(tmp_path, monkeypatch) -> Lake:
+    """A fresh embedded lake: SQLite catalog + ledger and a warehouse under tmp_path."""
+    env = {"OBSLAKE_HOME": str(tmp_path / "lake")}
+    for k in ("OBSLAKE_CATALOG_URI", "OBSLAKE_STATE_URI", "OBSLAKE_WAREHOUSE", "OBSLAKE_CATALOG_TYPE",
+              "OBSLAKE_CATALOG_PROPERTIES"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return Lake(LakeSettings.from_env(), env)
+
+
+@pytest.fixture
+def pg_lake(tmp_path, monkeypatch) -> Iterator[Lake]:
+    """A lake whose catalog and ledger live in a new Postgres database (dropped afterwards)."""
+    import sqlalchemy as sa
+
+    name = f"obslake_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URI, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    uri = PG_ADMIN_URI.rsplit("/", 1)[0] + f"/{name}"
+    env = {"OBSLAKE_CATALOG_URI": uri, "OBSLAKE_WAREHOUSE": f"file://{tmp_path / 'warehouse'}",
+           "OBSLAKE_HOME": str(tmp_path / "home")}
+    (tmp_path / "warehouse").mkdir()
+    for k in ("OBSLAKE_STATE_URI", "OBSLAKE_CATALOG_TYPE", "OBSLAKE_CATALOG_PROPERTIES"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield Lake(LakeSettings.from_env(), env)
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def inference_rows(n: int, *, start: int = 0, id_prefix: str = "p", day: str | None = None) -> pa.Table:
+    """A small inference table with a timestamp inside the accepted range (yesterday by default)."""
+    import datetime as dt
+
+    base = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    if day:
+        base = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc)
+    return pa.table({
+        "prediction_id": [f"{id_prefix}-{i}" for i in range(start, start + n)],
+        "prediction_ts": pa.array([base + dt.timedelta(minutes=i) for i in range(start, start + n)],
+                                  pa.timestamp("us", tz="UTC")),
+        "feature_x": pa.array([float(i) for i in range(start, start + n)]),
+        "feature_city": pa.array([["paris", "lima", "oslo"][i % 3] for i in range(start, start + n)]),
+        "region": pa.array(["eu"] * n),
+        "predicted_label": pa.array([["a", "b"][i % 2] for i in range(start, start + n)]),
+        "predicted_score": pa.array([i / (n + start) for i in range(start, start + n)]),
+    })
+
+
+def to_bytes(table: pa.Table, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    write_table(table, fmt, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_job() -> Callable[..., ImportJob]:
+    """Build a valid ImportJob for a source URI, with overrides."""
+
+    def _make(source: str, **overrides: Any) -> ImportJob:
+        data = {
+            "name": "test_job",
+            "source": source,
+            "model": {"space": "tests", "name": "ctr", "environment": "production"},
+            "ingestion_key_variable": "obslake_test_key",
+            "schema": {
+                "prediction_id": "prediction_id",
+                "timestamp": "prediction_ts",
+                "prediction_label": "predicted_label",
+                "prediction_score": "predicted_score",
+                "features": {"prefix": "feature_"},
+                "tags": ["region"],
+            },
+        }
+        data.update(overrides)
+        return ImportJob.model_validate(data)
+
+    return _make
