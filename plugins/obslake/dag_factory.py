@@ -51,7 +51,7 @@ def build_import_dag(job: ImportJob) -> Any:
             f"`obslake status {job.name}` for file counts and errors."
         ),
     ) as dag:
-        files = S3KeyPrefixSensor(task_id="wait_for_new_files", job=job_dict, deferrable=deferrable, soft_fail=True)
+        files = S3KeyPrefixSensor(task_id="wait_for_new_files", job=job_dict, deferrable=deferrable)
         verify = TagVerifyOperator(
             task_id="verify_bucket_ownership", source=job.source, conn_id=job.conn_id,
             key_variable=job.ingestion_key_variable, tag_name=job.tag_name,

@@ -168,6 +168,16 @@ def test_wrong_tag_fails_the_run_before_any_object_is_read(s3_job, s3_client, s3
 
 @pytest.mark.airflow
 @pytest.mark.slow
+def test_missing_bucket_fails_the_sensor_instead_of_skipping(s3_job, s3_client, s3_bucket, lake):
+    dag = s3_job()
+    s3_client.delete_bucket(Bucket=s3_bucket)
+    run = dag.test()
+    assert str(run.state) == "failed"
+    assert _states(run)["wait_for_new_files"] == ["failed"]
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
 def test_deferrable_sensor_run(s3_job, s3_client, s3_bucket, lake):
     dag = s3_job("deferred", extra="poll_interval: 0.5\nsensor_timeout: 30\ndeferrable: true\n")
     s3_client.put_object(Bucket=s3_bucket, Key="in/x/y.parquet", Body=to_bytes(inference_rows(25), "parquet"))

@@ -192,3 +192,40 @@ def test_eight_concurrent_writer_processes_on_postgres_lose_nothing(pg_lake, s3,
     committed = [s.summary.get(PROP_SOURCE_FILE) for s in table.snapshots() if s.summary.get(PROP_SOURCE_FILE)]
     assert sorted(committed) == sorted(s3.uri(i.key) for i in infos)
     assert pg_lake.ledger.counts(job.name)["succeeded"] == 16
+
+
+def test_gcs_files_import_through_the_same_code(lake, gcs_client, gcs_bucket, make_job):
+    store, prefix = open_store(f"gs://{gcs_bucket}/models/ctr/", gcs_client=gcs_client)
+    job = make_job(f"gs://{gcs_bucket}/models/ctr/")
+    _put(store, "models/ctr/a/b/c.parquet", inference_rows(120, id_prefix="gcs"), "parquet")
+    _put(store, "models/ctr/a/d.csv", inference_rows(80, id_prefix="gcs-csv"), "csv")
+    new, _ = find_new_files(job, store, prefix, lake.ledger)
+    assert sorted(o.key for o in new) == ["models/ctr/a/b/c.parquet", "models/ctr/a/d.csv"]
+    assert all(o.etag.isdigit() for o in new)  # GCS generation numbers
+    results = [import_file(job, store, o, catalog=lake.catalog, ledger=lake.ledger) for o in new]
+    assert [r.status for r in results] == ["imported", "imported"]
+    data = _scan(lake, job)
+    assert data.num_rows == 200
+    assert set(data["_source_file"].to_pylist()) == {f"gs://{gcs_bucket}/models/ctr/a/b/c.parquet",
+                                                     f"gs://{gcs_bucket}/models/ctr/a/d.csv"}
+    assert find_new_files(job, store, prefix, lake.ledger)[0] == []
+
+
+@pytest.mark.slow
+def test_discovery_over_1050_files_across_pages_is_capped_and_then_empty(lake, s3, s3_client, make_job):
+    job = make_job(s3.uri("models/ctr/"), max_files_per_run=400)
+    body = to_bytes(inference_rows(3), "csv")
+    keys = [f"models/ctr/{i % 7}/{i % 13}/f{i:05d}.csv" for i in range(1050)]
+    with ThreadPoolExecutor(16) as pool:
+        infos = list(pool.map(lambda k: s3.write(k, body), keys))
+    seen: set[str] = set()
+    while True:
+        batch, total = find_new_files(job, s3, "models/ctr/", lake.ledger)
+        if not batch:
+            break
+        assert len(batch) <= 400 and total == 1050 - len(seen)
+        assert not seen & {o.key for o in batch}, "a file was offered twice"
+        for o in batch:  # what a successful import records
+            lake.ledger.mark_succeeded(job.name, o, rows=3, table_name="t", snapshot_id=None)
+        seen |= {o.key for o in batch}
+    assert seen == set(keys) and len(infos) == 1050

@@ -55,9 +55,20 @@ class S3KeyPrefixSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=bool(new), xcom_value=[o.to_dict() for o in new])
 
     def execute(self, context) -> Any:
-        """Poke once; if nothing is new and deferrable, wait in the triggerer."""
+        """Poke once; if nothing is new and deferrable, wait in the triggerer.
+
+        Note:
+            Only "nothing new before ``timeout``" ends as *skipped* (the next run polls again); errors
+            such as a missing bucket or denied access fail the task. (Airflow's ``soft_fail`` would
+            skip those too, hiding them, so it is not used.)
+        """
         if not self.deferrable:
-            return super().execute(context)
+            from airflow.sdk.exceptions import AirflowSensorTimeout
+
+            try:
+                return super().execute(context)
+            except AirflowSensorTimeout as exc:
+                raise self._nothing_new() from exc
         first = self.poke(context)
         if first.is_done:
             return first.xcom_value
@@ -68,6 +79,20 @@ class S3KeyPrefixSensor(BaseSensorOperator):
             method_name="execute_complete",
             timeout=dt.timedelta(seconds=self.timeout),
         )
+
+    def _nothing_new(self):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        return AirflowSkipException(f"no new files under {self.source} within {self.timeout:g}s; the next run polls again")
+
+    def resume_execution(self, next_method: str, next_kwargs: dict | None, context) -> Any:
+        """Turn the deferral timeout (nothing new) into a skip; everything else propagates."""
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSensorTimeout as exc:
+            raise self._nothing_new() from exc
 
     def execute_complete(self, context, event: dict) -> list[dict]:
         """Resume after the trigger fired: return its files or raise its error."""
