@@ -103,7 +103,7 @@ def make_job() -> Callable[..., ImportJob]:
         data = {
             "name": "test_job",
             "source": source,
-            "model": {"space": "tests", "name": "ctr", "environment": "production"},
+            "model": {"space": "tests", "name": "ctr", "type": "score_categorical", "environment": "production"},
             "ingestion_key_variable": "obslake_test_key",
             "schema": {
                 "prediction_id": "prediction_id",

@@ -13,7 +13,7 @@ GOOD = """
 name: {name}
 source: s3://bucket/models/ctr
 conn_id: aws_default
-model: {{space: demo, name: ctr, environment: production, version: v3}}
+model: {{space: demo, name: ctr, type: binary_classification, environment: production, version: v3}}
 ingestion_key_variable: obslake_ctr_key
 schema:
   prediction_id: id

@@ -46,6 +46,32 @@ class JobStatus(str, enum.Enum):
     deleted = "deleted"
 
 
+class ModelType(str, enum.Enum):
+    """Arize model types; each requires its own fields (README "Model types")."""
+
+    binary_classification = "binary_classification"
+    multi_class = "multi_class"
+    score_categorical = "score_categorical"
+    regression = "regression"
+    ranking = "ranking"
+    object_detection = "object_detection"
+    generative_llm = "generative_llm"
+
+
+class OnError(str, enum.Enum):
+    """What a bad record does to its file (Snowflake's ON_ERROR)."""
+
+    abort_file = "abort_file"
+    skip_rows = "skip_rows"
+
+
+class JobKind(str, enum.Enum):
+    """``predictions`` (default) or ``actuals``: delayed ground truth joined by prediction id."""
+
+    predictions = "predictions"
+    actuals = "actuals"
+
+
 class Environment(str, enum.Enum):
     """Model environment, as in Arize."""
 
@@ -85,10 +111,85 @@ class ColumnSelector(_Strict):
         return not self.columns and self.prefix is None
 
 
+class EmbeddingColumns(_Strict):
+    """One embedding feature: a vector column, optionally its raw data and a link to the data."""
+
+    vector: str
+    raw_data: str | None = None
+    link_to_data: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arize_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"vector": value}
+        if isinstance(value, dict):
+            aliases = {"vector_column_name": "vector", "data_column_name": "raw_data", "data": "raw_data",
+                       "link_to_data_column_name": "link_to_data"}
+            return {aliases.get(k, k): v for k, v in value.items()}
+        return value
+
+    def columns(self) -> list[str]:
+        """The input columns this embedding uses."""
+        return [c for c in (self.vector, self.raw_data, self.link_to_data) if c]
+
+
+class BoundingBoxColumns(_Strict):
+    """Object detection boxes: per row a list of [x1, y1, x2, y2], their categories and (predictions) scores."""
+
+    coordinates: str
+    categories: str
+    scores: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arize_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            aliases = {"bounding_boxes_coordinates_column_name": "coordinates",
+                       "categories_column_name": "categories", "scores_column_name": "scores"}
+            return {aliases.get(k, k): v for k, v in value.items()}
+        return value
+
+    def columns(self) -> list[str]:
+        """The input columns of the boxes."""
+        return [c for c in (self.coordinates, self.categories, self.scores) if c]
+
+
+# Arize SDK / JSON column-mapping names -> our field names.
+_ARIZE_ALIASES = {
+    "prediction_id_column_name": "prediction_id",
+    "timestamp_column_name": "timestamp",
+    "prediction_label_column_name": "prediction_label",
+    "prediction_score_column_name": "prediction_score",
+    "actual_label_column_name": "actual_label",
+    "actual_score_column_name": "actual_score",
+    "feature_column_names": "features",
+    "tag_column_names": "tags",
+    "shap_values_column_names": "shap_values",
+    "embedding_feature_column_names": "embedding_features",
+    "prediction_group_id_column_name": "prediction_group_id",
+    "rank_column_name": "rank",
+    "relevance_score_column_name": "relevance_score",
+    "relevance_labels_column_name": "relevance_label",
+    "relevance_label_column_name": "relevance_label",
+    "version_column_name": "version",
+    "batch_id_column_name": "batch_id",
+    "prompt_column_name": "prompt",
+    "response_column_name": "response",
+    "multi_class_threshold_scores_column_name": "threshold_scores",
+    "object_detection_prediction_column_names": "prediction_bounding_boxes",
+    "object_detection_actual_column_names": "actual_bounding_boxes",
+    "excluded_column_names": "exclude",
+}
+
+
 class SchemaMapping(_Strict):
     """Which input column plays which role (Arize's column mapping).
 
+    Accepts our names and Arize's (``prediction_id_column_name``, ``feature_column_names``, …).
     Columns the mapping does not claim become features, unless listed in ``exclude`` (as in Arize).
+    ``prediction_scores``/``actual_scores``/``threshold_scores`` (multi-class) name a map column
+    (class -> score) or select one score column per class (``{prefix: "score_"}``).
     """
 
     prediction_id: str = "prediction_id"
@@ -99,30 +200,74 @@ class SchemaMapping(_Strict):
     actual_score: str | None = None
     features: ColumnSelector | None = None
     tags: ColumnSelector = ColumnSelector()
+    shap_values: ColumnSelector = ColumnSelector()
+    embedding_features: dict[str, EmbeddingColumns] = {}
     exclude: tuple[str, ...] = ()
+    version: str | None = None
+    batch_id: str | None = None
+    prediction_group_id: str | None = None
+    rank: str | None = None
+    relevance_score: str | None = None
+    relevance_label: str | None = None
+    prediction_scores: ColumnSelector | None = None
+    actual_scores: ColumnSelector | None = None
+    threshold_scores: ColumnSelector | None = None
+    prediction_bounding_boxes: BoundingBoxColumns | None = None
+    actual_bounding_boxes: BoundingBoxColumns | None = None
+    prompt: str | None = None
+    response: str | None = None
+    column_types: dict[str, str] = {}
+
+    @field_validator("column_types")
+    @classmethod
+    def _arrow_types(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            return v  # keep pyarrow out of DAG parsing
+        import pyarrow as pa
+
+        for col, name in v.items():
+            try:
+                pa.type_for_alias(name)
+            except (ValueError, KeyError):
+                raise ValueError(
+                    f"column_types[{col!r}]: unknown type {name!r}; use e.g. string, int64, double, bool, "
+                    "timestamp[us, tz=UTC], date32"
+                ) from None
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arize_form(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out = {_ARIZE_ALIASES.get(k, k): v for k, v in value.items()}
+        emb = out.get("embedding_features")
+        if isinstance(emb, list):  # Arize JSON: [{"name": {...}}, ...]
+            merged: dict[str, Any] = {}
+            for item in emb:
+                if not isinstance(item, dict):
+                    raise ValueError("embedding_features entries must be {name: {vector: …, raw_data: …}}")
+                merged.update(item)
+            out["embedding_features"] = merged
+        for key in ("prediction_scores", "actual_scores", "threshold_scores"):
+            if isinstance(out.get(key), str) and not out[key].endswith(("_", "/", ".")):
+                out[key] = {"columns": [out[key]]}  # a single map column, not a prefix
+        return out
 
     @model_validator(mode="after")
     def _one_role_per_column(self) -> "SchemaMapping":
-        roles = {
-            "prediction_id": self.prediction_id,
-            "timestamp": self.timestamp,
-            "prediction_label": self.prediction_label,
-            "prediction_score": self.prediction_score,
-            "actual_label": self.actual_label,
-            "actual_score": self.actual_score,
-        }
         seen: dict[str, str] = {}
-        for role, column in roles.items():
-            if column is None:
-                continue
+        for role, column in self.role_columns().items():
             if column in seen:
                 raise ValueError(f"column {column!r} is mapped to both {seen[column]} and {role}")
             seen[column] = role
-        if not any([self.prediction_label, self.prediction_score, self.actual_label, self.actual_score]):
-            raise ValueError(
-                "map at least one of prediction_label, prediction_score, actual_label, actual_score "
-                "(e.g. `prediction_label: predicted_class`)"
-            )
+        for name, emb in self.embedding_features.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", name):
+                raise ValueError(f"embedding feature name {name!r}: use letters, digits and '_' (it names columns)")
+            for c in emb.columns():
+                if c in seen:
+                    raise ValueError(f"column {c!r} is mapped to both {seen[c]} and embedding {name!r}")
+                seen[c] = f"embedding {name!r}"
         return self
 
     def role_columns(self) -> dict[str, str]:
@@ -134,8 +279,29 @@ class SchemaMapping(_Strict):
             "prediction_score": self.prediction_score,
             "actual_label": self.actual_label,
             "actual_score": self.actual_score,
+            "model_version": self.version,
+            "batch_id": self.batch_id,
+            "prediction_group_id": self.prediction_group_id,
+            "rank": self.rank,
+            "relevance_score": self.relevance_score,
+            "relevance_label": self.relevance_label,
+            "prompt": self.prompt,
+            "response": self.response,
         }
+        for prefix, boxes in (("prediction", self.prediction_bounding_boxes), ("actual", self.actual_bounding_boxes)):
+            if boxes is not None:
+                roles[f"{prefix}_bbox_coordinates"] = boxes.coordinates
+                roles[f"{prefix}_bbox_categories"] = boxes.categories
+                if boxes.scores:
+                    roles[f"{prefix}_bbox_scores"] = boxes.scores
         return {k: v for k, v in roles.items() if v is not None}
+
+    def fingerprint(self) -> str:
+        """A short stable hash: a failed file is validated again when this changes ("Fix Schema")."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ModelRef(_Strict):
@@ -143,6 +309,7 @@ class ModelRef(_Strict):
 
     space: str = "default"
     name: str
+    type: ModelType
     environment: Environment = Environment.production
     version: str | None = None
 
@@ -166,7 +333,11 @@ class ImportJob(_Strict):
     model: ModelRef
     ingestion_key_variable: str
     tag_name: str = DEFAULT_TAG_NAME
+    kind: JobKind = JobKind.predictions
     schema_: SchemaMapping = Field(alias="schema")
+    on_error: OnError = OnError.abort_file
+    max_bad_rows: int = Field(1000, ge=0, description="skip_rows: a file with more bad rows is aborted")
+    max_bad_fraction: float = Field(0.1, ge=0, le=1, description="skip_rows: ... or a larger fraction of bad rows")
     poll_interval: float = Field(10.0, gt=0, le=3600)
     sensor_timeout: float = Field(3600.0, gt=0, description="seconds a run waits for new files before it ends")
     max_file_bytes: int = Field(DEFAULT_MAX_FILE_BYTES, gt=0)
@@ -216,7 +387,28 @@ class ImportJob(_Strict):
     @property
     def table_identifier(self) -> tuple[str, str]:
         """(namespace, table) of the model's Iceberg table."""
+        base = f"{self.model.name}__{self.model.environment.value}"
+        if self.kind == JobKind.actuals:
+            base += "__actuals"
+        return (_ident(self.model.space), _ident(base))
+
+    @property
+    def predictions_table_identifier(self) -> tuple[str, str]:
+        """(namespace, table) of the model's predictions (the same as ``table_identifier`` for predictions)."""
         return (_ident(self.model.space), _ident(f"{self.model.name}__{self.model.environment.value}"))
+
+    @property
+    def quarantine_table_identifier(self) -> tuple[str, str]:
+        """Where ``on_error: skip_rows`` keeps bad rows with their reasons."""
+        ns, name = self.table_identifier
+        return (ns, f"{name}__quarantine")
+
+    @model_validator(mode="after")
+    def _fields_for_model_type(self) -> "ImportJob":
+        from obslake.schema.model_types import check_mapping
+
+        check_mapping(self.model.type, self.kind, self.schema_)
+        return self
 
 
 def _ident(value: str) -> str:
@@ -250,6 +442,12 @@ def load_import_job(path: str | Path) -> ImportJob:
         raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of job fields at the top level, got {type(data).__name__}")
+    if isinstance(data.get("schema"), str):  # a path to a JSON/YAML schema file, relative to include/
+        schema_path = (path.parent.parent / data["schema"]).resolve()
+        try:
+            data["schema"] = yaml.safe_load(schema_path.read_text(encoding="utf-8"))  # JSON is YAML
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: schema: cannot read schema file {schema_path}: {exc}") from exc
     try:
         job = ImportJob.model_validate(data)
     except ValidationError as exc:

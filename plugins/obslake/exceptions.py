@@ -10,7 +10,17 @@ from __future__ import annotations
 
 
 class ObslakeError(Exception):
-    """Base class of every obslake error."""
+    """Base class of every obslake error.
+
+    ``code`` is a stable, documented error code (README "Error codes") where one applies.
+    """
+
+    code: str | None = None
+
+    def __init__(self, *args: object, code: str | None = None):
+        super().__init__(*args)
+        if code is not None:
+            self.code = code
 
 
 class TerminalError(ObslakeError):

@@ -168,7 +168,7 @@ def read_schema(f: BinaryIO, fmt: str, *, source: str) -> pa.Schema:
 
 
 def read_batches(
-    f: BinaryIO, fmt: str, *, source: str, batch_rows: int = DEFAULT_BATCH_ROWS
+    f: BinaryIO, fmt: str, *, source: str, batch_rows: int = DEFAULT_BATCH_ROWS, csv_as_strings: bool = False
 ) -> Iterator[pa.RecordBatch]:
     """Stream a file as record batches of at most ``batch_rows`` rows, in bounded memory.
 
@@ -192,6 +192,8 @@ def read_batches(
         fmt: One of :data:`FORMATS`.
         source: The file's URI, used in error messages.
         batch_rows: Maximum rows per yielded batch.
+        csv_as_strings: CSV only: every column is read as string (the caller casts values itself and
+            can then report each bad cell with its row instead of failing the whole file).
 
     Returns:
         An iterator of record batches. The file is opened (header/footer/first CSV block checked)
@@ -213,7 +215,7 @@ def read_batches(
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    return _open(f, fmt, source).batches(batch_rows)
+    return _open(f, fmt, source, csv_as_strings=csv_as_strings).batches(batch_rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,15 +254,16 @@ class _Opened:
                 return
             except self._errors as exc:
                 where = f" after {rows} rows were read" if rows else " before any row was read"
+                detail = self._describe(exc)
                 raise _error(
-                    self.source, self.fmt, f"cannot decode the data{where} ({self._describe(exc)})"
+                    self.source, self.fmt, f"cannot decode the data{where} ({detail})", code=_code_for(self.fmt, detail)
                 ) from exc
             for offset in range(0, batch.num_rows, batch_rows):
                 yield batch.slice(offset, batch_rows)
             rows += batch.num_rows
 
 
-def _open(f: BinaryIO, fmt: str, source: str) -> _Opened:
+def _open(f: BinaryIO, fmt: str, source: str, *, csv_as_strings: bool = False) -> _Opened:
     """Check the format name and emptiness, then dispatch to the format's opener."""
     openers = {"parquet": _open_parquet, "csv": _open_csv, "avro": _open_avro, "arrow": _open_arrow}
     if fmt not in openers:
@@ -271,8 +274,11 @@ def _open(f: BinaryIO, fmt: str, source: str) -> _Opened:
     if size == 0:
         raise FileFormatError(
             f"{source} is empty (0 bytes); upload the complete file (was the upload interrupted?) "
-            "or delete the object"
+            "or delete the object",
+            code="FILE_EMPTY",
         )
+    if fmt == "csv":
+        return _open_csv(f, source, size, as_strings=csv_as_strings)
     return openers[fmt](f, source, size)
 
 
@@ -382,7 +388,7 @@ def _csv_input(f: BinaryIO) -> Any:
     return f
 
 
-def _open_csv(f: BinaryIO, source: str, size: int) -> _Opened:
+def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False) -> _Opened:
     def open_reader(column_types: dict[str, pa.DataType] | None) -> pacsv.CSVStreamingReader:
         return pacsv.open_csv(
             _csv_input(f),
@@ -418,11 +424,15 @@ def _open_csv(f: BinaryIO, source: str, size: int) -> _Opened:
             if pa.types.is_null(field.type) or pa.types.is_binary(field.type)
         }
         names.extend(reader.schema.names)
-        if retype:
+        if as_strings:
+            f.seek(0)
+            reader = open_reader({name: pa.string() for name in names})
+        elif retype:
             reader = open_reader(retype)
     except _DECODE_ERRORS as exc:
         if "Empty CSV file" in str(exc):
-            raise _error(source, "csv", f"no header row ({size} bytes, empty after decompression)") from exc
+            raise _error(source, "csv", f"no header row ({size} bytes, empty after decompression)",
+                         code="FILE_EMPTY") from exc
         raise _error(source, "csv", f"unreadable first block ({describe(exc)})") from exc
     return _Opened(
         source=source, fmt="csv", schema=reader.schema, batches=lambda _: iter(reader), describe=describe
@@ -734,6 +744,16 @@ def _detail(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _error(source: str, fmt: str, what: str, *, fix: str | None = None) -> FileFormatError:
-    """Build ``FileFormatError("<source>: <what>; <fix>")``."""
-    return FileFormatError(f"{source}: {what}; {fix or _FIX[fmt]}")
+def _code_for(fmt: str, detail: str) -> str:
+    """The error code of a decode failure (README "Error codes")."""
+    low = detail.lower()
+    if fmt == "csv" and "expected" in low and "columns" in low:
+        return "CSV_RAGGED"
+    if "utf8" in low or "utf-8" in low:
+        return "FILE_ENCODING"
+    return "FILE_CORRUPT"
+
+
+def _error(source: str, fmt: str, what: str, *, fix: str | None = None, code: str | None = None) -> FileFormatError:
+    """Build ``FileFormatError("<source>: <what>; <fix>")`` with an error code (default FILE_CORRUPT)."""
+    return FileFormatError(f"{source}: {what}; {fix or _FIX[fmt]}", code=code or _code_for(fmt, what))

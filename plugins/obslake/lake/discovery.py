@@ -16,11 +16,12 @@ log = logging.getLogger(__name__)
 def find_new_files(job: ImportJob, store: ObjectStore, prefix: str, ledger: Ledger) -> tuple[list[ObjectInfo], int]:
     """List ``prefix`` recursively and return (new file versions, oldest first, capped; how many new in all).
 
-    A version is new unless the ledger holds it as succeeded or failed; ``pending`` versions (a run that
-    died) are offered again. At most ``job.max_files_per_run`` are returned; the rest wait for the next run.
+    A version is new unless the ledger holds it as succeeded, or as failed under the current schema
+    (a file that failed is validated again once the job's schema changes: "Fix Schema"); ``pending``
+    versions (a run that died) are offered again. At most ``job.max_files_per_run`` are returned; the rest wait for the next run.
     """
     started = time.monotonic()
-    done = ledger.done_versions(job.name)
+    done = ledger.done_versions(job.name, job.schema_.fingerprint())  # a failed file is retried after a schema fix
     listed = 0
     new: list[ObjectInfo] = []
     for obj in store.list(prefix):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import json
 import logging
 import random
 import time
@@ -34,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obslake import faults
-from obslake.config import ImportJob
+from obslake.config import ImportJob, OnError
 from obslake.exceptions import (
     CommitConflictError,
     FileFormatError,
@@ -44,7 +45,7 @@ from obslake.exceptions import (
 )
 from obslake.formats import format_for_key, read_batches, read_schema
 from obslake.lake.ledger import Ledger
-from obslake.schema.mapping import PARTITION_COLUMN, BatchMapper
+from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, BatchMapper, RecordErrors
 from obslake.storage.base import ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class ImportResult:
     replaced: bool = False
     error: str | None = None
     seconds: float = 0.0
+    bad_rows: int = 0
 
     def to_dict(self) -> dict:
         """Plain form for XCom."""
@@ -234,6 +236,78 @@ def _commit(table: "Table", uri: str, etag: str, data_files: list, props: dict[s
     raise CommitConflictError(f"{uri}: commit kept conflicting after {COMMIT_ATTEMPTS} attempts; retry the task")
 
 
+class TooManyBadRowsError(TerminalError):
+    """``on_error: skip_rows`` but the file has more bad rows than the job allows."""
+
+    code = "TOO_MANY_BAD_ROWS"
+
+
+QUARANTINE_SCHEMA = pa.schema([
+    ("_source_file", pa.string()), ("_source_etag", pa.string()), ("_source_row", pa.int64()),
+    ("_ingested_at", pa.timestamp("us", tz="UTC")), ("error_codes", pa.string()), ("errors", pa.string()),
+    ("record", pa.string()),
+])
+
+
+class _Quarantine:
+    """Bad rows of one file under ``skip_rows``: the original record as JSON, with its problems."""
+
+    def __init__(self, job: ImportJob, uri: str, etag: str, ingested_at: dt.datetime):
+        self.job, self.uri, self.etag, self.ingested_at = job, uri, etag, ingested_at
+        self.rows: list[dict] = []
+
+    def add(self, batch: pa.RecordBatch, first_row: int, problems: list) -> set[int]:
+        by_row: dict[int, list] = {}
+        for p in problems:
+            by_row.setdefault(p.row - first_row, []).append(p)
+        for idx, probs in sorted(by_row.items()):
+            record = batch.slice(idx, 1).to_pylist()[0]
+            self.rows.append({
+                "_source_file": self.uri, "_source_etag": self.etag, "_source_row": first_row + idx,
+                "_ingested_at": self.ingested_at, "error_codes": ",".join(sorted({p.code for p in probs})),
+                "errors": "\n".join(str(p) for p in probs), "record": json.dumps(record, default=str)[:100_000],
+            })
+        return set(by_row)
+
+    def commit(self, catalog: "Catalog") -> None:
+        """Append the bad rows to ``<table>__quarantine`` exactly once per file version."""
+        if not self.rows:
+            return
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+        from sqlalchemy.exc import IntegrityError
+
+        ident = self.job.quarantine_table_identifier
+        try:
+            table = catalog.load_table(ident)
+        except NoSuchTableError:
+            try:
+                catalog.create_namespace(ident[0])
+            except (NamespaceAlreadyExistsError, IntegrityError):
+                pass
+            try:
+                table = catalog.create_table(ident, schema=QUARANTINE_SCHEMA)
+            except (TableAlreadyExistsError, IntegrityError):
+                table = catalog.load_table(ident)
+        if find_committed(table, self.uri, self.etag) is not None:
+            return
+        props = {PROP_SOURCE_FILE: self.uri, PROP_SOURCE_ETAG: self.etag, PROP_JOB: self.job.name,
+                 PROP_ROWS: str(len(self.rows))}
+        data = pa.Table.from_pylist(self.rows, QUARANTINE_SCHEMA)
+        from pyiceberg.exceptions import CommitFailedException
+
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                table.append(data, snapshot_properties=props)
+                log.info("%s: %d bad row(s) kept in %s", self.uri, len(self.rows), ".".join(ident))
+                return
+            except CommitFailedException:
+                table.refresh()
+                if find_committed(table, self.uri, self.etag) is not None:
+                    return
+                time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
+        raise CommitConflictError(f"{self.uri}: quarantine commit kept conflicting; retry the task")
+
+
 def import_file(
     job: ImportJob,
     store: ObjectStore,
@@ -255,52 +329,70 @@ def import_file(
     started = time.monotonic()
     uri = store.uri(info.key)
     table_name = ".".join(job.table_identifier)
+    fingerprint = job.schema_.fingerprint()
     ledger.mark_pending(job.name, info)
     log.info("importing %s (etag %s, %d bytes) into %s", uri, info.etag, info.size, table_name)
     try:
         if info.size > job.max_file_bytes:
             raise FileTooLargeError(
                 f"{uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,}); split the "
-                "file or raise max_file_bytes in the job YAML"
+                "file or raise max_file_bytes in the job YAML", code="FILE_TOO_LARGE"
             )
         fmt = format_for_key(info.key, job.formats)
         if fmt is None:
-            raise FileFormatError(f"{uri}: extension not among the job's formats {list(job.formats)}")
-        ingested_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            raise FileFormatError(f"{uri}: extension not among the job's formats {list(job.formats)}",
+                                  code="FORMAT_NOT_ALLOWED")
+        ingested_at = dt.datetime.now(dt.timezone.utc)
+        quarantine = _Quarantine(job, uri, info.etag, ingested_at)
+        counts = {"read": 0, "bad": 0}
         with store.open(info.key, etag=info.etag) as f:
-            mapper = BatchMapper(job.schema_, read_schema(f, fmt, source=uri), uri, ingested_at)
-            batches = iter(read_batches(f, fmt, source=uri, batch_rows=batch_rows))
-            row = 1
-            first = None
-            for b in batches:
-                if b.num_rows:
-                    first = mapper.map(b, row)
+            mapper = BatchMapper(job, read_schema(f, fmt, source=uri), uri, ingested_at, fmt)
+            batches = read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv")
+
+            def mapped_batches() -> Iterator[pa.RecordBatch]:
+                row = 1
+                for b in batches:
+                    if not b.num_rows:
+                        continue
+                    mapped, problems = mapper.map(b, row)
+                    counts["read"] += b.num_rows
+                    if problems:
+                        if job.on_error == OnError.abort_file:
+                            raise RecordErrors(problems[:MAX_PROBLEMS])
+                        bad = quarantine.add(b, row, problems)
+                        counts["bad"] += len(bad)
+                        if counts["bad"] > job.max_bad_rows:
+                            raise TooManyBadRowsError(
+                                f"{uri}: more than max_bad_rows={job.max_bad_rows} bad rows (on_error: skip_rows); "
+                                f"the first ones:\n" + "\n".join(f"  {p}" for p in problems[:20]))
+                        keep = pa.array([i not in bad for i in range(b.num_rows)])
+                        mapped = mapped.filter(keep)
                     row += b.num_rows
-                    break
-            if first is None:
-                # a file with a header and no rows: nothing to add, but it still replaces an earlier version
-                first_schema = None
-            else:
-                first_schema = first.schema
+                    yield mapped
+
+            stream = mapped_batches()
+            first = next(stream, None)
             from pyiceberg.exceptions import NoSuchTableError
 
-            if first_schema is None:
+            if first is None:  # a file with a header and no rows
                 try:
                     table = catalog.load_table(job.table_identifier)
                 except NoSuchTableError:
-                    ledger.mark_succeeded(job.name, info, rows=0, table_name=table_name, snapshot_id=None)
+                    ledger.mark_succeeded(job.name, info, rows=0, table_name=table_name, snapshot_id=None,
+                                          fingerprint=fingerprint)
                     return ImportResult(uri, info.etag, "imported", 0, table_name, seconds=time.monotonic() - started)
             else:
-                table = ensure_table(catalog, job, first_schema)
+                table = ensure_table(catalog, job, first.schema)
             done = find_committed(table, uri, info.etag)
             if done is not None:
                 rows = int(done.summary.get(PROP_ROWS, "0"))
                 log.info("%s already committed in snapshot %s; repairing the ledger only", uri, done.snapshot_id)
-                ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=done.snapshot_id)
+                ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=done.snapshot_id,
+                                      fingerprint=fingerprint)
                 return ImportResult(uri, info.etag, "already-imported", rows, table_name, done.snapshot_id,
                                     seconds=time.monotonic() - started)
-            if first_schema is not None:
-                table = _evolve(table, first_schema, uri)
+            if first is not None:
+                table = _evolve(table, first.schema, uri)
             target = table.schema().as_arrow()
             write_uuid, counter = uuid.uuid4(), itertools.count(0)
             data_files: list = []
@@ -313,8 +405,9 @@ def import_file(
                     data_files.extend(_write_chunk(table, buffer, write_uuid, counter))
                     buffer, buffered_rows, buffered_bytes = [], 0, 0
 
-            pending = [first] if first is not None else []
-            for mapped in itertools.chain(pending, (mapper.map(b, r) for b, r in _rows(batches, row))):
+            for mapped in itertools.chain([first] if first is not None else [], stream):
+                if not mapped.num_rows:
+                    continue
                 mapped = _conform(mapped, target, uri)
                 buffer.append(mapped)
                 buffered_rows += mapped.num_rows
@@ -325,35 +418,36 @@ def import_file(
                     flush()
                     log.info("%s: %d rows written so far", uri, total)
             flush()
+        if counts["bad"] and counts["bad"] > job.max_bad_fraction * counts["read"]:
+            raise TooManyBadRowsError(
+                f"{uri}: {counts['bad']} of {counts['read']} rows are bad, over max_bad_fraction="
+                f"{job.max_bad_fraction:g} (on_error: skip_rows); fix the file or raise the threshold")
         faults.checkpoint("after-write")
+        quarantine.commit(catalog)
         replace = _has_earlier_version(table, uri)
         props = {PROP_SOURCE_FILE: uri, PROP_SOURCE_ETAG: info.etag, PROP_JOB: job.name, PROP_ROWS: str(total)}
+        note = f"{counts['bad']} bad row(s) kept in {'.'.join(job.quarantine_table_identifier)}" if counts["bad"] else None
         if not data_files and not replace:
-            ledger.mark_succeeded(job.name, info, rows=0, table_name=table_name, snapshot_id=None)
+            ledger.mark_succeeded(job.name, info, rows=0, table_name=table_name, snapshot_id=None,
+                                  bad_rows=counts["bad"], fingerprint=fingerprint, note=note)
             return ImportResult(uri, info.etag, "imported", 0, table_name, seconds=time.monotonic() - started)
         table, snap, replaced = _commit(table, uri, info.etag, data_files, props, replace)
         faults.checkpoint("after-commit")
         snapshot_id = snap.snapshot_id if snap is not None else None
         rows = int(snap.summary.get(PROP_ROWS, total)) if snap is not None else total
-        ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=snapshot_id)
+        ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=snapshot_id,
+                              bad_rows=counts["bad"], fingerprint=fingerprint, note=note)
         seconds = time.monotonic() - started
-        log.info("%s: committed %d rows in snapshot %s (%.2fs)%s", uri, rows, snapshot_id, seconds,
-                 "; replaced the rows of an earlier version" if replaced else "")
-        return ImportResult(uri, info.etag, "imported", rows, table_name, snapshot_id, replaced, seconds=seconds)
+        log.info("%s: committed %d rows in snapshot %s (%.2fs)%s%s", uri, rows, snapshot_id, seconds,
+                 "; replaced the rows of an earlier version" if replaced else "", f"; {note}" if note else "")
+        return ImportResult(uri, info.etag, "imported", rows, table_name, snapshot_id, replaced,
+                            seconds=seconds, bad_rows=counts["bad"])
     except ObjectChangedError as exc:
         msg = f"{exc} (this version is gone; the new version is imported on the next poll)"
-        ledger.mark_failed(job.name, info, error=msg)
+        ledger.mark_failed(job.name, info, error=msg, fingerprint=fingerprint)
         return ImportResult(uri, info.etag, "failed", error=msg, table=table_name, seconds=time.monotonic() - started)
     except TerminalError as exc:
         log.error("%s: %s", uri, exc)
-        ledger.mark_failed(job.name, info, error=str(exc))
+        ledger.mark_failed(job.name, info, error=str(exc), fingerprint=fingerprint)
         return ImportResult(uri, info.etag, "failed", error=str(exc), table=table_name,
                             seconds=time.monotonic() - started)
-
-
-def _rows(batches, start: int):
-    row = start
-    for b in batches:
-        if b.num_rows:
-            yield b, row
-            row += b.num_rows

@@ -32,6 +32,8 @@ ledger_table = sa.Table(
     sa.Column("table_name", sa.String(512)),
     sa.Column("snapshot_id", sa.BigInteger),
     sa.Column("error", sa.Text),
+    sa.Column("bad_rows", sa.BigInteger),
+    sa.Column("schema_fingerprint", sa.String(32)),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
     sa.Column("started_at", sa.DateTime(timezone=True)),
@@ -66,7 +68,21 @@ def _engine(uri: str) -> sa.Engine:
     from obslake.lake.catalog import retry_on_ddl_race
 
     retry_on_ddl_race(lambda: metadata.create_all(engine, checkfirst=True))
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Additive migration: columns added to the ledger after a database was created."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns(ledger_table.name)}
+    for col in ledger_table.columns:
+        if col.name not in have:
+            ddl = f"ALTER TABLE {ledger_table.name} ADD COLUMN {col.name} {col.type.compile(engine.dialect)}"
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(ddl))
+            except sa.exc.DBAPIError:  # another process added it first
+                pass
 
 
 class Ledger:
@@ -81,16 +97,24 @@ class Ledger:
         self.engine = _engine(uri)
 
     # -- reads -----------------------------------------------------------------------------------
-    def done_versions(self, job: str) -> set[tuple[str, str, str]]:
-        """(bucket, key, etag) of every version of ``job`` that succeeded or failed for good."""
+    def done_versions(self, job: str, fingerprint: str | None = None) -> set[tuple[str, str, str]]:
+        """(bucket, key, etag) of every version of ``job`` that needs no further attempt.
+
+        That is every succeeded version, and every failed one — unless ``fingerprint`` is given and
+        the failure happened under another schema ("Fix Schema": it is validated again).
+        """
         t = ledger_table
-        q = sa.select(t.c.bucket, t.c.key, t.c.etag).where(t.c.job == job, t.c.status.in_(DONE))
+        cond = t.c.status == FileStatus.succeeded.value
+        failed = t.c.status == FileStatus.failed.value
+        if fingerprint is not None:
+            failed = sa.and_(failed, t.c.schema_fingerprint == fingerprint)
+        q = sa.select(t.c.bucket, t.c.key, t.c.etag).where(t.c.job == job, sa.or_(cond, failed))
         with self.engine.connect() as conn:
             return {(b, k, e) for b, k, e in conn.execute(q)}
 
-    def filter_new(self, job: str, objects: Iterable[ObjectInfo]) -> list[ObjectInfo]:
-        """The objects whose exact version is not yet succeeded/failed in the ledger."""
-        done = self.done_versions(job)
+    def filter_new(self, job: str, objects: Iterable[ObjectInfo], fingerprint: str | None = None) -> list[ObjectInfo]:
+        """The objects whose exact version still needs an attempt (see :meth:`done_versions`)."""
+        done = self.done_versions(job, fingerprint)
         return [o for o in objects if (o.bucket, o.key, o.etag) not in done]
 
     def get(self, job: str, obj: ObjectInfo) -> dict | None:
@@ -161,13 +185,14 @@ class Ledger:
                     )
                 )
 
-    def mark_succeeded(self, job: str, obj: ObjectInfo, *, rows: int, table_name: str, snapshot_id: int | None) -> None:
-        """Record a committed import of this version."""
+    def mark_succeeded(self, job: str, obj: ObjectInfo, *, rows: int, table_name: str, snapshot_id: int | None,
+                       bad_rows: int = 0, fingerprint: str | None = None, note: str | None = None) -> None:
+        """Record a committed import of this version (``bad_rows`` quarantined under skip_rows)."""
         self._finish(
             job, obj, status=FileStatus.succeeded.value, rows=rows, table_name=table_name,
-            snapshot_id=snapshot_id, error=None,
+            snapshot_id=snapshot_id, error=note, bad_rows=bad_rows, schema_fingerprint=fingerprint,
         )
 
-    def mark_failed(self, job: str, obj: ObjectInfo, *, error: str) -> None:
-        """Record that this version cannot be imported as it is (a terminal error)."""
-        self._finish(job, obj, status=FileStatus.failed.value, error=error[:20_000])
+    def mark_failed(self, job: str, obj: ObjectInfo, *, error: str, fingerprint: str | None = None) -> None:
+        """Record that this version cannot be imported as it is, under the schema ``fingerprint``."""
+        self._finish(job, obj, status=FileStatus.failed.value, error=error[:20_000], schema_fingerprint=fingerprint)

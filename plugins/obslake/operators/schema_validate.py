@@ -45,11 +45,11 @@ class SchemaValidateOperator(BaseOperator):
             info = ObjectInfo.from_dict(item)
             report = validate_file(job, store, info)
             if report.ok:
-                self.log.info("valid: %s (%d rows)", report.file, report.rows)
+                self.log.info("%s: %s (%d rows, %d bad)", report.status, report.file, report.rows, report.bad_rows)
                 ok.append(item)
             else:
                 failed += 1
                 self.log.error("INVALID %s", report.summary())
-                ledger.mark_failed(job.name, info, error=report.summary())
+                ledger.mark_failed(job.name, info, error=report.summary(), fingerprint=job.schema_.fingerprint())
         self.log.info("%d file(s) valid, %d failed validation", len(ok), failed)
         return ok

@@ -1,36 +1,52 @@
-"""Map an input file's columns onto a model table's columns, batch by batch, and find bad records.
+"""Map an input file's columns onto a model table's columns, batch by batch, and locate bad records.
 
 The model table holds the canonical role columns (``prediction_id``, ``prediction_timestamp``,
-``prediction_label``, ``prediction_score``, ``actual_label``, ``actual_score``), the feature and tag
-columns under their own names, the materialised partition column ``date`` and the lineage columns
-``_source_file``, ``_source_row`` (1-based) and ``_ingested_at``.
+``prediction_label``, ``prediction_score``, ``actual_label``, ``actual_score``, ranking, multi-class,
+object-detection and LLM columns as mapped), the feature, tag and SHAP columns under their own names,
+embeddings as ``embedding__<name>__vector|raw_data|link_to_data``, the materialised partition column
+``date`` and the lineage columns ``_source_file``, ``_source_row`` (1-based) and ``_ingested_at``.
+
+:meth:`BatchMapper.map` never raises for bad *records*: it returns the mapped batch together with
+:class:`Problem` objects that locate each bad cell, so callers can abort the file (``abort_file``) or
+drop and quarantine the bad rows (``skip_rows``). Problems with the *file* (missing or duplicate
+columns, a column of an impossible type) raise :class:`~obslake.exceptions.SchemaMismatchError` with
+a code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import math
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obslake.config import SchemaMapping
+from obslake.config import ImportJob, JobKind, SchemaMapping
 from obslake.exceptions import SchemaMismatchError
+from obslake.schema.model_types import label_kind
 
 LINEAGE_COLUMNS = ("_source_file", "_source_row", "_ingested_at")
 PARTITION_COLUMN = "date"
 TS_TYPE = pa.timestamp("us", tz="UTC")
 MAX_ID_CHARS = 512
+MAX_VALUE_CHARS = 10_000  # a feature or tag cell
+MAX_TEXT_CHARS = 1_000_000  # prompt, response, embedding raw data
 MAX_PROBLEMS = 100
 TS_PAST = dt.timedelta(days=5 * 365)
 TS_FUTURE = dt.timedelta(days=365)
+SCORE_MAPS = ("prediction_scores", "actual_scores", "threshold_scores")
+BBOX_ROLES = ("coordinates", "categories", "scores")
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One thing wrong with a file, located as precisely as obslake can.
 
-    ``row`` is 1-based among data rows (for CSV, the line is ``row + 1`` because of the header).
+    ``row`` is 1-based among data rows. For CSV, ``line`` is the physical line (header = line 1; a
+    quoted value spanning lines shifts later lines, so it is exact only without such values).
     """
 
     code: str
@@ -40,19 +56,28 @@ class Problem:
     row: int | None = None
     column: str | None = None
     value: str | None = None
+    line: int | None = None
 
     def __str__(self) -> str:
         where = self.file
         if self.row is not None:
             where += f" row {self.row}"
+            if self.line is not None:
+                where += f" (line {self.line})"
         if self.column is not None:
             where += f" column {self.column!r}"
         val = f" (value {self.value!r})" if self.value is not None else ""
         return f"[{self.code}] {where}: {self.message}{val}. Fix: {self.fix}"
 
+    def to_dict(self) -> dict:
+        """Plain form (status reports, JSON output)."""
+        return dataclasses.asdict(self)
+
 
 class RecordErrors(SchemaMismatchError):
     """Records of a file break the model schema; ``problems`` holds each with its location."""
+
+    code = "RECORD_ERRORS"
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
@@ -86,187 +111,611 @@ def _normalise_type(t: pa.DataType) -> pa.DataType | None:
     return None
 
 
+def _parse_ts_text(text: pa.Array) -> pa.Array | None:
+    """RFC 3339 / ISO 8601 text to UTC timestamps (no offset = UTC), or None if any value fails."""
+    try:
+        return text.cast(TS_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    try:
+        return pc.assume_timezone(text.cast(pa.timestamp("us")), "UTC")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def _is_nested(t: pa.DataType) -> bool:
+    return pa.types.is_nested(t) or (pa.types.is_dictionary(t) and pa.types.is_nested(t.value_type))
+
+
+def _is_stringy(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _decode(arr: pa.Array) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr.dictionary_decode() if pa.types.is_dictionary(arr.type) else arr
+
+
+class _DuplicateIds:
+    """Find prediction ids seen earlier in the same file, in bounded memory (16 bytes per row).
+
+    Ids are hashed to 64 bits (pandas' vectorised hash) and kept sorted with the row they came from;
+    each batch is merged in with one ``np.insert`` (linear), never a full re-sort. A false duplicate
+    needs a 64-bit hash collision.
+    """
+
+    def __init__(self) -> None:
+        self.h = np.empty(0, dtype=np.uint64)
+        self.rows = np.empty(0, dtype=np.int64)
+
+    def check(self, ids: pa.Array, first_row: int) -> list[tuple[int, int]]:
+        """(index in batch, row where the id first occurred) for every repeated id."""
+        import pandas as pd
+
+        values = ids.to_numpy(zero_copy_only=False)
+        valid_idx = np.nonzero(~pd.isna(values))[0]
+        h = pd.util.hash_array(values[valid_idx].astype(object), categorize=False)
+        rows = first_row + valid_idx.astype(np.int64)
+        order = np.argsort(h, kind="stable")
+        hs, rs = h[order], rows[order]
+        first_of = np.arange(len(hs))
+        dup_in = np.zeros(len(hs), bool)
+        if len(hs) > 1:
+            same = np.r_[False, hs[1:] == hs[:-1]]
+            dup_in = same
+            first_of = np.maximum.accumulate(np.where(same, 0, np.arange(len(hs))))
+        hit = np.zeros(len(hs), bool)
+        earlier = np.full(len(hs), -1, dtype=np.int64)
+        if len(self.h):
+            pos = np.minimum(np.searchsorted(self.h, hs), len(self.h) - 1)
+            hit = self.h[pos] == hs
+            earlier = np.where(hit, self.rows[pos], -1)
+        flagged = np.nonzero(hit | dup_in)[0]
+        out = []
+        for k in flagged[: MAX_PROBLEMS]:
+            first = earlier[k] if hit[k] else rs[first_of[k]]
+            out.append((int(rs[k] - first_row), int(first)))
+        keep = ~(hit | dup_in)
+        new_h, new_r = hs[keep], rs[keep]
+        at = np.searchsorted(self.h, new_h)
+        self.h = np.insert(self.h, at, new_h)
+        self.rows = np.insert(self.rows, at, new_r)
+        return out
+
+
 class BatchMapper:
     """Turns the record batches of one file into batches of the model table.
 
     Args:
-        mapping: the job's column mapping.
-        file_schema: the Arrow schema of the file (from :func:`obslake.formats.read_schema`).
+        job: the import job (mapping, model type, kind).
+        declared: the file's Arrow schema from :func:`obslake.formats.read_schema` (for CSV the types
+            inferred from the first block, overridden by ``schema.column_types``).
         source: the file's URI (lineage and error locations).
         ingested_at: one timestamp for the whole file.
+        fmt: the file format; CSV batches arrive as strings (``read_batches(csv_as_strings=True)``)
+            and are cast here, cell by cell, so a bad cell is a located record problem.
 
     Raises:
-        SchemaMismatchError: a mapped column is missing, or a role column has a type that cannot work.
+        SchemaMismatchError: with ``code`` DUPLICATE_COLUMN, COLUMN_MISSING, TYPE_MISMATCH,
+            FEATURE_NESTED or RESERVED_NAME.
     """
 
-    def __init__(self, mapping: SchemaMapping, file_schema: pa.Schema, source: str, ingested_at: dt.datetime):
-        self.mapping = mapping
+    def __init__(self, job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime,
+                 fmt: str = "parquet"):
+        self.job = job
+        m: SchemaMapping = job.schema_
+        self.mapping = m
         self.source = source
         self.ingested_at = ingested_at
-        names = file_schema.names
+        self.is_csv = fmt == "csv"
+        self.label_kind = label_kind(job.model.type)
+        names = declared.names
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise SchemaMismatchError(
-                f"{source}: duplicate column name(s) {dupes}; rename them so every column name is unique"
-            )
-        roles = mapping.role_columns()
-        missing = [f"{role} -> {col!r}" for role, col in roles.items() if col not in names]
+                f"{source}: duplicate column name(s) {dupes}; rename them so every column name is unique",
+                code="DUPLICATE_COLUMN")
+        overrides = {c: pa.type_for_alias(t) for c, t in m.column_types.items()}
+        self.declared = {f.name: overrides.get(f.name, f.type) for f in declared}
+        roles = m.role_columns()
+        needed = dict(roles)
+        for name, emb in m.embedding_features.items():
+            for part, col in (("vector", emb.vector), ("raw_data", emb.raw_data), ("link_to_data", emb.link_to_data)):
+                if col:
+                    needed[f"embedding__{name}__{part}"] = col
+        self.score_maps: dict[str, tuple[str, list[str]]] = {}
+        for key in SCORE_MAPS:
+            sel = getattr(m, key)
+            if sel is None:
+                continue
+            if sel.prefix is None and len(sel.columns) == 1 and not self._is_numeric_declared(sel.columns[0]):
+                needed[key] = sel.columns[0]
+                self.score_maps[key] = ("column", [sel.columns[0]])
+            else:
+                cols = sel.select(names)
+                missing = [c for c in sel.columns if c not in names]
+                if missing or not cols:
+                    raise SchemaMismatchError(
+                        f"{source}: {key} selects no score columns (missing: {missing or sel.prefix!r}). The file has: "
+                        f"{names[:50]}. Fix the job's `schema.{key}`", code="COLUMN_MISSING")
+                self.score_maps[key] = ("columns", cols)
+        missing = [f"{role} -> {col!r}" for role, col in needed.items() if col not in names]
         if missing:
             raise SchemaMismatchError(
                 f"{source}: column(s) named in the job schema are missing from the file: {', '.join(missing)}. "
-                f"The file has: {names[:50]}. Fix the job's `schema:` mapping or the file's header."
-            )
-        claimed = set(roles.values()) | set(mapping.exclude)
-        self.tags = [c for c in mapping.tags.select(names) if c not in claimed]
+                f"The file has: {names[:50]}. Fix the job's `schema:` mapping or the file's header.",
+                code="COLUMN_MISSING")
+        self.roles = {k: v for k, v in needed.items() if k not in self.score_maps}
+        claimed = set(needed.values()) | set(m.exclude)
+        for kind, cols in self.score_maps.values():
+            claimed |= set(cols)
+        self.tags = [c for c in m.tags.select(names) if c not in claimed]
         claimed |= set(self.tags)
-        if mapping.features is None:
-            self.features = [c for c in names if c not in claimed]
+        self.shap = [c for c in m.shap_values.select(names) if c not in claimed]
+        claimed |= set(self.shap)
+        if m.features is not None:
+            self.features = [c for c in m.features.select(names) if c not in claimed]
+        elif job.kind == JobKind.actuals:
+            self.features = []  # an actuals file's other columns are not features of the model
         else:
-            self.features = [c for c in mapping.features.select(names) if c not in claimed]
-        reserved = set(roles) | set(LINEAGE_COLUMNS) | {PARTITION_COLUMN}
-        clash = [c for c in self.features + self.tags if c in reserved]
+            self.features = [c for c in names if c not in claimed]
+        reserved = set(needed) | set(SCORE_MAPS) | set(LINEAGE_COLUMNS) | {PARTITION_COLUMN, "model_version"}
+        clash = [c for c in self.features + self.tags + self.shap if c in reserved]
         if clash:
             raise SchemaMismatchError(
-                f"{source}: feature/tag column(s) {clash} collide with obslake's reserved column names; "
-                "rename them or list them under `schema.exclude`"
-            )
-        self.roles = roles
-        self.file_schema = file_schema
-        self._epoch_unit: str | None = None
-        ts_col = roles.get("prediction_timestamp")
-        if ts_col is not None:
-            t = file_schema.field(ts_col).type
-            ok = (
-                pa.types.is_timestamp(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
-                or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_date(t)
-            )
-            if not ok:
+                f"{source}: column(s) {clash} collide with obslake's reserved column names; rename them or list "
+                "them under `schema.exclude`", code="RESERVED_NAME")
+        for col in self.features + self.tags:
+            if _is_nested(self.declared[col]):
                 raise SchemaMismatchError(
-                    f"{source}: timestamp column {ts_col!r} has type {t}; use a timestamp, epoch seconds/ms/us "
-                    "as integers, or RFC 3339 strings"
-                )
+                    f"{source}: column {col!r} is {self.declared[col]}, but features and tags must be scalars "
+                    "(string, number, bool, date, timestamp). Map vectors under `schema.embedding_features`, or "
+                    "list the column under `schema.exclude`", code="FEATURE_NESTED")
+        for col in self.shap:
+            t = self.declared[col]
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+                    or (self.is_csv and _is_stringy(t))):
+                raise SchemaMismatchError(
+                    f"{source}: SHAP column {col!r} is {t}; SHAP values must be numbers", code="TYPE_MISMATCH")
+        self._check_role_types()
+        self._epoch_unit: str | None = None
+        self._emb_len: dict[str, int] = {}
+        self._dups = _DuplicateIds()
 
-    # -- record checks ---------------------------------------------------------------------------
-    def _id_column(self, batch: pa.RecordBatch, first_row: int, problems: list[Problem]) -> pa.Array:
-        col = self.roles["prediction_id"]
-        arr = batch.column(col)
-        if pa.types.is_dictionary(arr.type):
-            arr = arr.dictionary_decode()
-        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_integer(arr.type)):
-            problems.append(Problem(
-                "ID_TYPE", f"prediction id must be a string or an integer, not {arr.type}", self.source,
-                "write prediction ids as strings", column=col,
-            ))
-            return arr
-        arr = arr.cast(pa.string())
-        lengths = pc.utf8_length(arr)
-        bad = pc.or_kleene(pc.is_null(arr), pc.or_(pc.equal(lengths, 0), pc.greater(lengths, MAX_ID_CHARS)))
-        bad = pc.fill_null(bad, True)
-        for i in pc.indices_nonzero(bad).to_pylist()[: MAX_PROBLEMS - len(problems)]:
-            v = arr[i].as_py()
-            if v is None or v == "":
-                problems.append(Problem(
-                    "ID_MISSING", "prediction id is null or empty", self.source,
-                    "give every row a non-empty prediction id", row=first_row + i, column=col,
-                ))
+    # -- file-level type checks --------------------------------------------------------------------
+    def _is_numeric_declared(self, col: str) -> bool:
+        t = self.declared.get(col)
+        return t is not None and (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t))
+
+    def _check_role_types(self) -> None:
+        def bad(role: str, col: str, t: pa.DataType, want: str) -> SchemaMismatchError:
+            return SchemaMismatchError(
+                f"{self.source}: column {col!r} ({role}) is {t}; it must be {want} (README 'Expected types')",
+                code="TYPE_MISMATCH")
+
+        for role, col in self.roles.items():
+            t = self.declared[col]
+            if pa.types.is_dictionary(t):
+                t = t.value_type
+            if self.is_csv and _is_stringy(t):
+                continue  # cast cell by cell
+            scalar = not pa.types.is_nested(t)
+            numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+            if role == "prediction_id":
+                if not (_is_stringy(t) or pa.types.is_integer(t)):
+                    raise SchemaMismatchError(
+                        f"{self.source}: column {col!r} (prediction_id) is {t}; prediction ids must be strings or "
+                        "integers", code="ID_TYPE")
+            elif role == "prediction_timestamp":
+                if not (pa.types.is_timestamp(t) or numeric or _is_stringy(t) or pa.types.is_date(t)):
+                    raise bad(role, col, t, "a timestamp, epoch seconds/ms/us as numbers, or RFC 3339 text")
+            elif role in ("prediction_score", "actual_score", "relevance_score", "rank"):
+                if not (numeric or _is_stringy(t)):
+                    raise bad(role, col, t, "a number")
+            elif role in ("prediction_label", "actual_label") and self.label_kind == "number":
+                if not (numeric or _is_stringy(t)):
+                    raise bad(role, col, t, "a number (regression labels)")
+            elif role in ("prediction_label", "actual_label"):
+                if not (_is_stringy(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
+                    raise bad(role, col, t, "a string, integer or bool (classification labels)")
+            elif role.endswith("__vector"):
+                if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+                        or _is_stringy(t)):
+                    raise bad(role, col, t, "a list of numbers")
+            elif role.endswith("_bbox_coordinates"):
+                if not (pa.types.is_list(t) or pa.types.is_large_list(t) or _is_stringy(t)):
+                    raise bad(role, col, t, "a list of [x1, y1, x2, y2] boxes")
+            elif role.endswith(("_bbox_categories", "_bbox_scores")):
+                if not (pa.types.is_list(t) or pa.types.is_large_list(t) or _is_stringy(t)):
+                    raise bad(role, col, t, "a list")
+            elif role.endswith("__raw_data"):
+                if not (_is_stringy(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
+                    raise bad(role, col, t, "text or a list of tokens")
+            elif not scalar:
+                raise bad(role, col, t, "a scalar (string, number or bool)")
+        for key, (kind, cols) in self.score_maps.items():
+            if kind == "column":
+                t = self.declared[cols[0]]
+                if not (pa.types.is_map(t) or pa.types.is_list(t) or pa.types.is_large_list(t) or _is_stringy(t)):
+                    raise bad(key, cols[0], t, "a map<string, number>, a list<struct<class_name, score>> or per-class "
+                              "score columns (schema: {prefix: ...})")
             else:
-                problems.append(Problem(
-                    "ID_TOO_LONG", f"prediction id has {len(v)} characters (max {MAX_ID_CHARS})", self.source,
-                    f"shorten ids to at most {MAX_ID_CHARS} characters", row=first_row + i, column=col, value=_short(v),
-                ))
+                for c in cols:
+                    if not (self._is_numeric_declared(c) or (self.is_csv and _is_stringy(self.declared[c]))):
+                        raise bad(key, c, self.declared[c], "a number (one column per class)")
+
+    # -- record checks -----------------------------------------------------------------------------
+    def _problem(self, problems: list[Problem], code: str, message: str, fix: str, row_index: int,
+                 first_row: int, column: str | None, value: object = None) -> None:
+        if len(problems) >= MAX_PROBLEMS * 10:
+            return
+        row = first_row + row_index
+        problems.append(Problem(code, message, self.source, fix, row=row, column=column,
+                                value=None if value is None else _short(value), line=row + 1 if self.is_csv else None))
+
+    def _bad_rows(self, mask: pa.Array) -> list[int]:
+        return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
+
+    def _ids(self, arr: pa.Array, col: str, first_row: int, problems: list[Problem]) -> pa.Array:
+        arr = _decode(arr).cast(pa.string())
+        lengths = pc.utf8_length(arr)
+        missing = pc.or_kleene(pc.is_null(arr), pc.equal(lengths, 0))
+        for i in self._bad_rows(missing):
+            self._problem(problems, "ID_MISSING", "prediction id is null or empty", "give every row a non-empty "
+                          "prediction id", i, first_row, col)
+        for i in self._bad_rows(pc.greater(lengths, MAX_ID_CHARS)):
+            self._problem(problems, "ID_TOO_LONG", f"prediction id is longer than {MAX_ID_CHARS} characters",
+                          f"shorten ids to at most {MAX_ID_CHARS} characters", i, first_row, col, arr[i].as_py())
+        for i, earlier in self._dups.check(arr, first_row):
+            seen = f" (first seen in row {earlier})" if earlier > 0 else ""
+            self._problem(problems, "ID_DUPLICATE", f"prediction id occurs more than once in the file{seen}",
+                          "give every prediction a unique id (send corrections as a new version of the file)",
+                          i, first_row, col, arr[i].as_py())
         return arr
+
+    def _numbers(self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem],
+                 code: str = "SCORE_TYPE") -> pa.Array:
+        """To float64; non-numeric text and NaN/inf are located problems (the cell becomes null)."""
+        arr = _decode(arr)
+        if not (_is_stringy(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)
+                or pa.types.is_decimal(arr.type)):
+            raise SchemaMismatchError(f"{self.source}: column {col!r} ({role}) is {arr.type}; it must be a number",
+                                      code="TYPE_MISMATCH")
+        if _is_stringy(arr.type):
+            text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
+            text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+            try:
+                out = text.cast(pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                values = []
+                for i, v in enumerate(text.to_pylist()):
+                    try:
+                        values.append(None if v is None else float(v))
+                    except ValueError:
+                        values.append(None)
+                        self._problem(problems, code, f"{role} is not a number", f"write {role} as a number",
+                                      i, first_row, col, v)
+                out = pa.array(values, pa.float64())
+        else:
+            out = arr.cast(pa.float64())
+        finite = pc.is_finite(out)
+        for i in self._bad_rows(pc.invert(finite)):
+            self._problem(problems, "SCORE_NOT_FINITE", f"{role} is NaN or infinite", f"write a finite {role} or "
+                          "leave the cell empty", i, first_row, col, out[i].as_py())
+        return pc.if_else(finite, out, pa.scalar(None, pa.float64()))
+
+    def _strings(self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem],
+                 limit: int = MAX_VALUE_CHARS) -> pa.Array:
+        arr = _decode(arr)
+        if pa.types.is_floating(arr.type):
+            raise SchemaMismatchError(f"{self.source}: column {col!r} ({role}) is {arr.type}; write it as text",
+                                      code="TYPE_MISMATCH")
+        out = arr.cast(pa.string())
+        for i in self._bad_rows(pc.greater(pc.utf8_length(out), limit)):
+            self._problem(problems, "VALUE_TOO_LONG", f"{role} has more than {limit:,} characters",
+                          f"shorten it to at most {limit:,} characters", i, first_row, col, out[i].as_py())
+        return out
 
     def _timestamps(self, batch: pa.RecordBatch, first_row: int, problems: list[Problem]) -> pa.Array:
         col = self.roles.get("prediction_timestamp")
         if col is None:
             return pa.array([self.ingested_at] * batch.num_rows, TS_TYPE)
-        arr = batch.column(col)
+        arr = _decode(batch.column(col))
         t = arr.type
+        if self.is_csv and _is_stringy(t):
+            arr = pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), pa.scalar(None, pa.string()), arr)
+            declared = self.declared[col]
+            if pa.types.is_integer(declared) or pa.types.is_floating(declared):
+                arr = self._numbers(arr, col, "timestamp", first_row, problems, code="TS_PARSE")
+                t = arr.type
         if pa.types.is_timestamp(t):
             if t.tz is None:
                 arr = pc.assume_timezone(arr, "UTC")
-            out = arr.cast(pa.timestamp("us", tz="UTC"))
+            out = arr.cast(TS_TYPE)
         elif pa.types.is_date(t):
             out = arr.cast(pa.timestamp("us")).cast(TS_TYPE)
-        elif pa.types.is_integer(t) or pa.types.is_floating(t):
+        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+            num = arr.cast(pa.float64())
             if self._epoch_unit is None:
-                mx = pc.max(pc.abs(arr)).as_py()
-                if mx is None:
-                    mx = 0
+                mx = pc.max(pc.abs(pc.if_else(pc.is_finite(num), num, 0.0))).as_py() or 0
                 self._epoch_unit = "s" if mx < 1e11 else "ms" if mx < 1e14 else "us" if mx < 1e17 else "ns"
             factor = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[self._epoch_unit]
-            micros = pc.multiply(arr.cast(pa.float64()), factor)
+            micros = pc.multiply(num, factor)
             finite = pc.is_finite(micros)
-            micros = pc.if_else(finite, micros, None)
+            for i in self._bad_rows(pc.invert(finite)):
+                self._problem(problems, "TS_INVALID", "timestamp is not a finite number", "write epoch seconds/ms/us "
+                              "as finite numbers", i, first_row, col, num[i].as_py())
+            micros = pc.if_else(finite, micros, pa.scalar(None, pa.float64()))
             out = pc.round(micros).cast(pa.int64()).cast(TS_TYPE)
-            for i in pc.indices_nonzero(pc.invert(pc.fill_null(finite, True))).to_pylist()[:MAX_PROBLEMS]:
-                problems.append(Problem(
-                    "TS_INVALID", "timestamp is not a finite number", self.source,
-                    "write epoch seconds/ms/us as finite numbers", row=first_row + i, column=col,
-                    value=_short(arr[i].as_py()),
-                ))
-        else:  # strings: RFC 3339 / ISO 8601
-            arr = arr.cast(pa.string())
+        else:  # text: RFC 3339 / ISO 8601; without a zone offset it is UTC (as naive timestamps are)
+            text = arr.cast(pa.string())
+            out = _parse_ts_text(text)
+            if out is None:
+                values = []
+                for i, v in enumerate(text.to_pylist()):
+                    one = None if v is None else _parse_ts_text(pa.array([v], pa.string()))
+                    if one is None and v is not None:
+                        self._problem(problems, "TS_PARSE", "timestamp is not RFC 3339 / ISO 8601 or epoch seconds",
+                                      "write timestamps like 2024-05-01T12:00:00Z or as epoch seconds", i, first_row,
+                                      col, v)
+                    values.append(None if one is None else one[0].as_py())
+                out = pa.array(values, TS_TYPE)
+        out = pc.fill_null(out, pa.scalar(self.ingested_at, TS_TYPE))  # as Arize: missing -> ingest time
+        lo = pa.scalar(self.ingested_at - TS_PAST, TS_TYPE)
+        hi = pa.scalar(self.ingested_at + TS_FUTURE, TS_TYPE)
+        for i in self._bad_rows(pc.or_(pc.less(out, lo), pc.greater(out, hi))):
+            self._problem(problems, "TS_OUT_OF_RANGE", "timestamp is more than 5 years in the past or 1 year in the "
+                          "future", "check the unit (seconds vs milliseconds) and the year", i, first_row, col,
+                          batch.column(col)[i].as_py())
+        return out
+
+    def _json_cells(self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem],
+                    target: pa.DataType) -> pa.Array:
+        """CSV cells holding JSON (vectors, boxes, score maps) parsed into ``target``."""
+        values = []
+        for i, v in enumerate(arr.to_pylist()):
+            if v is None or v.strip() == "":
+                values.append(None)
+                continue
             try:
-                out = arr.cast(TS_TYPE)
+                parsed = json.loads(v)
+                if pa.types.is_map(target):
+                    parsed = list(parsed.items())
+                values.append(pa.scalar(parsed, target).as_py() if not pa.types.is_map(target) else parsed)
+            except (ValueError, TypeError, AttributeError, pa.ArrowInvalid, pa.ArrowTypeError):
+                values.append(None)
+                self._problem(problems, "TYPE_MISMATCH", f"{role} is not a JSON value of type {target}",
+                              f"write {role} as JSON, e.g. [0.1, 0.2]", i, first_row, col, v)
+        return pa.array(values, target)
+
+    def _vectors(self, name: str, arr: pa.Array, col: str, first_row: int, problems: list[Problem]) -> pa.Array:
+        target = pa.list_(pa.float32())
+        arr = _decode(arr)
+        if _is_stringy(arr.type):
+            arr = self._json_cells(arr, col, f"embedding {name!r}", first_row, problems, target)
+        else:
+            try:
+                arr = arr.cast(target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise SchemaMismatchError(f"{self.source}: embedding column {col!r} is {arr.type}; it must be a list "
+                                          "of numbers", code="TYPE_MISMATCH") from None
+        lengths = pc.list_value_length(arr)
+        for i in self._bad_rows(pc.equal(lengths, 0)):
+            self._problem(problems, "EMBEDDING_EMPTY", f"embedding {name!r} is an empty vector", "write a non-empty "
+                          "vector or leave the cell null", i, first_row, col)
+        if name not in self._emb_len:
+            first = pc.drop_null(pc.if_else(pc.greater(lengths, 0), lengths, pa.scalar(None, lengths.type)))
+            if len(first):
+                self._emb_len[name] = first[0].as_py()
+        want = self._emb_len.get(name)
+        if want is not None:
+            for i in self._bad_rows(pc.and_(pc.not_equal(lengths, want), pc.greater(lengths, 0))):
+                self._problem(problems, "EMBEDDING_LENGTH", f"embedding {name!r} has {lengths[i].as_py()} dimensions; "
+                              f"the file's first vector has {want}", "give every vector of this embedding the same "
+                              "length", i, first_row, col)
+        flat = pc.list_flatten(arr)
+        if len(flat) and not pc.all(pc.is_finite(flat)).as_py():
+            bad = pc.list_parent_indices(arr).filter(pc.invert(pc.fill_null(pc.is_finite(flat), True)))
+            for i in sorted(set(bad.to_pylist()))[:MAX_PROBLEMS]:
+                self._problem(problems, "EMBEDDING_NOT_FINITE", f"embedding {name!r} contains NaN or infinity",
+                              "write finite numbers", i, first_row, col)
+        return arr
+
+    def _boxes(self, side: str, batch: pa.RecordBatch, first_row: int, problems: list[Problem]) -> dict[str, pa.Array]:
+        out: dict[str, pa.Array] = {}
+        targets = {"coordinates": pa.list_(pa.list_(pa.float64())), "categories": pa.list_(pa.string()),
+                   "scores": pa.list_(pa.float64())}
+        for part in BBOX_ROLES:
+            role = f"{side}_bbox_{part}"
+            col = self.roles.get(role)
+            if col is None:
+                continue
+            arr = _decode(batch.column(col))
+            if _is_stringy(arr.type):
+                arr = self._json_cells(arr, col, role, first_row, problems, targets[part])
+            else:
+                try:
+                    arr = arr.cast(targets[part])
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    raise SchemaMismatchError(f"{self.source}: column {col!r} ({role}) is {arr.type}; it must be "
+                                              f"{targets[part]}", code="TYPE_MISMATCH") from None
+            out[part] = arr
+        coords = out.get("coordinates")
+        if coords is not None:
+            inner = pc.list_value_length(pc.list_flatten(coords))
+            parents = pc.list_parent_indices(coords)
+            bad = parents.filter(pc.not_equal(inner, 4))
+            for i in sorted(set(bad.to_pylist()))[:MAX_PROBLEMS]:
+                self._problem(problems, "BBOX_COORDINATES", "a bounding box does not have 4 coordinates "
+                              "[x1, y1, x2, y2]", "write each box as 4 numbers", i, first_row,
+                              self.roles[f"{side}_bbox_coordinates"])
+            n = pc.list_value_length(coords)
+            for part in ("categories", "scores"):
+                if part in out:
+                    for i in self._bad_rows(pc.not_equal(pc.list_value_length(out[part]), n)):
+                        self._problem(problems, "BBOX_LENGTH", f"{side} boxes and their {part} differ in number",
+                                      "give one category (and score) per box", i, first_row,
+                                      self.roles[f"{side}_bbox_{part}"])
+        return out
+
+    def _score_map(self, key: str, batch: pa.RecordBatch, first_row: int, problems: list[Problem]) -> pa.Array:
+        kind, cols = self.score_maps[key]
+        target = pa.map_(pa.string(), pa.float64())
+        n = batch.num_rows
+        if kind == "columns":
+            sel = getattr(self.mapping, key)
+            names = [c[len(sel.prefix):] if sel.prefix and c.startswith(sel.prefix) else c for c in cols]
+            values = [self._numbers(batch.column(c), c, f"{key} {cls!r}", first_row, problems)
+                      for c, cls in zip(cols, names)]
+            items = pa.array(np.column_stack([v.to_numpy(zero_copy_only=False) for v in values]).ravel()
+                             if n else [], pa.float64(), from_pandas=True)  # NaN (was null) -> null
+            keys = pa.array(names * n, pa.string())
+            offsets = pa.array(np.arange(0, n * len(cols) + 1, len(cols), dtype=np.int32))
+            return pa.MapArray.from_arrays(offsets, keys, items)
+        col = cols[0]
+        arr = _decode(batch.column(col))
+        if _is_stringy(arr.type):
+            return self._json_cells(arr, col, key, first_row, problems, target)
+        if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):  # list<struct<class_name, score>>
+            flat = pc.list_flatten(arr)
+            if not pa.types.is_struct(flat.type) or flat.type.num_fields != 2:
+                raise SchemaMismatchError(f"{self.source}: column {col!r} ({key}) is {arr.type}; use list<struct"
+                                          "<class_name, score>> or map<string, double>", code="TYPE_MISMATCH")
+            offsets = arr.offsets if not arr.offset else pc.subtract(arr.offsets, arr.offsets[0])
+            return pa.MapArray.from_arrays(offsets, flat.field(0).cast(pa.string()), flat.field(1).cast(pa.float64()))
+        try:
+            return arr.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise SchemaMismatchError(f"{self.source}: column {col!r} ({key}) is {arr.type}; use map<string, double>",
+                                      code="TYPE_MISMATCH") from None
+
+    def _scalar_column(self, col: str, batch: pa.RecordBatch, first_row: int, problems: list[Problem],
+                       what: str) -> pa.Array:
+        """A feature/tag/SHAP column: CSV text cast to the declared type cell by cell; others normalised."""
+        arr = _decode(batch.column(col))
+        declared = self.declared[col]
+        if pa.types.is_dictionary(declared):
+            declared = declared.value_type
+        if self.is_csv and _is_stringy(arr.type) and not _is_stringy(declared):
+            try:
+                arr = arr.cast(declared)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 values = []
                 for i, v in enumerate(arr.to_pylist()):
                     try:
-                        values.append(None if v is None else pa.scalar(v).cast(TS_TYPE).as_py())
+                        values.append(None if v is None else pa.scalar(v).cast(declared).as_py())
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                         values.append(None)
-                        if len(problems) < MAX_PROBLEMS:
-                            problems.append(Problem(
-                                "TS_PARSE", "timestamp is not RFC 3339 / ISO 8601", self.source,
-                                "write timestamps like 2024-05-01T12:00:00Z or as epoch seconds",
-                                row=first_row + i, column=col, value=_short(v),
-                            ))
-                out = pa.array(values, TS_TYPE)
-        # a null timestamp defaults to ingest time, as in Arize
-        out = pc.fill_null(out, pa.scalar(self.ingested_at, TS_TYPE))
-        lo = pa.scalar(self.ingested_at - TS_PAST, TS_TYPE)
-        hi = pa.scalar(self.ingested_at + TS_FUTURE, TS_TYPE)
-        bad = pc.or_(pc.less(out, lo), pc.greater(out, hi))
-        for i in pc.indices_nonzero(bad).to_pylist()[: max(0, MAX_PROBLEMS - len(problems))]:
-            problems.append(Problem(
-                "TS_OUT_OF_RANGE", "timestamp is more than 5 years in the past or 1 year in the future",
-                self.source, "check the unit (seconds vs milliseconds) and the year", row=first_row + i,
-                column=col, value=_short(batch.column(col)[i].as_py()),
-            ))
-        return out
+                        self._problem(problems, "CAST_FAILED", f"{what} value does not fit the column's type {declared} "
+                                      "(inferred from the file's first rows)", "write every value of the column with "
+                                      f"the same type, or declare it: schema.column_types: {{{col}: string}}",
+                                      i, first_row, col, v)
+                arr = pa.array(values, declared)
+        elif not self.is_csv and arr.type != declared and col in self.mapping.column_types:
+            arr = arr.cast(declared)
+        if _is_stringy(arr.type):
+            for i in self._bad_rows(pc.greater(pc.utf8_length(arr), MAX_VALUE_CHARS)):
+                self._problem(problems, "VALUE_TOO_LONG", f"{what} value has more than {MAX_VALUE_CHARS:,} characters",
+                              f"shorten it, or list the column under schema.exclude", i, first_row, col,
+                              arr[i].as_py())
+        target = _normalise_type(arr.type)
+        return arr.cast(target) if target is not None else arr
 
-    # -- mapping ---------------------------------------------------------------------------------
-    def map(self, batch: pa.RecordBatch, first_row: int) -> pa.RecordBatch:
+    # -- mapping -----------------------------------------------------------------------------------
+    def map(self, batch: pa.RecordBatch, first_row: int) -> tuple[pa.RecordBatch, list[Problem]]:
         """Map one batch whose first row is data row ``first_row`` (1-based) of the file.
 
+        Returns:
+            (the mapped batch, the located problems). Rows with problems are in the batch with their
+            bad cells set to null; drop them (``skip_rows``) or discard the file (``abort_file``).
+
         Raises:
-            RecordErrors: some rows break the schema; nothing of this file should be committed.
+            SchemaMismatchError: a whole column has an impossible type (e.g. a struct for a score).
         """
         problems: list[Problem] = []
-        ids = self._id_column(batch, first_row, problems)
-        ts = self._timestamps(batch, first_row, problems)
-        if problems:
-            raise RecordErrors(problems)
+        r = self.roles
+        out: dict[str, pa.Array] = {}
+        out["prediction_id"] = self._ids(batch.column(r["prediction_id"]), r["prediction_id"], first_row, problems)
+        out["prediction_timestamp"] = self._timestamps(batch, first_row, problems)
+        for role in ("prediction_label", "actual_label"):
+            if role in r:
+                col = r[role]
+                if self.label_kind == "number":
+                    out[role] = self._numbers(batch.column(col), col, role, first_row, problems, code="LABEL_TYPE")
+                else:
+                    out[role] = self._strings(batch.column(col), col, role, first_row, problems)
+                if role == "prediction_label" and self.job.kind == JobKind.predictions:
+                    for i in self._bad_rows(pc.is_null(batch.column(col))):
+                        self._problem(problems, "LABEL_MISSING", "prediction label is null", "give every prediction "
+                                      "a label (or map only prediction_score)", i, first_row, col)
+        for role in ("prediction_score", "actual_score", "relevance_score"):
+            if role in r:
+                out[role] = self._numbers(batch.column(r[role]), r[role], role, first_row, problems)
+        if "rank" in r:
+            num = self._numbers(batch.column(r["rank"]), r["rank"], "rank", first_row, problems, code="RANK_RANGE")
+            ok = pc.and_(pc.and_(pc.greater_equal(num, 1), pc.less_equal(num, 100)), pc.equal(pc.floor(num), num))
+            for i in self._bad_rows(pc.invert(ok)):
+                self._problem(problems, "RANK_RANGE", "rank must be a whole number from 1 to 100", "write ranks 1..100",
+                              i, first_row, r["rank"], num[i].as_py())
+            out["rank"] = pc.if_else(ok, num, pa.scalar(None, pa.float64())).cast(pa.int32())
+        if "prediction_group_id" in r:
+            col = r["prediction_group_id"]
+            gid = _decode(batch.column(col)).cast(pa.string())
+            for i in self._bad_rows(pc.or_kleene(pc.is_null(gid), pc.equal(pc.utf8_length(gid), 0))):
+                self._problem(problems, "GROUP_ID_MISSING", "prediction group id is null or empty", "give every row of "
+                              "a ranking model its group (query) id", i, first_row, col)
+            out["prediction_group_id"] = gid
+        for role in ("relevance_label", "model_version", "batch_id"):
+            if role in r:
+                out[role] = self._strings(batch.column(r[role]), r[role], role, first_row, problems)
+        if "model_version" not in out and self.job.model.version:
+            out["model_version"] = pa.array([self.job.model.version] * batch.num_rows, pa.string())
+        for role in ("prompt", "response"):
+            if role in r:
+                out[role] = self._strings(batch.column(r[role]), r[role], role, first_row, problems, MAX_TEXT_CHARS)
+        for key in self.score_maps:
+            out[key] = self._score_map(key, batch, first_row, problems)
+        for side in ("prediction", "actual"):
+            for part, arr in self._boxes(side, batch, first_row, problems).items():
+                out[f"{side}_bbox_{part}"] = arr
+        for name, emb in self.mapping.embedding_features.items():
+            out[f"embedding__{name}__vector"] = self._vectors(name, batch.column(emb.vector), emb.vector, first_row,
+                                                              problems)
+            if emb.raw_data:
+                raw = _decode(batch.column(emb.raw_data))
+                out[f"embedding__{name}__raw_data"] = (
+                    raw.cast(pa.list_(pa.string())) if pa.types.is_list(raw.type) or pa.types.is_large_list(raw.type)
+                    else self._strings(raw, emb.raw_data, f"embedding {name!r} raw data", first_row, problems,
+                                       MAX_TEXT_CHARS))
+            if emb.link_to_data:
+                out[f"embedding__{name}__link_to_data"] = self._strings(
+                    batch.column(emb.link_to_data), emb.link_to_data, "link", first_row, problems, MAX_TEXT_CHARS)
+        for col in self.features:
+            out[col] = self._scalar_column(col, batch, first_row, problems, "feature")
+        for col in self.tags:
+            out[col] = self._scalar_column(col, batch, first_row, problems, "tag")
+        for col in self.shap:
+            out[col] = self._numbers(batch.column(col), col, "SHAP value", first_row, problems)
         n = batch.num_rows
-        arrays: list[pa.Array] = [ids, ts]
-        names: list[str] = ["prediction_id", "prediction_timestamp"]
-        for role in ("prediction_label", "prediction_score", "actual_label", "actual_score"):
-            col = self.roles.get(role)
-            if col is not None:
-                arrays.append(batch.column(col))
-                names.append(role)
-        for col in self.features + self.tags:
-            arrays.append(batch.column(col))
-            names.append(col)
-        for i, a in enumerate(arrays):
-            target = _normalise_type(a.type)
-            if target is not None:
-                arrays[i] = a.dictionary_decode().cast(target) if pa.types.is_dictionary(a.type) else a.cast(target)
-        arrays.append(pc.cast(ts, pa.date32()))
-        names.append(PARTITION_COLUMN)
-        arrays.append(pa.array([self.source] * n, pa.string()))
-        arrays.append(pa.array(range(first_row, first_row + n), pa.int64()))
-        arrays.append(pa.array([self.ingested_at] * n, TS_TYPE))
-        names.extend(LINEAGE_COLUMNS)
-        return pa.RecordBatch.from_arrays(arrays, names=names)
+        out[PARTITION_COLUMN] = pc.cast(out["prediction_timestamp"], pa.date32())
+        out["_source_file"] = pa.array([self.source] * n, pa.string())
+        out["_source_row"] = pa.array(range(first_row, first_row + n), pa.int64())
+        out["_ingested_at"] = pa.array([self.ingested_at] * n, TS_TYPE)
+        arrays = []
+        for arr in out.values():
+            if isinstance(arr, pa.ChunkedArray):
+                arr = arr.combine_chunks()
+            t = _normalise_type(arr.type)
+            arrays.append(arr.cast(t) if t is not None else arr)
+        return pa.RecordBatch.from_arrays(arrays, names=list(out)), problems
+
+
+def bad_row_indices(problems: list[Problem], first_row: int) -> set[int]:
+    """Indices (within the batch starting at ``first_row``) of the rows that have problems."""
+    return {p.row - first_row for p in problems if p.row is not None}
+
+
+def finite_or_none(x: float | None) -> float | None:
+    """``x`` unless it is NaN/inf (helper for report formatting)."""
+    return x if x is not None and math.isfinite(x) else None

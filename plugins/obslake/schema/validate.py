@@ -5,46 +5,72 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from obslake.config import ImportJob
-from obslake.exceptions import ObslakeError, TerminalError
+from obslake.config import ImportJob, OnError
+from obslake.exceptions import TerminalError
 from obslake.formats import format_for_key, read_batches, read_schema
-from obslake.schema.mapping import MAX_PROBLEMS, BatchMapper, Problem, RecordErrors
+from obslake.schema.mapping import MAX_PROBLEMS, BatchMapper, Problem, bad_row_indices
 from obslake.storage.base import ObjectInfo, ObjectStore
+
+FILE_FIX = {
+    "FILE_EMPTY": "upload the complete file (was the upload interrupted?) with at least one data row",
+    "FILE_CORRUPT": "re-export the file; check that the upload finished and the extension matches the format",
+    "FILE_ENCODING": "save the file as UTF-8",
+    "CSV_RAGGED": "give every CSV row as many fields as the header (quote values that contain commas)",
+    "FILE_TOO_LARGE": "split the file, or raise max_file_bytes in the job YAML",
+    "COLUMN_MISSING": "fix the job's `schema:` mapping or the file's header",
+    "DUPLICATE_COLUMN": "give every column a unique name",
+    "TYPE_MISMATCH": "write the column with a type from README 'Expected types', or fix the mapping",
+    "ID_TYPE": "write prediction ids as strings or integers",
+    "FEATURE_NESTED": "map vectors under schema.embedding_features, or exclude the column",
+    "RESERVED_NAME": "rename the column or exclude it",
+    "FORMAT_NOT_ALLOWED": "add the format to the job's `formats:` or rename the file",
+}
 
 
 @dataclasses.dataclass
 class ValidationReport:
-    """The verdict on one file: ``ok`` or ``failed`` with located problems."""
+    """The verdict on one file.
+
+    ``status`` is ``ok``, ``partial`` (``on_error: skip_rows`` and the bad rows are within the job's
+    thresholds: they will be quarantined, the rest imported) or ``failed``.
+    """
 
     file: str
     etag: str
     status: str
     rows: int = 0
+    bad_rows: int = 0
     problems: list[Problem] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when the file may be imported."""
-        return self.status == "ok"
+        """True when the file may be imported (maybe without its bad rows)."""
+        return self.status in ("ok", "partial")
 
     def summary(self) -> str:
         """A human-readable paragraph: the status line, then one line per problem."""
-        head = f"{self.file}: {self.status.upper()} ({self.rows} rows read)"
-        return "\n".join([head, *(f"  {p}" for p in self.problems)])
+        bad = f", {self.bad_rows} bad" if self.bad_rows else ""
+        head = f"{self.file}: {self.status.upper()} ({self.rows} rows read{bad})"
+        more = f"\n  ... and more (first {MAX_PROBLEMS} shown)" if len(self.problems) >= MAX_PROBLEMS else ""
+        return "\n".join([head, *(f"  {p}" for p in self.problems)]) + more
+
+    def to_dict(self) -> dict:
+        """Plain form (JSON output of the dry run)."""
+        return {"file": self.file, "etag": self.etag, "status": self.status, "rows": self.rows,
+                "bad_rows": self.bad_rows, "problems": [p.to_dict() for p in self.problems]}
 
 
-def _file_problem(uri: str, exc: ObslakeError) -> Problem:
-    code = {
-        "FileFormatError": "FILE_UNREADABLE",
-        "SchemaMismatchError": "SCHEMA_MISMATCH",
-        "FileTooLargeError": "FILE_TOO_LARGE",
-        "StorageAccessError": "ACCESS_DENIED",
+def file_problem(uri: str, exc: TerminalError) -> Problem:
+    """A whole-file problem from a terminal error (its ``code``, else one derived from its class)."""
+    code = getattr(exc, "code", None) or {
+        "FileFormatError": "FILE_CORRUPT", "SchemaMismatchError": "TYPE_MISMATCH",
+        "StorageAccessError": "ACCESS_DENIED", "BucketOwnershipError": "BUCKET_NOT_OWNED",
     }.get(type(exc).__name__, "FILE_ERROR")
-    return Problem(code, str(exc), uri, "see the message; fix the file or the job's schema and upload it again")
+    return Problem(code, str(exc), uri, FILE_FIX.get(code, "see the message"))
 
 
 def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch_rows: int = 65_536) -> ValidationReport:
-    """Read the whole file (streaming) and report every problem, up to 100 record problems.
+    """Read the whole file (streaming) and report every problem (up to 100 listed), writing nothing.
 
     Note:
         Transient storage errors propagate (retry); everything wrong with the file is in the report.
@@ -53,32 +79,34 @@ def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch
     report = ValidationReport(uri, info.etag, "ok")
     try:
         if info.size > job.max_file_bytes:
-            from obslake.lake.importer import FileTooLargeError
-
-            raise FileTooLargeError(
-                f"{info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,}); split the file "
-                "or raise max_file_bytes"
-            )
+            raise TerminalError(
+                f"{uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,})",
+                code="FILE_TOO_LARGE")
         fmt = format_for_key(info.key, job.formats)
         if fmt is None:
-            raise TerminalError(f"{uri}: extension not among the job's formats {list(job.formats)}")
+            raise TerminalError(f"{uri}: extension not among the job's formats {list(job.formats)}",
+                                code="FORMAT_NOT_ALLOWED")
         now = dt.datetime.now(dt.timezone.utc)
         with store.open(info.key, etag=info.etag) as f:
-            mapper = BatchMapper(job.schema_, read_schema(f, fmt, source=uri), uri, now)
+            mapper = BatchMapper(job, read_schema(f, fmt, source=uri), uri, now, fmt)
             row = 1
-            for batch in read_batches(f, fmt, source=uri, batch_rows=batch_rows):
-                try:
-                    mapper.map(batch, row)
-                except RecordErrors as exc:
-                    report.problems.extend(exc.problems[: MAX_PROBLEMS - len(report.problems)])
+            for batch in read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv"):
+                _, problems = mapper.map(batch, row)
+                report.bad_rows += len(bad_row_indices(problems, row))
+                report.problems.extend(problems[: max(0, MAX_PROBLEMS - len(report.problems))])
                 row += batch.num_rows
                 report.rows += batch.num_rows
         if report.rows == 0:
-            report.problems.append(Problem(
-                "FILE_EMPTY", "the file has no data rows", uri, "upload a file with at least one row",
-            ))
+            report.problems.append(Problem("FILE_EMPTY", "the file has a header but no data rows", uri,
+                                           FILE_FIX["FILE_EMPTY"]))
+            report.status = "failed"
+            return report
     except TerminalError as exc:
-        report.problems.append(_file_problem(uri, exc))
-    if report.problems:
+        report.problems.append(file_problem(uri, exc))
         report.status = "failed"
+        return report
+    if report.bad_rows:
+        within = (report.bad_rows <= job.max_bad_rows
+                  and report.bad_rows <= job.max_bad_fraction * max(report.rows, 1))
+        report.status = "partial" if job.on_error == OnError.skip_rows and within else "failed"
     return report
