@@ -4,6 +4,7 @@
     obslake validate-config      check every job YAML under include/ and print the errors
     obslake dry-run JOB [FILE]   validate new files (or one file/key) of a job without writing
     obslake status [JOB]         files pending/succeeded/failed, rows, last import, latest errors
+    obslake schema-doc           the model-type and expected-type tables
 """
 
 from __future__ import annotations
@@ -79,43 +80,25 @@ def cmd_dry_run(args) -> int:
     return 1 if failed else 0
 
 
-def job_status(job_name: str) -> dict:
-    """Plain data about one job: counts per status, rows, last import, latest errors."""
-    from obslake.lake.catalog import LakeSettings
-    from obslake.lake.ledger import Ledger
-
-    rows = Ledger(LakeSettings.from_env().state_uri).rows(job_name)
-    counts = {"pending": 0, "succeeded": 0, "failed": 0}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    done = [r for r in rows if r["status"] == "succeeded" and r["finished_at"]]
-    errors = sorted((r for r in rows if r["status"] == "failed"), key=lambda r: r["finished_at"] or r["first_seen"],
-                    reverse=True)
-    return {
-        "job": job_name,
-        "files": counts,
-        "rows": sum(r["rows"] or 0 for r in done),
-        "last_import": max((r["finished_at"] for r in done), default=None),
-        "latest_errors": [{"file": f"{r['bucket']}/{r['key']}", "etag": r["etag"], "error": r["error"]}
-                          for r in errors[:5]],
-    }
-
-
 def cmd_status(args) -> int:
-    if args.job:
-        names = [args.job]
-    else:
-        jobs, _ = load_import_jobs(_jobs_dir(args))
-        names = [j.name for j in jobs]
+    from obslake.status import format_status, job_status
+
+    jobs, _ = load_import_jobs(_jobs_dir(args))
+    known = {j.name: j for j in jobs}
+    names = [args.job] if args.job else list(known)
+    if not names:
+        print(f"no jobs in {_jobs_dir(args)}")
     for name in names:
-        s = job_status(name)
-        f = s["files"]
-        print(f"{name}: pending={f['pending']} succeeded={f['succeeded']} failed={f['failed']} rows={s['rows']:,} "
-              f"last_import={s['last_import'] or '-'}")
-        for e in s["latest_errors"]:
-            print(f"  FAILED {e['file']} (etag {e['etag']}):")
-            for line in (e["error"] or "").splitlines()[:6]:
-                print(f"    {line}")
+        job = known.get(name)
+        print(format_status(job_status(name), job.status.value if job else "not in include/"))
+        print()
+    return 0
+
+
+def cmd_schema_doc(args) -> int:
+    from obslake.schema.model_types import markdown_tables
+
+    print(markdown_tables())
     return 0
 
 
@@ -132,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     dry.add_argument("file", nargs="?", help="a key under the bucket or a full URI (default: all new files)")
     st = sub.add_parser("status", help="job status: file counts, rows, errors")
     st.add_argument("job", nargs="?")
+    sub.add_parser("schema-doc", help="print the model-type and expected-type tables (as in the README)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -140,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             from obslake.demo import run_demo
 
             return run_demo(args.workdir)
-        return {"validate-config": cmd_validate_config, "dry-run": cmd_dry_run, "status": cmd_status}[args.cmd](args)
+        return {"validate-config": cmd_validate_config, "dry-run": cmd_dry_run, "status": cmd_status,
+                "schema-doc": cmd_schema_doc}[args.cmd](args)
     except ObslakeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -62,6 +62,12 @@ class S3KeyPrefixSensor(BaseSensorOperator):
             such as a missing bucket or denied access fail the task. (Airflow's ``soft_fail`` would
             skip those too, hiding them, so it is not used.)
         """
+        job = self._job()
+        if job.status.value != "active":
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            # is_paused_upon_creation only applies once; a YAML switched to paused later still stops here
+            raise AirflowSkipException(f"job {job.name} has status {job.status.value} in its YAML: nothing is read")
         if not self.deferrable:
             from airflow.sdk.exceptions import AirflowSensorTimeout
 
