@@ -110,7 +110,7 @@ def run_demo(workdir: str | Path | None = None, *, keep: bool = False) -> int:
     key = secrets.token_hex(16)
     env = {
         "OBSLAKE_HOME": str(workdir / "lake"),
-        "OBSLAKE_INCLUDE_DIR": str(PROJECT / "include"),
+        "OBSLAKE_INCLUDE_DIR": str(workdir / "include"),
         "AIRFLOW_HOME": str(workdir / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -126,6 +126,11 @@ def run_demo(workdir: str | Path | None = None, *, keep: bool = False) -> int:
         f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": key,
     }
     os.environ.update(env)
+    # the shipped example is `status: paused` (it must not poll a bucket a deployment lacks): run an active copy
+    jobs_dir = workdir / "include" / "import_jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    example = (PROJECT / "include" / "import_jobs" / "demo_ctr.yaml").read_text()
+    (jobs_dir / "demo_ctr.yaml").write_text(example.replace("status: paused", "status: active"))
 
     _say(f"starting a local S3 (moto server) on {endpoint}")
     import logging
@@ -165,6 +170,7 @@ def _demo_body(workdir: Path, endpoint: str, key: str, t0: float) -> int:
     _say("run 1: dag.test() of obslake_import__demo_ctr (sensor → tag check → validate → import, mapped)")
     run1 = dag.test()
     print(f"run 1 finished: {getattr(run1, 'state', run1)}")
+    _expect(workdir, succeeded=5, failed=1)
 
     changed = f"{(today - dt.timedelta(days=2)):%Y/%m/%d}/predictions.csv"
     from obslake.formats import write_table
@@ -175,10 +181,22 @@ def _demo_body(workdir: Path, endpoint: str, key: str, t0: float) -> int:
     _say(f"run 2: {changed} was re-uploaded with new content (2,600 rows); only it is imported, replacing its rows")
     run2 = dag.test()
     print(f"run 2 finished: {getattr(run2, 'state', run2)}")
+    _expect(workdir, succeeded=6, failed=1)
 
     _report(workdir)
     print(f"\ndemo finished in {time.monotonic() - t0:.1f}s; everything is under {workdir}")
     return 0
+
+
+def _expect(workdir: Path, *, succeeded: int, failed: int) -> None:
+    """Stop the demo loudly if the ledger does not show what the run should have done."""
+    from obslake.lake.catalog import LakeSettings
+    from obslake.lake.ledger import Ledger
+
+    counts = Ledger(LakeSettings.from_env().state_uri).counts("demo_ctr")
+    if counts["succeeded"] != succeeded or counts["failed"] != failed or counts["pending"]:
+        raise SystemExit(f"demo: expected {succeeded} succeeded and {failed} failed file versions, the ledger has "
+                         f"{counts}; see the task logs above (AIRFLOW__LOGGING__LOGGING_LEVEL=INFO for more)")
 
 
 def _load_dag(dag_id: str):
@@ -197,7 +215,7 @@ def _report(workdir: Path) -> None:
     from obslake.lake.catalog import LakeSettings, load_catalog
     from obslake.lake.ledger import Ledger
 
-    job = load_import_job(PROJECT / "include" / "import_jobs" / "demo_ctr.yaml")
+    job = load_import_job(workdir / "include" / "import_jobs" / "demo_ctr.yaml")
     settings = LakeSettings.from_env()
     ledger = Ledger(settings.state_uri)
     _say("ledger (one row per file version)")

@@ -56,11 +56,27 @@ class ObjectChangedError(TransientError):
 
 
 class FileFormatError(TerminalError):
-    """A file cannot be read in its declared format (corrupt, truncated, empty, wrong encoding)."""
+    """A file cannot be read in its declared format (corrupt, truncated, empty, wrong encoding).
+
+    ``line`` (CSV, 1-based, header = line 1) and ``column`` locate the failure where it is known.
+    """
+
+    line: int | None = None
+    column: str | None = None
+
+    def __init__(self, *args: object, code: str | None = None, line: int | None = None, column: str | None = None):
+        super().__init__(*args, code=code)
+        self.line, self.column = line, column
 
 
 class SchemaMismatchError(TerminalError):
-    """A file's columns or types do not fit the job's model schema."""
+    """A file's columns or types do not fit the job's model schema; ``column`` names the column where one applies."""
+
+    column: str | None = None
+
+    def __init__(self, *args: object, code: str | None = None, column: str | None = None):
+        super().__init__(*args, code=code)
+        self.column = column
 
 
 class CommitConflictError(TransientError):

@@ -235,6 +235,7 @@ class _Opened:
         batches: Callable[[int], Iterator[pa.RecordBatch]],
         errors: tuple[type[BaseException], ...] = _DECODE_ERRORS,
         describe: Callable[[BaseException], str] | None = None,
+        locate: Callable[[BaseException], dict[str, Any]] | None = None,
     ) -> None:
         self.source = source
         self.fmt = fmt
@@ -242,6 +243,7 @@ class _Opened:
         self._batches = batches
         self._errors = errors
         self._describe = describe or _detail
+        self._locate = locate or (lambda exc: {})
 
     def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         """Wrap the decoder: slice to ``batch_rows``, drop empty batches, translate errors."""
@@ -256,7 +258,8 @@ class _Opened:
                 where = f" after {rows} rows were read" if rows else " before any row was read"
                 detail = self._describe(exc)
                 raise _error(
-                    self.source, self.fmt, f"cannot decode the data{where} ({detail})", code=_code_for(self.fmt, detail)
+                    self.source, self.fmt, f"cannot decode the data{where} ({detail})", code=_code_for(self.fmt, detail),
+                    **self._locate(exc),
                 ) from exc
             for offset in range(0, batch.num_rows, batch_rows):
                 yield batch.slice(offset, batch_rows)
@@ -413,6 +416,13 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False) 
             return f"column {names[index]!r} (#{index}), {detail[match.end():]}"
         return detail
 
+    def locate(exc: BaseException) -> dict[str, Any]:
+        """``line`` and ``column`` of a CSV parse/conversion error, where pyarrow gives them."""
+        detail = _detail(exc)
+        row, col = _CSV_ROW_RE.search(detail), _CSV_COLUMN_RE.match(detail)
+        return {"line": int(row.group(1)) if row else None,
+                "column": names[int(col.group(1))] if col and int(col.group(1)) < len(names) else None}
+
     try:
         reader = open_reader(None)
         # Inference gives `null` to columns empty throughout the first block and `binary` to columns
@@ -433,9 +443,10 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False) 
         if "Empty CSV file" in str(exc):
             raise _error(source, "csv", f"no header row ({size} bytes, empty after decompression)",
                          code="FILE_EMPTY") from exc
-        raise _error(source, "csv", f"unreadable first block ({describe(exc)})") from exc
+        raise _error(source, "csv", f"unreadable first block ({describe(exc)})", **locate(exc)) from exc
     return _Opened(
-        source=source, fmt="csv", schema=reader.schema, batches=lambda _: iter(reader), describe=describe
+        source=source, fmt="csv", schema=reader.schema, batches=lambda _: iter(reader), describe=describe,
+        locate=locate,
     )
 
 
@@ -754,6 +765,8 @@ def _code_for(fmt: str, detail: str) -> str:
     return "FILE_CORRUPT"
 
 
-def _error(source: str, fmt: str, what: str, *, fix: str | None = None, code: str | None = None) -> FileFormatError:
-    """Build ``FileFormatError("<source>: <what>; <fix>")`` with an error code (default FILE_CORRUPT)."""
-    return FileFormatError(f"{source}: {what}; {fix or _FIX[fmt]}", code=code or _code_for(fmt, what))
+def _error(source: str, fmt: str, what: str, *, fix: str | None = None, code: str | None = None,
+           line: int | None = None, column: str | None = None) -> FileFormatError:
+    """Build ``FileFormatError("<source>: <what>; <fix>")`` with an error code (default FILE_CORRUPT) and location."""
+    return FileFormatError(f"{source}: {what}; {fix or _FIX[fmt]}", code=code or _code_for(fmt, what), line=line,
+                           column=column)

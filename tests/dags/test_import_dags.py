@@ -178,6 +178,16 @@ def test_missing_bucket_fails_the_sensor_instead_of_skipping(s3_job, s3_client, 
 
 @pytest.mark.airflow
 @pytest.mark.slow
+def test_yaml_paused_job_reads_nothing_even_if_the_dag_runs(s3_job, s3_client, s3_bucket, lake):
+    dag = s3_job("resting", extra="poll_interval: 0.5\nsensor_timeout: 3\nstatus: paused\n")
+    s3_client.put_object(Bucket=s3_bucket, Key="in/a.parquet", Body=to_bytes(inference_rows(10), "parquet"))
+    run = dag.test()
+    assert _states(run)["wait_for_new_files"] == ["skipped"]
+    assert lake.ledger.rows("resting") == []
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
 def test_deferrable_sensor_run(s3_job, s3_client, s3_bucket, lake):
     dag = s3_job("deferred", extra="poll_interval: 0.5\nsensor_timeout: 30\ndeferrable: true\n")
     s3_client.put_object(Bucket=s3_bucket, Key="in/x/y.parquet", Body=to_bytes(inference_rows(25), "parquet"))

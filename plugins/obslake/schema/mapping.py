@@ -215,7 +215,7 @@ class BatchMapper:
         if dupes:
             raise SchemaMismatchError(
                 f"{source}: duplicate column name(s) {dupes}; rename them so every column name is unique",
-                code="DUPLICATE_COLUMN")
+                code="DUPLICATE_COLUMN", column=dupes[0])
         overrides = {c: pa.type_for_alias(t) for c, t in m.column_types.items()}
         self.declared = {f.name: overrides.get(f.name, f.type) for f in declared}
         roles = m.role_columns()
@@ -238,14 +238,15 @@ class BatchMapper:
                 if missing or not cols:
                     raise SchemaMismatchError(
                         f"{source}: {key} selects no score columns (missing: {missing or sel.prefix!r}). The file has: "
-                        f"{names[:50]}. Fix the job's `schema.{key}`", code="COLUMN_MISSING")
+                        f"{names[:50]}. Fix the job's `schema.{key}`", code="COLUMN_MISSING",
+                        column=missing[0] if missing else None)
                 self.score_maps[key] = ("columns", cols)
         missing = [f"{role} -> {col!r}" for role, col in needed.items() if col not in names]
         if missing:
             raise SchemaMismatchError(
                 f"{source}: column(s) named in the job schema are missing from the file: {', '.join(missing)}. "
                 f"The file has: {names[:50]}. Fix the job's `schema:` mapping or the file's header.",
-                code="COLUMN_MISSING")
+                code="COLUMN_MISSING", column=next(c for c in needed.values() if c not in names))
         self.roles = {k: v for k, v in needed.items() if k not in self.score_maps}
         claimed = set(needed.values()) | set(m.exclude)
         for kind, cols in self.score_maps.values():
@@ -265,19 +266,20 @@ class BatchMapper:
         if clash:
             raise SchemaMismatchError(
                 f"{source}: column(s) {clash} collide with obslake's reserved column names; rename them or list "
-                "them under `schema.exclude`", code="RESERVED_NAME")
+                "them under `schema.exclude`", code="RESERVED_NAME", column=clash[0])
         for col in self.features + self.tags:
             if _is_nested(self.declared[col]):
                 raise SchemaMismatchError(
                     f"{source}: column {col!r} is {self.declared[col]}, but features and tags must be scalars "
                     "(string, number, bool, date, timestamp). Map vectors under `schema.embedding_features`, or "
-                    "list the column under `schema.exclude`", code="FEATURE_NESTED")
+                    "list the column under `schema.exclude`", code="FEATURE_NESTED", column=col)
         for col in self.shap:
             t = self.declared[col]
             if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
                     or (self.is_csv and _is_stringy(t))):
                 raise SchemaMismatchError(
-                    f"{source}: SHAP column {col!r} is {t}; SHAP values must be numbers", code="TYPE_MISMATCH")
+                    f"{source}: SHAP column {col!r} is {t}; SHAP values must be numbers", code="TYPE_MISMATCH",
+                    column=col)
         self._check_role_types()
         self._epoch_unit: str | None = None
         self._emb_len: dict[str, int] = {}
@@ -292,7 +294,7 @@ class BatchMapper:
         def bad(role: str, col: str, t: pa.DataType, want: str) -> SchemaMismatchError:
             return SchemaMismatchError(
                 f"{self.source}: column {col!r} ({role}) is {t}; it must be {want} (README 'Expected types')",
-                code="TYPE_MISMATCH")
+                code="TYPE_MISMATCH", column=col)
 
         for role, col in self.roles.items():
             t = self.declared[col]
@@ -306,7 +308,7 @@ class BatchMapper:
                 if not (_is_stringy(t) or pa.types.is_integer(t)):
                     raise SchemaMismatchError(
                         f"{self.source}: column {col!r} (prediction_id) is {t}; prediction ids must be strings or "
-                        "integers", code="ID_TYPE")
+                        "integers", code="ID_TYPE", column=col)
             elif role == "prediction_timestamp":
                 if not (pa.types.is_timestamp(t) or numeric or _is_stringy(t) or pa.types.is_date(t)):
                     raise bad(role, col, t, "a timestamp, epoch seconds/ms/us as numbers, or RFC 3339 text")
@@ -381,7 +383,7 @@ class BatchMapper:
         if not (_is_stringy(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)
                 or pa.types.is_decimal(arr.type)):
             raise SchemaMismatchError(f"{self.source}: column {col!r} ({role}) is {arr.type}; it must be a number",
-                                      code="TYPE_MISMATCH")
+                                      code="TYPE_MISMATCH", column=col)
         if _is_stringy(arr.type):
             text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
             text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
@@ -410,7 +412,7 @@ class BatchMapper:
         arr = _decode(arr)
         if pa.types.is_floating(arr.type):
             raise SchemaMismatchError(f"{self.source}: column {col!r} ({role}) is {arr.type}; write it as text",
-                                      code="TYPE_MISMATCH")
+                                      code="TYPE_MISMATCH", column=col)
         out = arr.cast(pa.string())
         for i in self._bad_rows(pc.greater(pc.utf8_length(out), limit)):
             self._problem(problems, "VALUE_TOO_LONG", f"{role} has more than {limit:,} characters",
@@ -499,7 +501,7 @@ class BatchMapper:
                 arr = arr.cast(target)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 raise SchemaMismatchError(f"{self.source}: embedding column {col!r} is {arr.type}; it must be a list "
-                                          "of numbers", code="TYPE_MISMATCH") from None
+                                          "of numbers", code="TYPE_MISMATCH", column=col) from None
         lengths = pc.list_value_length(arr)
         for i in self._bad_rows(pc.equal(lengths, 0)):
             self._problem(problems, "EMBEDDING_EMPTY", f"embedding {name!r} is an empty vector", "write a non-empty "
@@ -539,7 +541,7 @@ class BatchMapper:
                     arr = arr.cast(targets[part])
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                     raise SchemaMismatchError(f"{self.source}: column {col!r} ({role}) is {arr.type}; it must be "
-                                              f"{targets[part]}", code="TYPE_MISMATCH") from None
+                                              f"{targets[part]}", code="TYPE_MISMATCH", column=col) from None
             out[part] = arr
         coords = out.get("coordinates")
         if coords is not None:
@@ -581,14 +583,14 @@ class BatchMapper:
             flat = pc.list_flatten(arr)
             if not pa.types.is_struct(flat.type) or flat.type.num_fields != 2:
                 raise SchemaMismatchError(f"{self.source}: column {col!r} ({key}) is {arr.type}; use list<struct"
-                                          "<class_name, score>> or map<string, double>", code="TYPE_MISMATCH")
+                                          "<class_name, score>> or map<string, double>", code="TYPE_MISMATCH", column=col)
             offsets = arr.offsets if not arr.offset else pc.subtract(arr.offsets, arr.offsets[0])
             return pa.MapArray.from_arrays(offsets, flat.field(0).cast(pa.string()), flat.field(1).cast(pa.float64()))
         try:
             return arr.cast(target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise SchemaMismatchError(f"{self.source}: column {col!r} ({key}) is {arr.type}; use map<string, double>",
-                                      code="TYPE_MISMATCH") from None
+                                      code="TYPE_MISMATCH", column=col) from None
 
     def _scalar_column(self, col: str, batch: pa.RecordBatch, first_row: int, problems: list[Problem],
                        what: str) -> pa.Array:

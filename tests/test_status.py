@@ -1,0 +1,29 @@
+"""Job status as plain data and as a table."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from lake_fixtures import inference_rows, to_bytes
+from obslake.lake.importer import import_file
+from obslake.status import format_status, job_status
+from obslake.storage import open_store
+
+
+def test_status_counts_rows_and_latest_errors(lake, s3_client, s3_bucket, make_job):
+    store, _ = open_store(f"s3://{s3_bucket}/m/", s3_client=s3_client)
+    job = make_job(f"s3://{s3_bucket}/m/")
+    good = store.write("m/a.parquet", to_bytes(inference_rows(30, id_prefix="a"), "parquet"))
+    rows = inference_rows(5, id_prefix="b").to_pylist()
+    rows[2]["prediction_id"] = ""
+    bad = store.write("m/b.parquet", to_bytes(pa.Table.from_pylist(rows, inference_rows(1).schema), "parquet"))
+    for info in (good, bad):
+        import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger)
+    status = job_status(job.name, ledger=lake.ledger)
+    assert status["files"] == {"pending": 0, "succeeded": 1, "failed": 1}
+    assert status["rows"] == 30 and status["last_import"] is not None
+    assert len(status["latest_errors"]) == 1
+    err = status["latest_errors"][0]
+    assert err["file"] == f"{s3_bucket}/m/b.parquet" and "[ID_MISSING]" in err["error"] and "row 3" in err["error"]
+    text = format_status(status, "active")
+    assert "succeeded" in text and "30" in text and "m/b.parquet" in text and "row 3" in text
