@@ -38,6 +38,19 @@ DEFAULT_TAG_NAME = "arize-ingestion-key"
 DEFAULT_MAX_FILE_BYTES = 1024**3  # 1 GiB, as Arize's file importer
 
 
+SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _safe_segment(value: str, what: str) -> str:
+    """A name that becomes a path segment: no '/', '..', control characters or leading dots."""
+    if not SEGMENT_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} cannot be a path segment: use letters, digits, '_', '-', '.' (no '/', '..', "
+            "spaces or control characters), starting with a letter or digit, at most 128 characters"
+        )
+    return value
+
+
 class JobStatus(str, enum.Enum):
     """Life-cycle state of an import job (``paused`` = Arize's "inactive")."""
 
@@ -66,10 +79,21 @@ class OnError(str, enum.Enum):
 
 
 class JobKind(str, enum.Enum):
-    """``predictions`` (default) or ``actuals``: delayed ground truth joined by prediction id."""
+    """What a job's files hold.
+
+    ``predictions`` (default); ``actuals``: delayed ground truth joined by prediction id; ``spans`` /
+    ``annotations``: LLM trace spans or their annotations, for the lake's own trace tables (Data Fabric).
+    """
 
     predictions = "predictions"
     actuals = "actuals"
+    spans = "spans"
+    annotations = "annotations"
+
+    @property
+    def is_trace(self) -> bool:
+        """True for the tracing kinds (no model, no model schema)."""
+        return self in (JobKind.spans, JobKind.annotations)
 
 
 class Environment(str, enum.Enum):
@@ -330,11 +354,13 @@ class ImportJob(_Strict):
     source: str
     conn_id: str | None = None
     formats: tuple[Literal["parquet", "csv", "avro", "arrow"], ...] = ("parquet", "csv", "avro", "arrow")
-    model: ModelRef
+    model: ModelRef | None = None
+    trace_project: str | None = Field(None, description="spans/annotations jobs: the trace project")
+    trace_space: str = Field("traces", description="spans/annotations jobs: namespace of the trace tables")
     ingestion_key_variable: str
     tag_name: str = DEFAULT_TAG_NAME
     kind: JobKind = JobKind.predictions
-    schema_: SchemaMapping = Field(alias="schema")
+    schema_: SchemaMapping = Field(default_factory=SchemaMapping, alias="schema")
     on_error: OnError = OnError.abort_file
     max_bad_rows: int = Field(1000, ge=0, description="skip_rows: a file with more bad rows is aborted")
     max_bad_fraction: float = Field(0.1, ge=0, le=1, description="skip_rows: ... or a larger fraction of bad rows")
@@ -386,14 +412,16 @@ class ImportJob(_Strict):
 
     @property
     def table_identifier(self) -> tuple[str, str]:
-        """(namespace, table) of the model's Iceberg table."""
+        """(namespace, table) of the job's Iceberg table."""
+        if self.kind.is_trace:
+            return (_ident(self.trace_space), _ident(f"{self.trace_project}__{self.kind.value}"))
         base = f"{self.model.name}__{self.model.environment.value}"
         if self.kind == JobKind.actuals:
             base += "__actuals"
         return (_ident(self.model.space), _ident(base))
 
     @property
-    def predictions_table_identifier(self) -> tuple[str, str]:
+    def predictions_table_identifier(self) -> tuple[str, str]:  # noqa: D102 (predictions/actuals jobs only)
         """(namespace, table) of the model's predictions (the same as ``table_identifier`` for predictions)."""
         return (_ident(self.model.space), _ident(f"{self.model.name}__{self.model.environment.value}"))
 
@@ -405,6 +433,13 @@ class ImportJob(_Strict):
 
     @model_validator(mode="after")
     def _fields_for_model_type(self) -> "ImportJob":
+        if self.kind.is_trace:
+            if not self.trace_project:
+                raise ValueError(f"a {self.kind.value} job needs `trace_project` (the project its traces belong to)")
+            _safe_segment(self.trace_project, "trace_project")
+            return self
+        if self.model is None:
+            raise ValueError("`model` is required (space, name, type, environment)")
         from obslake.schema.model_types import check_mapping
 
         check_mapping(self.model.type, self.kind, self.schema_)
@@ -485,3 +520,146 @@ def default_include_dir() -> Path:
         return Path(env)
     project = Path(__file__).resolve().parents[2] / "include"
     return project if project.is_dir() else Path.cwd() / "include"
+
+
+# -- Data Fabric connectors ------------------------------------------------------------------------
+class TraceSourceConfig(_Strict):
+    """Where a connector reads traces: ``lake`` (tables filled by tracing import jobs) or ``phoenix``."""
+
+    type: Literal["lake", "phoenix"]
+    uri: str | None = Field(None, description="phoenix: SQLAlchemy URI of its database (or use conn_id)")
+    conn_id: str | None = Field(None, description="phoenix: Airflow connection holding the database URI")
+    space: str = Field("traces", description="lake: the namespace of the trace tables")
+
+    @model_validator(mode="after")
+    def _where(self) -> "TraceSourceConfig":
+        if self.type == "phoenix" and not (self.uri or self.conn_id):
+            raise ValueError("a phoenix source needs `uri` (e.g. sqlite:////data/phoenix.db) or `conn_id`")
+        return self
+
+
+class Connector(_Strict):
+    """One Data Fabric connector: trace projects exported hourly to the customer's bucket."""
+
+    name: str
+    source: TraceSourceConfig
+    projects: tuple[str, ...] = Field(min_length=1)
+    storage: str
+    conn_id: str | None = None
+    namespace: str
+    schedule: str = "@hourly"
+    formats: tuple[Literal["iceberg", "delta"], ...] = ("iceberg",)
+    status: JobStatus = JobStatus.active
+    ingestion_key_variable: str
+    tag_name: str = DEFAULT_TAG_NAME
+    overlap_seconds: int = Field(600, ge=0, description="re-read window before the cursor (late/coarse timestamps)")
+    retries: int = Field(2, ge=0, le=20)
+    catchup: bool = False
+    tags: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid connector name: 1-63 lowercase letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        return _safe_segment(v, "namespace")
+
+    @field_validator("projects")
+    @classmethod
+    def _projects(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            _safe_segment(p, "project")
+        if len(set(v)) != len(v):
+            raise ValueError("projects are listed twice")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        try:
+            parsed = parse_uri(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if parsed.scheme not in ("s3", "gs", "file"):
+            raise ValueError("storage must be s3://bucket/prefix, gs://bucket/prefix or file:///path")
+        for seg in [s for s in parsed.prefix.split("/") if s]:
+            _safe_segment(seg, "storage prefix segment")
+        return v.rstrip("/")
+
+    @field_validator("ingestion_key_variable")
+    @classmethod
+    def _variable_name(cls, v: str) -> str:
+        return ImportJob._variable_name(v)
+
+    @property
+    def dag_id(self) -> str:
+        """The Airflow DAG id of this connector."""
+        return f"obslake_fabric__{self.name}"
+
+    @property
+    def root(self) -> str:
+        """``<storage>/<namespace>`` — every project's table lives below it."""
+        return f"{self.storage}/{self.namespace}"
+
+    def project_location(self, project: str) -> str:
+        """``<storage>/<namespace>/<project>`` — the project's Iceberg (and Delta) table."""
+        return f"{self.root}/{project}"
+
+    def _path_key(self) -> tuple[str, str, str]:
+        parsed = parse_uri(self.root)
+        return (parsed.scheme, parsed.bucket, parsed.prefix.strip("/") + "/")
+
+
+def load_connector(path: str | Path) -> Connector:
+    """Load and validate one connector YAML (errors name the file and every bad field)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of connector fields at the top level")
+    try:
+        conn = Connector.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc).replace("invalid import job", "invalid connector")) from None
+    if path.stem != conn.name:
+        raise ConfigError(f"{path}: name {conn.name!r} must equal the file name; rename the file to {conn.name}.yaml")
+    return conn
+
+
+def load_connectors(directory: str | Path) -> tuple[list[Connector], list[ConfigError]]:
+    """Load every connector YAML; reject connectors whose output paths overlap (both are reported).
+
+    Two connectors overlap when they write to the same bucket and one's ``<prefix>/<namespace>/`` is
+    a prefix of the other's: their projects' files could collide.
+    """
+    directory = Path(directory)
+    loaded: list[tuple[Path, Connector]] = []
+    errors: list[ConfigError] = []
+    if directory.is_dir():
+        for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+            try:
+                loaded.append((path, load_connector(path)))
+            except ConfigError as exc:
+                exc.path = path  # type: ignore[attr-defined]
+                errors.append(exc)
+    bad: set[str] = set()
+    for i, (pa_, a) in enumerate(loaded):
+        for pb, b in loaded[i + 1:]:
+            ka, kb = a._path_key(), b._path_key()
+            if ka[:2] == kb[:2] and (ka[2].startswith(kb[2]) or kb[2].startswith(ka[2])):
+                for path, c, other in ((pa_, a, b), (pb, b, a)):
+                    err = ConfigError(
+                        f"{path}: connector {c.name!r} writes to {c.root}/, which overlaps connector {other.name!r} "
+                        f"({other.root}/); give each connector its own namespace or prefix")
+                    err.path = path  # type: ignore[attr-defined]
+                    errors.append(err)
+                bad |= {a.name, b.name}
+    return [c for _, c in loaded if c.name not in bad], errors
+

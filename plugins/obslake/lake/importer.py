@@ -45,7 +45,8 @@ from obslake.exceptions import (
 )
 from obslake.formats import format_for_key, read_batches, read_schema
 from obslake.lake.ledger import Ledger
-from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, BatchMapper, RecordErrors
+from obslake.fabric.trace_import import make_mapper
+from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, RecordErrors
 from obslake.storage.base import ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class ImportResult:
     error: str | None = None
     seconds: float = 0.0
     bad_rows: int = 0
+    code: str | None = None  # failed: the error code (README "Error codes")
 
     def to_dict(self) -> dict:
         """Plain form for XCom."""
@@ -113,10 +115,11 @@ def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) ->
             transform=IdentityTransform(), name=PARTITION_COLUMN,
         )
     )
+    model = {"obslake.model.space": job.model.space, "obslake.model.name": job.model.name,
+             "obslake.model.environment": job.model.environment.value} if job.model else {}
     properties = {
-        "obslake.model.space": job.model.space,
-        "obslake.model.name": job.model.name,
-        "obslake.model.environment": job.model.environment.value,
+        **model,
+        "obslake.job.kind": job.kind.value,
         # full (untruncated) bounds let a replace drop whole files by metadata alone
         "write.metadata.metrics.column._source_file": "full",
         "write.parquet.compression-codec": "zstd",
@@ -346,7 +349,7 @@ def import_file(
         quarantine = _Quarantine(job, uri, info.etag, ingested_at)
         counts = {"read": 0, "bad": 0}
         with store.open(info.key, etag=info.etag) as f:
-            mapper = BatchMapper(job, read_schema(f, fmt, source=uri), uri, ingested_at, fmt)
+            mapper = make_mapper(job, read_schema(f, fmt, source=uri), uri, ingested_at, fmt)
             batches = read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv")
 
             def mapped_batches() -> Iterator[pa.RecordBatch]:
@@ -372,17 +375,10 @@ def import_file(
 
             stream = mapped_batches()
             first = next(stream, None)
-            from pyiceberg.exceptions import NoSuchTableError
-
-            if first is None:  # a file with a header and no rows
-                try:
-                    table = catalog.load_table(job.table_identifier)
-                except NoSuchTableError:
-                    ledger.mark_succeeded(job.name, info, rows=0, table_name=table_name, snapshot_id=None,
-                                          fingerprint=fingerprint)
-                    return ImportResult(uri, info.etag, "imported", 0, table_name, seconds=time.monotonic() - started)
-            else:
-                table = ensure_table(catalog, job, first.schema)
+            if first is None:  # a header (schema) and no rows: FILE_EMPTY, as validate_file reports it
+                raise FileFormatError(f"{uri}: the file has a header but no data rows; upload the complete file with "
+                                      "at least one data row", code="FILE_EMPTY")
+            table = ensure_table(catalog, job, first.schema)
             done = find_committed(table, uri, info.etag)
             if done is not None:
                 rows = int(done.summary.get(PROP_ROWS, "0"))
@@ -391,8 +387,7 @@ def import_file(
                                       fingerprint=fingerprint)
                 return ImportResult(uri, info.etag, "already-imported", rows, table_name, done.snapshot_id,
                                     seconds=time.monotonic() - started)
-            if first is not None:
-                table = _evolve(table, first.schema, uri)
+            table = _evolve(table, first.schema, uri)
             target = table.schema().as_arrow()
             write_uuid, counter = uuid.uuid4(), itertools.count(0)
             data_files: list = []
@@ -405,7 +400,7 @@ def import_file(
                     data_files.extend(_write_chunk(table, buffer, write_uuid, counter))
                     buffer, buffered_rows, buffered_bytes = [], 0, 0
 
-            for mapped in itertools.chain([first] if first is not None else [], stream):
+            for mapped in itertools.chain([first], stream):
                 if not mapped.num_rows:
                     continue
                 mapped = _conform(mapped, target, uri)
@@ -450,4 +445,4 @@ def import_file(
         log.error("%s: %s", uri, exc)
         ledger.mark_failed(job.name, info, error=str(exc), fingerprint=fingerprint)
         return ImportResult(uri, info.etag, "failed", error=str(exc), table=table_name,
-                            seconds=time.monotonic() - started)
+                            seconds=time.monotonic() - started, code=exc.code)

@@ -1,0 +1,365 @@
+"""Export one project's trace changes into its Iceberg table in the customer's bucket.
+
+Layout (per project): ``<storage>/<namespace>/<project>/`` with ``data/date=YYYY-MM-DD/hour=HH/*.parquet``
+(identity partitions on ``date`` and ``hour`` of the span start time) and ``metadata/`` holding the
+Iceberg metadata, ``latest.metadata.json`` (a copy of the current metadata, rewritten after every
+commit), ``v<N>.metadata.json`` + ``version-hint.text`` (for readers that resolve a table by its hint).
+
+A sync is one Iceberg commit:
+
+* the first sync (empty table) appends every span, streamed in batches;
+* later syncs rebuild only the partitions the changes touch: the partition's rows are read, the
+  changed spans replace their old rows (de-duplicated by ``span_id``) and the partition is
+  overwritten (``dynamic_partition_overwrite``: copy-on-write, no equality or position deletes,
+  which Snowflake and BigQuery readers cannot apply).
+
+The commit's snapshot summary is the completeness marker: ``obslake.fabric.watermark`` (the latest
+change time covered), ``obslake.fabric.cursor`` (where the next sync starts), ``obslake.fabric.rows``,
+``obslake.fabric.source``. The cursor lives only there, so a crash after the commit loses nothing and a
+crash before it repeats the sync — idempotent, since rows are keyed by ``span_id``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from obslake.config import Connector, _ident
+from obslake.fabric.lake_source import cursor_json
+from obslake.fabric.model import FLAT_ATTRIBUTES, TS, ChangeBatch, TraceSource
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
+
+log = logging.getLogger(__name__)
+
+PROP_WATERMARK = "obslake.fabric.watermark"
+PROP_CURSOR = "obslake.fabric.cursor"
+PROP_ROWS = "obslake.fabric.rows"
+PROP_SOURCE = "obslake.fabric.source"
+PROP_SYNC = "obslake.fabric.sync-id"
+EVAL_KINDS = ("LLM", "CODE")
+EVAL_FIELDS = (("label", pa.string()), ("score", pa.float64()), ("explanation", pa.string()))
+HUMAN_FIELDS = EVAL_FIELDS + (("annotator_kind", pa.string()), ("identifier", pa.string()), ("updated_at", TS))
+COMMIT_ATTEMPTS = 8
+
+
+def _column_name(name: str) -> str:
+    """An annotation name as a column-name segment (dots and control characters become '_')."""
+    return re.sub(r"[.\x00-\x1f\x7f]", "_", name).strip() or "_"
+
+
+def _dig(attrs: dict, key: str):
+    """An OpenInference attribute by dotted key: flat (``{"llm.model_name": …}``) or nested."""
+    if key in attrs:
+        return attrs[key]
+    node = attrs
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def rows_for(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
+    """One output row per span: span columns, flattened attributes, eval/annotation columns, partitions."""
+    spans = batch.spans
+    n = spans.num_rows
+    cols: dict[str, pa.Array] = {name: spans[name] for name in spans.column_names if name != "changed_at"}
+    parsed = [json.loads(a) if a else {} for a in spans["attributes"].to_pylist()]
+    for key, typ in FLAT_ATTRIBUTES.items():
+        values = []
+        for attrs in parsed:
+            v = _dig(attrs, key) if isinstance(attrs, dict) else None
+            if isinstance(v, (dict, list)) or (v is not None and pa.types.is_string(typ) and not isinstance(v, str)):
+                v = json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+            if v is not None and pa.types.is_integer(typ):
+                try:
+                    v = int(v)
+                except (TypeError, ValueError):
+                    v = None
+            values.append(v)
+        cols[f"attributes.{key}"] = pa.array(values, typ)
+    # annotations: latest per (span, name, eval-or-human) for the flat columns; all of them as JSON
+    index = {sid: i for i, sid in enumerate(spans["span_id"].to_pylist())}
+    flat: dict[str, list] = {}
+    all_json: list[list] = [[] for _ in range(n)]
+    last_change = spans["changed_at"].to_pylist()
+    ann = batch.annotations.sort_by([("updated_at", "ascending")]) if batch.annotations.num_rows else None
+    for a in ann.to_pylist() if ann is not None else []:
+        i = index.get(a["span_id"])
+        if i is None:
+            continue
+        all_json[i].append({k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in a.items()
+                            if k != "span_id"})
+        if a["updated_at"] is not None and (last_change[i] is None or a["updated_at"] > last_change[i]):
+            last_change[i] = a["updated_at"]
+        group, fields = ("eval", EVAL_FIELDS) if a["annotator_kind"] in EVAL_KINDS else ("annotation", HUMAN_FIELDS)
+        for field, _ in fields:
+            col = f"{group}.{_column_name(a['name'])}.{field}"
+            flat.setdefault(col, [None] * n)[i] = a[field]  # ascending updated_at: the latest wins
+    for col in sorted(flat):
+        typ = dict(HUMAN_FIELDS)[col.rsplit(".", 1)[1]]
+        cols[col] = pa.array(flat[col], typ)
+    cols["annotations"] = pa.array([json.dumps(x) if x else None for x in all_json], pa.string())
+    start = spans["start_time"]
+    cols["date"] = pc.cast(start, pa.date32())
+    cols["hour"] = pc.hour(start).cast(pa.int32())
+    cols["_updated_at"] = pa.array(last_change, TS)
+    cols["_synced_at"] = pa.array([synced_at] * n, TS)
+    return pa.table(cols)
+
+
+@dataclasses.dataclass
+class SyncResult:
+    """What one project's sync did."""
+
+    project: str
+    table: str
+    location: str
+    rows: int
+    partitions: int
+    snapshot_id: int | None
+    watermark: str | None
+    seconds: float
+    mode: str  # full | incremental | window | unchanged
+
+    def to_dict(self) -> dict:
+        """Plain form for XCom."""
+        return dataclasses.asdict(self)
+
+
+def _partition_spec(schema):
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.transforms import IdentityTransform
+
+    return PartitionSpec(
+        PartitionField(source_id=schema.find_field("date").field_id, field_id=1000, transform=IdentityTransform(),
+                       name="date"),
+        PartitionField(source_id=schema.find_field("hour").field_id, field_id=1001, transform=IdentityTransform(),
+                       name="hour"),
+    )
+
+
+class ProjectExporter:
+    """Syncs one project of one connector (see the module docstring).
+
+    Args:
+        connector: the connector (storage, namespace, formats, overlap).
+        project: the project name (a validated path segment).
+        catalog: a catalog whose FileIO can write the connector's storage
+            (:func:`obslake.fabric.io.fabric_catalog`).
+    """
+
+    def __init__(self, connector: Connector, project: str, catalog: "Catalog"):
+        self.connector, self.project, self.catalog = connector, project, catalog
+        self.identifier = (_ident(f"fabric__{connector.name}"), _ident(project))
+        self.location = connector.project_location(project)
+
+    def table(self) -> "Table | None":
+        """The project's table, or None before the first sync."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:
+            return self.catalog.load_table(self.identifier)
+        except NoSuchTableError:
+            return None
+
+    def last_cursor(self) -> dict | None:
+        """The cursor stored by the last completed sync (None: never synced)."""
+        table = self.table()
+        snap = table.current_snapshot() if table is not None else None
+        while snap is not None:
+            if snap.summary is not None and snap.summary.get(PROP_CURSOR) is not None:
+                return json.loads(snap.summary.get(PROP_CURSOR))
+            snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
+        return None
+
+    def _create(self, schema: pa.Schema) -> "Table":
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+        from pyiceberg.schema import assign_fresh_schema_ids
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            self.catalog.create_namespace(self.identifier[0])
+        except (NamespaceAlreadyExistsError, IntegrityError):
+            pass
+        ischema = assign_fresh_schema_ids(self.catalog._convert_schema_if_needed(schema))
+        props = {"write.parquet.compression-codec": "zstd", "obslake.fabric.connector": self.connector.name,
+                 "obslake.fabric.project": self.project, "format-version": "2"}
+        try:
+            return self.catalog.create_table(self.identifier, schema=ischema, location=self.location,
+                                             partition_spec=_partition_spec(ischema), properties=props)
+        except (TableAlreadyExistsError, IntegrityError):
+            return self.catalog.load_table(self.identifier)
+
+    @staticmethod
+    def _evolve(table: "Table", schema: pa.Schema) -> "Table":
+        have = set(table.schema().as_arrow().names)
+        new = [f for f in schema if f.name not in have]
+        if new:
+            with table.update_schema() as upd:
+                upd.union_by_name(pa.schema(new))
+            log.info("%s: added column(s) %s", table.name(), [f.name for f in new])
+        return table
+
+    @staticmethod
+    def _conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
+        arrays = [rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
+                  for f in target]
+        return pa.Table.from_arrays(arrays, schema=target)
+
+    def sync(self, source: TraceSource, *, window: tuple[dt.datetime, dt.datetime] | None = None,
+             sync_id: str | None = None) -> SyncResult:
+        """Export the changes since the stored cursor (or in ``window``) in one commit."""
+        started = time.monotonic()
+        sync_id = sync_id or uuid.uuid4().hex
+        synced_at = dt.datetime.now(dt.timezone.utc)
+        cursor = {"window": [w.isoformat() for w in window]} if window else self.last_cursor()
+        overlap = dt.timedelta(seconds=self.connector.overlap_seconds)
+        changes = source.changes(self.project, cursor, overlap=overlap)
+        table = self.table()
+        empty = table is None or table.current_snapshot() is None
+        mode = "window" if window else ("full" if empty else "incremental")
+        if empty:
+            table, data_files, rows, parts, replace_filter = self._write_full(table, changes.batches, synced_at)
+        else:
+            table, data_files, rows, parts, replace_filter = self._write_incremental(table, changes.batches, synced_at)
+        if table is None:  # nothing in the source yet, and no table to mark
+            return SyncResult(self.project, ".".join(self.identifier), self.location, 0, 0, None, None,
+                              time.monotonic() - started, "unchanged")
+        watermark = changes.high_watermark.isoformat() if changes.high_watermark else None
+        out_cursor = cursor if window else changes.cursor
+        props = {PROP_WATERMARK: watermark or "", PROP_CURSOR: cursor_json(out_cursor), PROP_ROWS: str(rows),
+                 PROP_SOURCE: f"{source.name}:{self.project}", PROP_SYNC: sync_id}
+        if window:
+            props[PROP_CURSOR] = cursor_json(self.last_cursor())  # a backfill never moves the cursor
+        table = self._commit(table, data_files, replace_filter, props)
+        write_pointers(table)
+        if "delta" in self.connector.formats:
+            from obslake.fabric.delta import files_from_iceberg, sync_delta_log
+
+            sync_delta_log(self.location, table.schema().as_arrow(), ["date", "hour"], files_from_iceberg(table),
+                           storage_options=delta_storage_options(table))
+        snap = table.current_snapshot()
+        result = SyncResult(self.project, ".".join(self.identifier), self.location, rows, parts,
+                            snap.snapshot_id if snap else None, watermark, time.monotonic() - started,
+                            mode if rows else ("window" if window else "unchanged"))
+        log.info("%s: %s sync wrote %d row(s) in %d partition(s) to %s (watermark %s, %.2fs)", self.project,
+                 result.mode, rows, parts, self.location, watermark, result.seconds)
+        return result
+
+    def _write_files(self, table: "Table", rows: pa.Table, write_uuid, counter) -> list:
+        from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+        return list(_dataframe_to_data_files(table_metadata=table.metadata, df=rows, io=table.io,
+                                             write_uuid=write_uuid, counter=counter))
+
+    def _write_full(self, table, batches, synced_at):
+        data_files: list = []
+        rows = 0
+        parts: set = set()
+        write_uuid, counter = uuid.uuid4(), itertools.count(0)
+        for batch in batches:
+            out = rows_for(batch, synced_at)
+            if table is None:
+                table = self._create(out.schema)
+            table = self._evolve(table, out.schema)
+            out = self._conform(out, table.schema().as_arrow())
+            data_files.extend(self._write_files(table, out, write_uuid, counter))
+            rows += out.num_rows
+            parts |= set(zip(out["date"].to_pylist(), out["hour"].to_pylist()))
+        return table, data_files, rows, len(parts), None
+
+    def _write_incremental(self, table, batches, synced_at):
+        from pyiceberg.expressions import And, EqualTo, Or
+
+        changed = [rows_for(b, synced_at) for b in batches]
+        changed = [c for c in changed if c.num_rows]
+        if not changed:
+            return table, [], 0, 0, None
+        for c in changed:
+            table = self._evolve(table, c.schema)
+        target = table.schema().as_arrow()
+        new = pa.concat_tables([self._conform(c, target) for c in changed])
+        from obslake.fabric.lake_source import latest_by
+
+        new = latest_by(new, ["span_id"], ["_updated_at"])
+        parts = sorted(set(zip(new["date"].to_pylist(), new["hour"].to_pylist())))
+        preds = [And(EqualTo("date", d.isoformat()), EqualTo("hour", h)) for d, h in parts]
+        replace_filter = preds[0] if len(preds) == 1 else Or(*preds)
+        existing = table.scan(row_filter=replace_filter).to_arrow()
+        keep = existing.filter(pc.invert(pc.is_in(existing["span_id"], new["span_id"])))
+        merged = pa.concat_tables([self._conform(keep, target), new]).sort_by([("start_time", "ascending")])
+        data_files = self._write_files(table, merged, uuid.uuid4(), itertools.count(0))
+        log.info("%s: rewriting %d partition(s): %d changed span(s), %d unchanged kept", self.project, len(parts),
+                 new.num_rows, keep.num_rows)
+        return table, data_files, new.num_rows, len(parts), replace_filter
+
+    def _commit(self, table: "Table", data_files: list, replace_filter, props: dict) -> "Table":
+        from pyiceberg.exceptions import CommitFailedException
+
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                tx = table.transaction()
+                if replace_filter is not None:
+                    tx.delete(replace_filter, snapshot_properties={PROP_SYNC: props[PROP_SYNC]})
+                with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+                    for f in data_files:
+                        append.append_data_file(f)
+                return tx.commit_transaction()
+            except CommitFailedException:
+                # a single writer per connector is guaranteed by max_active_runs=1; a conflict means a
+                # manual run raced us: our data files still describe the partitions as of our read
+                time.sleep(0.2 * (attempt + 1))
+                table.refresh()
+        from obslake.exceptions import CommitConflictError
+
+        raise CommitConflictError(f"{self.location}: fabric commit kept conflicting; retry")
+
+
+def write_pointers(table: "Table") -> None:
+    """``metadata/latest.metadata.json`` = the current metadata; ``v<N>.metadata.json`` + ``version-hint.text``.
+
+    Note:
+        Written after the commit, not atomically with it: a crash in between leaves the previous
+        pointer (an older, consistent snapshot) until the next sync rewrites it.
+    """
+    io = table.io
+    current = table.metadata_location
+    data = io.new_input(current).open().read()
+    base = current.rsplit("/", 1)[0]
+    version = int(re.match(r"(\d+)", current.rsplit("/", 1)[1]).group(1)) if re.match(
+        r"(\d+)", current.rsplit("/", 1)[1]) else len(table.metadata.metadata_log) + 1
+    for name, payload in ((f"v{version}.metadata.json", data), ("latest.metadata.json", data),
+                          ("version-hint.text", str(version).encode())):
+        with io.new_output(f"{base}/{name}").create(overwrite=True) as out:
+            out.write(payload)
+
+
+def delta_storage_options(table: "Table") -> dict | None:
+    """deltalake storage options matching the table's FileIO properties (S3 endpoint/credentials)."""
+    p = table.io.properties
+    if not table.location().startswith("s3://"):
+        return None
+    opts = {"AWS_REGION": p.get("s3.region", "us-east-1"), "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+    if p.get("s3.endpoint"):
+        opts["AWS_ENDPOINT_URL"] = p["s3.endpoint"]
+        opts["AWS_ALLOW_HTTP"] = "true"
+    if p.get("s3.access-key-id"):
+        opts["AWS_ACCESS_KEY_ID"] = p["s3.access-key-id"]
+        opts["AWS_SECRET_ACCESS_KEY"] = p.get("s3.secret-access-key", "")
+    if p.get("s3.session-token"):
+        opts["AWS_SESSION_TOKEN"] = p["s3.session-token"]
+    return opts

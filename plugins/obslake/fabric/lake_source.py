@@ -1,0 +1,157 @@
+"""Trace source over the lake's own trace tables (filled by ``kind: spans|annotations`` import jobs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import TYPE_CHECKING, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from obslake.config import _ident
+from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS, ChangeBatch, Changes
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+
+def latest_by(table: pa.Table, keys: list[str], order: list[str]) -> pa.Table:
+    """One row per ``keys``: the last by ``order`` (ascending sort, keep the last row of each key)."""
+    if table.num_rows == 0:
+        return table
+    idx = pa.array(range(table.num_rows), pa.int64())
+    t = table.append_column("__i", idx).sort_by([(c, "ascending") for c in keys + order])
+    last = t.group_by(keys, use_threads=False).aggregate([("__i", "last")])
+    return table.take(last["__i_last"]).sort_by([(k, "ascending") for k in keys])
+
+
+class LakeTraceSource:
+    """Changes of a project's ``<space>.<project>__spans`` and ``__annotations`` tables.
+
+    The cursor is exact, not time-based: it holds the last *snapshot* of each trace table that was
+    exported. Every import commits one snapshot naming its source file (``obslake.source-file``), so
+    the changes are the rows of the files committed after the cursor snapshot — a file whose import
+    started long ago but committed late is never skipped (the failure of time-based cursors). Changed
+    spans are expanded to their whole traces (a late child changes its trace's end time). A
+    ``{"window": [start, end]}`` cursor re-reads the files committed in that window (backfill).
+
+    Note:
+        If the cursor snapshot is no longer in the table's history (expired), the whole table is
+        exported again (correct, logged, slower). The spans of changed traces and the annotations of
+        changed spans are read into memory per sync; the first sync streams the span table in batches.
+    """
+
+    def __init__(self, catalog: "Catalog", space: str = "traces", name: str = "lake"):
+        self.catalog, self.space, self.name = catalog, _ident(space), name
+
+    def _table(self, project: str, kind: str):
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:
+            return self.catalog.load_table((self.space, _ident(f"{project}__{kind}")))
+        except NoSuchTableError:
+            return None
+
+    def list_projects(self) -> list[str]:
+        """Projects with a spans table (lower-cased identifiers)."""
+        return sorted(i[-1][: -len("__spans")] for i in self.catalog.list_tables(self.space) if i[-1].endswith("__spans"))
+
+    @staticmethod
+    def _files_since(table, snapshot_id: int | None, window: tuple[dt.datetime, dt.datetime] | None):
+        """Source files committed after ``snapshot_id`` (or inside ``window``); None = the cursor is gone."""
+        from obslake.lake.importer import PROP_SOURCE_FILE
+
+        if table is None or table.current_snapshot() is None:
+            return set()
+        files: set[str] = set()
+        snap = table.current_snapshot()
+        while snap is not None:
+            if window is None and snap.snapshot_id == snapshot_id:
+                return files
+            when = dt.datetime.fromtimestamp(snap.timestamp_ms / 1000, dt.timezone.utc)
+            if window is None or window[0] <= when < window[1]:
+                f = snap.summary.get(PROP_SOURCE_FILE) if snap.summary is not None else None
+                if f:
+                    files.add(f)
+            snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+        return files if (window is not None or snapshot_id is None) else None
+
+    def changes(self, project: str, cursor: dict | None, *, overlap: dt.timedelta,
+                batch_spans: int = 50_000) -> Changes:
+        """See :class:`~obslake.fabric.model.TraceSource` (``overlap`` is not needed by this source)."""
+        from pyiceberg.expressions import AlwaysTrue, In
+
+        spans_t, ann_t = self._table(project, "spans"), self._table(project, "annotations")
+
+        def snap_id(t):
+            return t.current_snapshot().snapshot_id if t is not None and t.current_snapshot() is not None else None
+
+        def snap_time(t):
+            s = t.current_snapshot() if t is not None else None
+            return dt.datetime.fromtimestamp(s.timestamp_ms / 1000, dt.timezone.utc) if s is not None else None
+
+        marks = [m for m in (snap_time(spans_t), snap_time(ann_t)) if m is not None]
+        high = max(marks) if marks else None
+        window = None
+        if cursor and cursor.get("window"):
+            window = tuple(dt.datetime.fromisoformat(w) for w in cursor["window"])
+            new_cursor = dict(cursor)
+        else:
+            new_cursor = {"spans_snapshot": snap_id(spans_t), "annotations_snapshot": snap_id(ann_t)}
+        if spans_t is None or spans_t.current_snapshot() is None:
+            return Changes(iter(()), new_cursor, high)
+        full = cursor is None
+        if not full:
+            span_files = self._files_since(spans_t, (cursor or {}).get("spans_snapshot"), window)
+            ann_files = self._files_since(ann_t, (cursor or {}).get("annotations_snapshot"), window)
+            if span_files is None or ann_files is None:
+                log.warning("%s: the cursor snapshot is no longer in the trace tables' history; exporting all", project)
+                full = True
+        if full:
+            span_filter = AlwaysTrue()
+        else:
+            traces: set[str] = set()
+            if span_files:
+                traces |= set(spans_t.scan(row_filter=In("_source_file", span_files),
+                                           selected_fields=("trace_id",)).to_arrow()["trace_id"].to_pylist())
+            if ann_files:
+                ann_spans = set(ann_t.scan(row_filter=In("_source_file", ann_files),
+                                           selected_fields=("span_id",)).to_arrow()["span_id"].to_pylist())
+                if ann_spans:
+                    rows = spans_t.scan(row_filter=In("span_id", ann_spans), selected_fields=("trace_id",)).to_arrow()
+                    traces |= set(rows["trace_id"].to_pylist())
+            if not traces:
+                return Changes(iter(()), new_cursor, high)
+            span_filter = In("trace_id", traces)
+
+        def batches() -> Iterator[ChangeBatch]:
+            spans = spans_t.scan(row_filter=span_filter).to_arrow()
+            spans = latest_by(spans, ["span_id"], ["_ingested_at", "_source_file", "_source_row"])
+            bounds = spans.group_by("trace_id").aggregate([("start_time", "min"), ("end_time", "max")])
+            spans = spans.join(bounds, "trace_id", join_type="left outer")
+            spans = spans.set_column(spans.schema.get_field_index("trace_start_time"), "trace_start_time",
+                                     spans["start_time_min"].cast(TS))
+            spans = spans.set_column(spans.schema.get_field_index("trace_end_time"), "trace_end_time",
+                                     spans["end_time_max"].cast(TS))
+            spans = spans.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA).sort_by("start_time")
+            ann = pa.Table.from_batches([], ANNOTATION_SCHEMA)
+            if ann_t is not None and ann_t.current_snapshot() is not None:
+                filt = AlwaysTrue() if full else In("span_id", set(spans["span_id"].to_pylist()))
+                ann = ann_t.scan(row_filter=filt).to_arrow()
+                ann = latest_by(ann, ["span_id", "name", "identifier"], ["updated_at", "_ingested_at"])
+                ann = ann.select(ANNOTATION_SCHEMA.names).cast(ANNOTATION_SCHEMA)
+            for off in range(0, spans.num_rows, batch_spans):
+                chunk = spans.slice(off, batch_spans)
+                mine = ann.filter(pc.is_in(ann["span_id"], chunk["span_id"])) if ann.num_rows else ann
+                yield ChangeBatch(chunk, mine)
+
+        return Changes(batches(), new_cursor, high)
+
+
+def cursor_json(cursor: dict | None) -> str:
+    """Stable JSON of a cursor (for snapshot properties)."""
+    return json.dumps(cursor or {}, sort_keys=True, default=str)

@@ -1,0 +1,183 @@
+"""Tracing import jobs: files of spans or annotations into the lake's own trace tables.
+
+A ``kind: spans`` job maps files whose columns are OpenInference spans — our names
+(:data:`~obslake.fabric.model.SPAN_SCHEMA`) or Phoenix's export names (``context.span_id``,
+``context.trace_id``, ``attributes.<key>`` columns, which are folded into the ``attributes`` JSON) —
+into ``<trace_space>.<project>__spans``. A ``kind: annotations`` job maps ``span_id, name, label,
+score, explanation, annotator_kind, identifier, updated_at`` into ``<trace_space>.<project>__annotations``.
+Both tables get ``date`` (partition) and the lineage columns; ``changed_at`` of a span is its ingest time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from obslake.config import ImportJob, JobKind
+from obslake.exceptions import SchemaMismatchError
+from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS
+from obslake.schema.mapping import LINEAGE_COLUMNS, PARTITION_COLUMN, Problem, _decode, _parse_ts_text
+
+ALIASES = {
+    "context.span_id": "span_id", "context.trace_id": "trace_id", "parent_span_id": "parent_id",
+    "kind": "span_kind", "status": "status_code", "annotation_name": "name", "result.label": "label",
+    "result.score": "score", "result.explanation": "explanation",
+}
+REQUIRED = {JobKind.spans: ("span_id", "trace_id", "name", "start_time"), JobKind.annotations: ("span_id", "name")}
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+class TraceMapper:
+    """Same interface as :class:`~obslake.schema.mapping.BatchMapper`, for span and annotation files."""
+
+    def __init__(self, job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime, fmt: str = "parquet"):
+        self.job, self.source, self.ingested_at, self.is_csv = job, source, ingested_at, fmt == "csv"
+        self.kind = job.kind
+        names = declared.names
+        self.columns = {ALIASES.get(n, n): n for n in names if not n.startswith("attributes.")}
+        self.flat_attributes = [n for n in names if n.startswith("attributes.")]
+        missing = [c for c in REQUIRED[self.kind] if c not in self.columns]
+        if missing:
+            raise SchemaMismatchError(
+                f"{source}: a {self.kind.value} file needs column(s) {missing} (or their OpenInference names "
+                f"context.span_id / context.trace_id); the file has {names[:40]}", code="COLUMN_MISSING")
+        self.target = SPAN_SCHEMA if self.kind == JobKind.spans else ANNOTATION_SCHEMA
+
+    def _col(self, batch: pa.RecordBatch, name: str) -> pa.Array | None:
+        src = self.columns.get(name)
+        return None if src is None else _decode(batch.column(src))
+
+    def _time(self, arr: pa.Array | None, n: int, name: str, first_row: int, problems: list[Problem],
+              default: dt.datetime | None) -> pa.Array:
+        if arr is None:
+            return pa.array([default] * n, TS)
+        if pa.types.is_timestamp(arr.type):
+            out = (pc.assume_timezone(arr, "UTC") if arr.type.tz is None else arr).cast(TS)
+        elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+            num = arr.cast(pa.float64())
+            mx = pc.max(pc.abs(num)).as_py() or 0
+            factor = 1_000_000 if mx < 1e11 else 1_000 if mx < 1e14 else 1 if mx < 1e17 else 0.001
+            out = pc.round(pc.multiply(num, factor)).cast(pa.int64()).cast(TS)
+        else:
+            text = arr.cast(pa.string())
+            out = _parse_ts_text(text)
+            if out is None:
+                values = []
+                for i, v in enumerate(text.to_pylist()):
+                    one = None if v is None else _parse_ts_text(pa.array([v], pa.string()))
+                    if one is None and v is not None:
+                        problems.append(Problem("TS_PARSE", f"{name} is not RFC 3339 / ISO 8601", self.source,
+                                                "write timestamps like 2024-05-01T12:00:00.123Z", row=first_row + i,
+                                                column=self.columns[name], value=str(v)[:80]))
+                    values.append(None if one is None else one[0].as_py())
+                out = pa.array(values, TS)
+        if default is not None:
+            out = pc.fill_null(out, pa.scalar(default, TS))
+        return out
+
+    def _json(self, arr: pa.Array | None, n: int, default: str) -> pa.Array:
+        if arr is None:
+            return pa.array([default] * n, pa.string())
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            return pc.fill_null(arr.cast(pa.string()), default)
+        return pa.array([default if v is None else json.dumps(v, default=str) for v in arr.to_pylist()], pa.string())
+
+    def map(self, batch: pa.RecordBatch, first_row: int) -> tuple[pa.RecordBatch, list[Problem]]:
+        """Map one batch (see the module docstring); problems locate missing ids and bad timestamps."""
+        problems: list[Problem] = []
+        n = batch.num_rows
+        out: dict[str, pa.Array] = {}
+        for key in ("span_id", "trace_id", "name") if self.kind == JobKind.spans else ("span_id", "name"):
+            arr = self._col(batch, key).cast(pa.string())
+            for i in pc.indices_nonzero(pc.fill_null(pc.equal(pc.utf8_length(arr), 0), True)).to_pylist()[:100]:
+                problems.append(Problem("ID_MISSING", f"{key} is null or empty", self.source,
+                                        f"give every row a {key}", row=first_row + i, column=self.columns[key]))
+            out[key] = arr
+        if self.kind == JobKind.spans:
+            attrs = self._json(self._col(batch, "attributes"), n, "{}")
+            if self.flat_attributes:
+                flat = {c[len("attributes."):]: batch.column(c).to_pylist() for c in self.flat_attributes}
+                merged = []
+                for i, base in enumerate(attrs.to_pylist()):
+                    d = json.loads(base or "{}")
+                    d.update(_nest({k: v[i] for k, v in flat.items()}))
+                    merged.append(json.dumps(d, default=str))
+                attrs = pa.array(merged, pa.string())
+            start = self._time(self._col(batch, "start_time"), n, "start_time", first_row, problems, None)
+            for i in pc.indices_nonzero(pc.fill_null(pc.is_null(start), True)).to_pylist()[:100]:
+                if not any(p.row == first_row + i for p in problems):
+                    problems.append(Problem("TS_MISSING", "start_time is missing", self.source,
+                                            "give every span its start time", row=first_row + i, column="start_time"))
+            values = {
+                "parent_id": self._col(batch, "parent_id"), "span_kind": self._col(batch, "span_kind"),
+                "status_code": self._col(batch, "status_code"), "status_message": self._col(batch, "status_message"),
+                "start_time": start,
+                "end_time": self._time(self._col(batch, "end_time"), n, "end_time", first_row, problems, None),
+                "attributes": attrs, "events": self._json(self._col(batch, "events"), n, "[]"),
+                "trace_start_time": None, "trace_end_time": None,
+                "changed_at": pa.array([self.ingested_at] * n, TS),
+            }
+            part_source = start
+        else:
+            updated = self._time(self._col(batch, "updated_at"), n, "updated_at", first_row, problems, self.ingested_at)
+            kind = self._col(batch, "annotator_kind")
+            kind = pa.array(["HUMAN"] * n) if kind is None else pc.fill_null(pc.utf8_upper(kind.cast(pa.string())), "HUMAN")
+            bad_kind = pc.invert(pc.is_in(kind, pa.array(["LLM", "CODE", "HUMAN"])))
+            for i in pc.indices_nonzero(bad_kind).to_pylist()[:100]:
+                problems.append(Problem("ANNOTATOR_KIND", "annotator_kind must be LLM, CODE or HUMAN", self.source,
+                                        "use LLM, CODE or HUMAN", row=first_row + i, column="annotator_kind",
+                                        value=kind[i].as_py()))
+            ident = self._col(batch, "identifier")
+            values = {
+                "label": self._col(batch, "label"), "score": self._col(batch, "score"),
+                "explanation": self._col(batch, "explanation"), "annotator_kind": kind,
+                "identifier": pa.array([""] * n) if ident is None else pc.fill_null(ident.cast(pa.string()), ""),
+                "updated_at": updated,
+            }
+            part_source = updated
+        for field in self.target:
+            if field.name in out:
+                continue
+            arr = values.get(field.name)
+            if arr is None:
+                arr = pa.nulls(n, field.type)
+            else:
+                try:
+                    arr = arr.cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    raise SchemaMismatchError(f"{self.source}: column {field.name!r} is {arr.type}; it must be "
+                                              f"{field.type}", code="TYPE_MISMATCH") from None
+            out[field.name] = arr
+        out[PARTITION_COLUMN] = pc.cast(pc.fill_null(part_source, pa.scalar(self.ingested_at, TS)), pa.date32())
+        out[LINEAGE_COLUMNS[0]] = pa.array([self.source] * n, pa.string())
+        out[LINEAGE_COLUMNS[1]] = pa.array(range(first_row, first_row + n), pa.int64())
+        out[LINEAGE_COLUMNS[2]] = pa.array([self.ingested_at] * n, TS)
+        names = [f.name for f in self.target] + [PARTITION_COLUMN, *LINEAGE_COLUMNS]
+        return pa.RecordBatch.from_arrays([out[k] for k in names], names=names), problems
+
+
+def make_mapper(job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime, fmt: str):
+    """The mapper for a job's kind: model files (BatchMapper) or trace files (TraceMapper)."""
+    if job.kind.is_trace:
+        return TraceMapper(job, declared, source, ingested_at, fmt)
+    from obslake.schema.mapping import BatchMapper
+
+    return BatchMapper(job, declared, source, ingested_at, fmt)

@@ -1,0 +1,99 @@
+"""Data Fabric from the lake's own trace tables into S3, read back by DuckDB (not pyiceberg)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from fabric_helpers import NOW, annotations_table, duckdb_connection, spans_table
+from lake_fixtures import to_bytes
+from obslake.config import Connector, ImportJob
+from obslake.fabric.export import PROP_CURSOR, PROP_WATERMARK, ProjectExporter
+from obslake.fabric.io import fabric_catalog, storage_properties_from_env
+from obslake.fabric.lake_source import LakeTraceSource
+from obslake.lake.importer import import_file
+from obslake.storage import open_store
+
+
+@pytest.fixture
+def fabric(lake, s3_client, s3_bucket, moto_server, monkeypatch):
+    monkeypatch.setenv("OBSLAKE_S3_ENDPOINT_URL", moto_server)
+    store, _ = open_store(f"s3://{s3_bucket}/", s3_client=s3_client)
+    jobs = {k: ImportJob.model_validate({"name": f"trace_{k}", "source": f"s3://{s3_bucket}/in/{k}/", "kind": k,
+                                         "trace_project": "rag-app", "ingestion_key_variable": "k"})
+            for k in ("spans", "annotations")}
+    conn = Connector.model_validate({"name": "prod", "source": {"type": "lake"}, "projects": ["rag-app"],
+                                     "storage": f"s3://{s3_bucket}/exports", "namespace": "ml",
+                                     "ingestion_key_variable": "k", "overlap_seconds": 5})
+    catalog = fabric_catalog(storage_properties_from_env(conn.storage), lake.settings)
+    n = {"i": 0}
+
+    def put(kind, table, fmt="parquet"):
+        n["i"] += 1
+        info = store.write(f"in/{kind}/f{n['i']}.{fmt}", to_bytes(table, fmt))
+        r = import_file(jobs[kind], store, info, catalog=lake.catalog, ledger=lake.ledger)
+        assert r.status == "imported", r.error
+
+    def sync():
+        return ProjectExporter(conn, "rag-app", catalog).sync(LakeTraceSource(catalog, "traces"))
+
+    def read(sql_tail=""):
+        con = duckdb_connection(moto_server)
+        uri = f"s3://{s3_bucket}/exports/ml/rag-app/metadata/latest.metadata.json"
+        return con.execute(f"SELECT * FROM iceberg_scan('{uri}') {sql_tail}").fetch_arrow_table()
+
+    return put, sync, read, conn, catalog
+
+
+def test_full_then_incremental_with_late_child_and_updated_old_annotation(fabric, s3_client, s3_bucket):
+    put, sync, read, conn, catalog = fabric
+    old = NOW - dt.timedelta(days=90)
+    put("spans", spans_table([
+        {"span_id": "a1", "trace_id": "ta", "name": "chain", "kind": "CHAIN", "start": old, "ms": 900},
+        {"span_id": "a2", "trace_id": "ta", "parent_id": "a1", "name": "llm", "start": old + dt.timedelta(seconds=1)},
+        {"span_id": "b1", "trace_id": "tb", "name": "llm", "start": NOW - dt.timedelta(hours=2)},
+        {"span_id": "c1", "trace_id": "tc", "name": "llm", "start": NOW - dt.timedelta(hours=1)},
+    ]))
+    put("annotations", annotations_table([
+        {"span_id": "a2", "name": "hallucination", "label": "factual", "score": 0.0, "explanation": "grounded"},
+        {"span_id": "b1", "name": "thumbs", "label": "up", "score": 1.0, "annotator_kind": "HUMAN", "identifier": "u1"},
+    ]), "csv")
+    first = sync()
+    assert first.mode == "full" and first.rows == 4
+    data = read("ORDER BY span_id")
+    assert data["span_id"].to_pylist() == ["a1", "a2", "b1", "c1"]
+    row = {k: v for k, v in zip(data.column_names, [c[1].as_py() for c in data.columns])}  # a2
+    assert row["eval.hallucination.label"] == "factual" and row["eval.hallucination.explanation"] == "grounded"
+    assert row["attributes.llm.model_name"] == "gpt-4o" and row["attributes.llm.token_count.total"] == 15
+    assert data["annotation.thumbs.label"].to_pylist()[2] == "up"
+    assert data["annotation.thumbs.identifier"].to_pylist()[2] == "u1"
+    table = ProjectExporter(conn, "rag-app", catalog).table()
+    summary = table.current_snapshot().summary
+    assert summary.get(PROP_WATERMARK) and json.loads(summary.get(PROP_CURSOR))["spans_snapshot"]
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="exports/ml/rag-app/")["Contents"]}
+    assert "exports/ml/rag-app/metadata/latest.metadata.json" in keys
+    assert "exports/ml/rag-app/metadata/version-hint.text" in keys
+    assert any(f"/data/date={old:%Y-%m-%d}/hour={old.hour}/" in k for k in keys), sorted(keys)[:10]
+
+    # nothing changed: no rows, the marker still moves
+    assert sync().rows == 0
+
+    # a late child span in the 90-day-old trace, and an annotation changed on the old span
+    put("spans", spans_table([{"span_id": "a3", "trace_id": "ta", "parent_id": "a1", "name": "tool", "kind": "TOOL",
+                               "start": old + dt.timedelta(seconds=2), "ms": 5000}]))
+    put("annotations", annotations_table([{"span_id": "a2", "name": "hallucination", "label": "hallucinated",
+                                           "score": 1.0, "explanation": "made up",
+                                           "updated_at": NOW + dt.timedelta(seconds=1)}]))
+    files_before = {t.file.file_path for t in table.refresh().scan().plan_files()}
+    second = sync()
+    assert second.mode == "incremental" and second.rows == 3  # the whole old trace: a1, a2, a3
+    data = read("ORDER BY span_id")
+    assert data["span_id"].to_pylist() == ["a1", "a2", "a3", "b1", "c1"]
+    assert data["eval.hallucination.label"].to_pylist()[1] == "hallucinated"
+    assert data["trace_end_time"].to_pylist()[0] == old + dt.timedelta(seconds=2, milliseconds=5000)
+    files_after = {t.file.file_path for t in table.refresh().scan().plan_files()}
+    untouched = {f for f in files_before if f"date={old:%Y-%m-%d}" not in f}
+    assert untouched <= files_after, "partitions without changes must not be rewritten"
+    assert not any("delete" in (t.file.content.name.lower()) for t in table.scan().plan_files() if t.delete_files)
