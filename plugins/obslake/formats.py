@@ -258,8 +258,8 @@ class _Opened:
                 where = f" after {rows} rows were read" if rows else " before any row was read"
                 detail = self._describe(exc)
                 raise _error(
-                    self.source, self.fmt, f"cannot decode the data{where} ({detail})", code=_code_for(self.fmt, detail),
-                    **self._locate(exc),
+                    self.source, self.fmt, f"cannot decode the data{where} ({detail})",
+                    code=_code_for(self.fmt, detail), **self._locate(exc),
                 ) from exc
             for offset in range(0, batch.num_rows, batch_rows):
                 yield batch.slice(offset, batch_rows)
@@ -728,7 +728,9 @@ def write_table(table: pa.Table, fmt: str, sink: BinaryIO | str) -> None:
             pacsv.write_csv(table, sink)
     elif fmt in ("arrow", "arrow_stream"):
         new_writer = pa.ipc.new_file if fmt == "arrow" else pa.ipc.new_stream
-        with new_writer(sink, table.schema) as writer:
+        # an IPC file holds one dictionary per field: unify the chunks' dictionaries (a stream may replace them)
+        options = pa.ipc.IpcWriteOptions(unify_dictionaries=fmt == "arrow")
+        with new_writer(sink, table.schema, options=options) as writer:
             writer.write_table(table)
     elif fmt == "avro":
         parsed = fastavro.parse_schema(avro_schema_for_arrow(table.schema))

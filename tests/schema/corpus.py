@@ -233,7 +233,9 @@ def defects() -> list[Defect]:
     # -- ids ----------------------------------------------------------------------------------------
     add("null_id", "parquet", to_bytes(_set(t, "prediction_id", BAD, None), "parquet"), "ID_MISSING", BAD_ROW,
         "prediction_id")
-    add("empty_id_csv", "csv", _csv(t, {(BAD, "prediction_id"): '""'}), "ID_MISSING", BAD_ROW, "prediction_id")
+    add("empty_id", "parquet", to_bytes(_set(t, "prediction_id", BAD, ""), "parquet"), "ID_MISSING", BAD_ROW,
+        "prediction_id")
+    add("empty_id_csv", "csv", _csv(t, {(BAD, "prediction_id"): ""}), "ID_MISSING", BAD_ROW, "prediction_id")
     long_id = "x" * 600
     add("id_600_chars", "avro", to_bytes(_set(t, "prediction_id", BAD, long_id), "avro"), "ID_TOO_LONG", BAD_ROW,
         "prediction_id", value=_short(long_id))

@@ -111,16 +111,29 @@ def _normalise_type(t: pa.DataType) -> pa.DataType | None:
     return None
 
 
+def _cast_truncating(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    """Cast ``arr`` to ``target``, truncating sub-microsecond parts of times (ns -> µs) instead of failing.
+
+    Every other check of a safe cast (overflow, out-of-bounds timestamps) still applies.
+    """
+    return pc.cast(arr, options=pc.CastOptions(target, allow_time_truncate=True))
+
+
 def _parse_ts_text(text: pa.Array) -> pa.Array | None:
-    """RFC 3339 / ISO 8601 text to UTC timestamps (no offset = UTC), or None if any value fails."""
-    try:
-        return text.cast(TS_TYPE)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    try:
-        return pc.assume_timezone(text.cast(pa.timestamp("us")), "UTC")
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
+    """RFC 3339 / ISO 8601 text to UTC timestamps (no offset = UTC), or None if any value fails.
+
+    More than 6 fractional digits (nanoseconds, as pandas and Arrow write them) are truncated to µs.
+    """
+    for unit in ("us", "ns"):
+        try:
+            return _cast_truncating(text.cast(pa.timestamp(unit, tz="UTC")), TS_TYPE)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        try:
+            return _cast_truncating(pc.assume_timezone(text.cast(pa.timestamp(unit)), "UTC"), TS_TYPE)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return None
 
 
 def _is_nested(t: pa.DataType) -> bool:
@@ -434,7 +447,7 @@ class BatchMapper:
         if pa.types.is_timestamp(t):
             if t.tz is None:
                 arr = pc.assume_timezone(arr, "UTC")
-            out = arr.cast(TS_TYPE)
+            out = _cast_truncating(arr, TS_TYPE)  # ns -> µs
         elif pa.types.is_date(t):
             out = arr.cast(pa.timestamp("us")).cast(TS_TYPE)
         elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
@@ -583,7 +596,8 @@ class BatchMapper:
             flat = pc.list_flatten(arr)
             if not pa.types.is_struct(flat.type) or flat.type.num_fields != 2:
                 raise SchemaMismatchError(f"{self.source}: column {col!r} ({key}) is {arr.type}; use list<struct"
-                                          "<class_name, score>> or map<string, double>", code="TYPE_MISMATCH", column=col)
+                                          "<class_name, score>> or map<string, double>", code="TYPE_MISMATCH",
+                                          column=col)
             offsets = arr.offsets if not arr.offset else pc.subtract(arr.offsets, arr.offsets[0])
             return pa.MapArray.from_arrays(offsets, flat.field(0).cast(pa.string()), flat.field(1).cast(pa.float64()))
         try:
@@ -622,7 +636,7 @@ class BatchMapper:
                               f"shorten it, or list the column under schema.exclude", i, first_row, col,
                               arr[i].as_py())
         target = _normalise_type(arr.type)
-        return arr.cast(target) if target is not None else arr
+        return _cast_truncating(arr, target) if target is not None else arr
 
     # -- mapping -----------------------------------------------------------------------------------
     def map(self, batch: pa.RecordBatch, first_row: int) -> tuple[pa.RecordBatch, list[Problem]]:
@@ -709,7 +723,7 @@ class BatchMapper:
             if isinstance(arr, pa.ChunkedArray):
                 arr = arr.combine_chunks()
             t = _normalise_type(arr.type)
-            arrays.append(arr.cast(t) if t is not None else arr)
+            arrays.append(_cast_truncating(arr, t) if t is not None else arr)
         return pa.RecordBatch.from_arrays(arrays, names=list(out)), problems
 
 

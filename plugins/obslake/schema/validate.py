@@ -61,12 +61,19 @@ class ValidationReport:
 
 
 def file_problem(uri: str, exc: TerminalError) -> Problem:
-    """A whole-file problem from a terminal error (its ``code``, else one derived from its class)."""
+    """A whole-file problem from a terminal error (its ``code``, else one derived from its class).
+
+    Located where the error says where: ``column`` (a mapped column that is missing, of the wrong type, ...)
+    and, for CSV, ``line`` (the data row is ``line - 1``, exact without quoted values spanning lines).
+    """
     code = getattr(exc, "code", None) or {
         "FileFormatError": "FILE_CORRUPT", "SchemaMismatchError": "TYPE_MISMATCH",
         "StorageAccessError": "ACCESS_DENIED", "BucketOwnershipError": "BUCKET_NOT_OWNED",
     }.get(type(exc).__name__, "FILE_ERROR")
-    return Problem(code, str(exc), uri, FILE_FIX.get(code, "see the message"))
+    line, column = getattr(exc, "line", None), getattr(exc, "column", None)
+    message = str(exc).removeprefix(f"{uri}: ")  # Problem.__str__ names the file already
+    return Problem(code, message, uri, FILE_FIX.get(code, "see the message"),
+                   row=line - 1 if line and line > 1 else None, column=column, line=line)
 
 
 def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch_rows: int = 65_536) -> ValidationReport:
