@@ -44,3 +44,46 @@ def store_for(uri: str, conn_id: str | None = None) -> tuple[ObjectStore, str]:
     from airflow.providers.google.cloud.hooks.gcs import GCSHook
 
     return open_store(uri, gcs_client=GCSHook(gcp_conn_id=conn_id).get_conn())
+
+
+def iceberg_storage_properties(storage: str, conn_id: str | None = None) -> dict[str, str]:
+    """pyiceberg FileIO properties for writing ``storage`` with the Airflow connection's credentials.
+
+    S3: the connection's (possibly assumed-role) credentials, region and ``endpoint_url``. GCS: an
+    ``api_endpoint`` extra (emulator) or an OAuth2 token from ``GCSHook``. The values stay in the
+    catalog's properties in this process; they are never written into table metadata.
+    """
+    from obslake.fabric.io import GCS_ENDPOINT, GCS_PROJECT, GCS_TOKEN
+
+    parsed = parse_uri(storage)
+    if parsed.scheme == "file":
+        return {}
+    conn_id = conn_id or DEFAULT_CONN[parsed.scheme]
+    if parsed.scheme == "s3":
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        hook = S3Hook(aws_conn_id=conn_id)
+        creds = hook.get_credentials()
+        props = {"s3.region": hook.conn_region_name or "us-east-1", "s3.access-key-id": creds.access_key,
+                 "s3.secret-access-key": creds.secret_key}
+        if creds.token:
+            props["s3.session-token"] = creds.token
+        endpoint = hook.conn_config.get_service_endpoint_url("s3")
+        if endpoint:
+            props["s3.endpoint"] = endpoint
+        return props
+    try:
+        from airflow.sdk import BaseHook
+
+        endpoint = BaseHook.get_connection(conn_id).extra_dejson.get("api_endpoint")
+    except Exception:
+        endpoint = None
+    endpoint = endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
+    if endpoint:
+        return {GCS_ENDPOINT: endpoint if "://" in endpoint else f"http://{endpoint}"}
+    from airflow.providers.google.cloud.hooks.gcs import GCSHook
+    from google.auth.transport.requests import Request
+
+    creds, project = GCSHook(gcp_conn_id=conn_id).get_credentials_and_project_id()
+    creds.refresh(Request())
+    return {GCS_TOKEN: creds.token, GCS_PROJECT: project or ""}

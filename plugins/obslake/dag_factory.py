@@ -62,15 +62,15 @@ def build_import_dag(job: ImportJob) -> Any:
     return dag
 
 
-def build_config_error_dag(path_stem: str, message: str) -> Any:
+def build_config_error_dag(path_stem: str, message: str, prefix: str = "obslake_import__") -> Any:
     """A one-task DAG that fails with a config error, so a bad YAML is visible in the UI, not silent."""
     from airflow.sdk import DAG
 
     from obslake.operators.config_error import ConfigErrorOperator
 
     with DAG(
-        dag_id=f"obslake_import__{path_stem}", schedule=None, start_date=START, catchup=False,
-        tags=["obslake", "import", "config-error"], is_paused_upon_creation=False,
+        dag_id=f"{prefix}{path_stem}", schedule=None, start_date=START, catchup=False,
+        tags=["obslake", prefix.split("_")[1], "config-error"], is_paused_upon_creation=False,
         doc_md=f"### Invalid import job config\n\n```\n{message}\n```",
     ) as dag:
         ConfigErrorOperator(task_id="invalid_job_config", message=message)
@@ -92,4 +92,60 @@ def build_import_dags(directory: str | Path) -> dict[str, Any]:
         dag_id = f"obslake_import__{stem}"
         if dag_id not in dags:
             dags[dag_id] = build_config_error_dag(stem, str(err))
+    return dags
+
+
+def build_fabric_dag(connector) -> Any:
+    """The DAG ``obslake_fabric__<connector>``: verify bucket → permission probe → sync each project (mapped)."""
+    from airflow.sdk import DAG
+
+    from obslake.operators.iceberg_sync import IcebergSyncOperator
+    from obslake.operators.storage_probe import StorageProbeOperator
+    from obslake.operators.tag_verify import TagVerifyOperator
+
+    with DAG(
+        dag_id=connector.dag_id,
+        description=f"Data Fabric: {connector.source.type} projects {', '.join(connector.projects)} -> {connector.root}/",
+        schedule=connector.schedule,
+        start_date=START,
+        catchup=connector.catchup,
+        max_active_runs=1,
+        is_paused_upon_creation=connector.status == JobStatus.paused,
+        tags=["obslake", "data-fabric", *connector.tags],
+        default_args={"retries": connector.retries, "retry_delay": dt.timedelta(minutes=2),
+                      "retry_exponential_backoff": True, "owner": "obslake"},
+        doc_md=(
+            f"### obslake Data Fabric connector `{connector.name}`\n\nExports the traces, evaluations and "
+            f"annotations of {', '.join(f'`{p}`' for p in connector.projects)} as Iceberg tables"
+            f"{' (+ Delta)' if 'delta' in connector.formats else ''} to `{connector.root}/<project>/`. Each run "
+            "exports what changed since the last; `airflow backfill create` re-exports a past window."
+        ),
+    ) as dag:
+        verify = TagVerifyOperator(task_id="verify_bucket_ownership", source=connector.storage + "/",
+                                   conn_id=connector.conn_id, key_variable=connector.ingestion_key_variable,
+                                   tag_name=connector.tag_name)
+        probe = StorageProbeOperator(task_id="probe_permissions", uri=connector.root, conn_id=connector.conn_id)
+        sync = IcebergSyncOperator.partial(task_id="sync_project", mode="fabric",
+                                           connector=connector.model_dump(mode="json")).expand(
+            project=list(connector.projects))
+        verify >> probe >> sync
+    return dag
+
+
+def build_fabric_dags(directory: str | Path) -> dict[str, Any]:
+    """``{dag_id: DAG}`` for every connector YAML (deleted connectors get none; bad ones a config-error DAG)."""
+    from obslake.config import load_connectors
+
+    connectors, errors = load_connectors(directory)
+    dags: dict[str, Any] = {}
+    for c in connectors:
+        if c.status == JobStatus.deleted:
+            continue
+        dags[c.dag_id] = build_fabric_dag(c)
+    for err in errors:
+        stem = re.sub(r"[^a-z0-9_-]", "_", Path(err.path).stem.lower())
+        log.error("%s", err)
+        dag_id = f"obslake_fabric__{stem}"
+        if dag_id not in dags:
+            dags[dag_id] = build_config_error_dag(stem, str(err), prefix="obslake_fabric__")
     return dags

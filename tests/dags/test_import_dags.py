@@ -34,14 +34,17 @@ def test_repo_dags_parse_without_errors_and_carry_tags_and_retries(monkeypatch):
     bag = _bag()
     assert bag.import_errors == {}
     assert bag.dags, "include/import_jobs/ ships at least one example job"
+    assert {"obslake_import__demo_ctr", "obslake_fabric__demo_traces"} <= set(bag.dags)
     for dag_id, dag in bag.dags.items():
-        assert dag_id.startswith("obslake_import__")
-        assert "obslake" in dag.tags and "import" in dag.tags
+        assert dag_id.startswith(("obslake_import__", "obslake_fabric__"))
+        assert "obslake" in dag.tags
         assert dag.max_active_runs == 1
         for task in dag.tasks:
             assert task.retries >= 2, (dag_id, task.task_id)
-        assert [t.task_id for t in dag.topological_sort()] == [
-            "wait_for_new_files", "verify_bucket_ownership", "validate_files", "import_file"]
+        if dag_id.startswith("obslake_import__"):
+            assert "import" in dag.tags
+            assert [t.task_id for t in dag.topological_sort()] == [
+                "wait_for_new_files", "verify_bucket_ownership", "validate_files", "import_file"]
 
 
 def _job_yaml(name: str, source: str, status: str = "active", extra: str = "") -> str:
@@ -89,6 +92,7 @@ def test_dag_file_imports_no_provider_sdk_at_top_level(tmp_path):
             BaseOperator(task_id="t")
         base = heavy()
         runpy.run_path({str(PROJECT / 'dags' / 'import_jobs.py')!r})
+        runpy.run_path({str(PROJECT / 'dags' / 'data_fabric.py')!r})
         print(json.dumps(sorted(heavy() - base)))
     """)
     env = {**os.environ, "OBSLAKE_INCLUDE_DIR": str(PROJECT / "include")}
