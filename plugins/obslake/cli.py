@@ -5,6 +5,8 @@
     obslake dry-run JOB [FILE]   validate new files (or one file/key) of a job without writing
     obslake status [JOB]         files pending/succeeded/failed, rows, last import, latest errors
     obslake schema-doc           the model-type and expected-type tables
+    obslake fabric ddl CONNECTOR query DDL (BigQuery, Databricks, Snowflake, Athena, DuckDB) with real paths
+    obslake fabric sync CONNECTOR run a connector's sync now, outside Airflow
 """
 
 from __future__ import annotations
@@ -102,6 +104,46 @@ def cmd_schema_doc(args) -> int:
     return 0
 
 
+def _connector(args):
+    from obslake.config import load_connector
+
+    base = Path(args.include) if args.include else default_include_dir()
+    for candidate in (base / "connectors" / f"{args.connector}.yaml", base / "connectors" / f"{args.connector}.yml"):
+        if candidate.exists():
+            return load_connector(candidate)
+    raise ObslakeError(f"no connector named {args.connector!r} in {base / 'connectors'}")
+
+
+def cmd_fabric_ddl(args) -> int:
+    from obslake.fabric.ddl import ddl
+
+    conn = _connector(args)
+    engines = [args.engine] if args.engine else ["bigquery", "databricks", "snowflake", "athena", "duckdb"]
+    for project in conn.projects:
+        for engine in engines:
+            print(f"-- ===== {engine}: {conn.name} / {project} =====")
+            print(ddl(engine, table_uri=conn.storage, namespace=conn.namespace, project=project,
+                      delta="delta" in conn.formats))
+            print()
+    return 0
+
+
+def cmd_fabric_sync(args) -> int:
+    """Run a connector's sync outside Airflow (storage credentials from the environment)."""
+    from obslake.fabric.export import ProjectExporter
+    from obslake.fabric.io import fabric_catalog, storage_properties_from_env
+    from obslake.fabric.sources import make_source
+
+    conn = _connector(args)
+    catalog = fabric_catalog(storage_properties_from_env(conn.storage))
+    source = make_source(conn.source, catalog)
+    for project in [args.project] if args.project else conn.projects:
+        r = ProjectExporter(conn, project, catalog).sync(source)
+        print(f"{project}: {r.mode}: {r.rows} row(s) in {r.partitions} partition(s) -> {r.location} "
+              f"(watermark {r.watermark}, {r.seconds:.2f}s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="obslake", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--include", help="the include/ directory (default: $OBSLAKE_INCLUDE_DIR or ./include)")
@@ -116,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="job status: file counts, rows, errors")
     st.add_argument("job", nargs="?")
     sub.add_parser("schema-doc", help="print the model-type and expected-type tables (as in the README)")
+    fab = sub.add_parser("fabric", help="Data Fabric: query DDL, manual sync").add_subparsers(dest="fabric_cmd",
+                                                                                                required=True)
+    d = fab.add_parser("ddl", help="CREATE statements for BigQuery, Databricks, Snowflake, Athena, DuckDB")
+    d.add_argument("connector")
+    d.add_argument("--engine", choices=["bigquery", "databricks", "snowflake", "athena", "duckdb"])
+    sy = fab.add_parser("sync", help="sync a connector now, outside Airflow")
+    sy.add_argument("connector")
+    sy.add_argument("--project")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -124,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             from obslake.demo import run_demo
 
             return run_demo(args.workdir)
+        if args.cmd == "fabric":
+            return {"ddl": cmd_fabric_ddl, "sync": cmd_fabric_sync}[args.fabric_cmd](args)
         return {"validate-config": cmd_validate_config, "dry-run": cmd_dry_run, "status": cmd_status,
                 "schema-doc": cmd_schema_doc}[args.cmd](args)
     except ObslakeError as exc:
