@@ -37,7 +37,8 @@ def build_import_dag(job: ImportJob) -> Any:
         catchup=False,
         max_active_runs=1,
         is_paused_upon_creation=job.status == JobStatus.paused,
-        tags=["obslake", "import", f"model:{job.model.name}", *job.tags],
+        tags=["obslake", "import", f"model:{job.model.name}" if job.model else f"traces:{job.trace_project}",
+              *job.tags],
         default_args={
             "retries": job.retries,
             "retry_delay": dt.timedelta(seconds=30),
@@ -85,7 +86,11 @@ def build_import_dags(directory: str | Path) -> dict[str, Any]:
         if job.status == JobStatus.deleted:
             log.info("import job %s is deleted: no DAG (its data and ledger stay)", job.name)
             continue
-        dags[job.dag_id] = build_import_dag(job)
+        try:
+            dags[job.dag_id] = build_import_dag(job)
+        except Exception as exc:  # one job's problem must never hide the other jobs' DAGs
+            log.exception("import job %s: cannot build its DAG", job.name)
+            dags[job.dag_id] = build_config_error_dag(job.name, f"cannot build the DAG of job {job.name!r}: {exc!r}")
     for err in errors:
         stem = re.sub(r"[^a-z0-9_-]", "_", Path(err.path).stem.lower())
         log.error("%s", err)
@@ -141,7 +146,12 @@ def build_fabric_dags(directory: str | Path) -> dict[str, Any]:
     for c in connectors:
         if c.status == JobStatus.deleted:
             continue
-        dags[c.dag_id] = build_fabric_dag(c)
+        try:
+            dags[c.dag_id] = build_fabric_dag(c)
+        except Exception as exc:  # one connector's problem must never hide the others
+            log.exception("connector %s: cannot build its DAG", c.name)
+            dags[c.dag_id] = build_config_error_dag(c.name, f"cannot build the DAG of connector {c.name!r}: {exc!r}",
+                                                    prefix="obslake_fabric__")
     for err in errors:
         stem = re.sub(r"[^a-z0-9_-]", "_", Path(err.path).stem.lower())
         log.error("%s", err)

@@ -127,10 +127,12 @@ def run_demo(workdir: str | Path | None = None, *, keep: bool = False) -> int:
     }
     os.environ.update(env)
     # the shipped example is `status: paused` (it must not poll a bucket a deployment lacks): run an active copy
-    jobs_dir = workdir / "include" / "import_jobs"
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    example = (PROJECT / "include" / "import_jobs" / "demo_ctr.yaml").read_text()
-    (jobs_dir / "demo_ctr.yaml").write_text(example.replace("status: paused", "status: active"))
+    for sub in ("import_jobs", "connectors"):
+        (workdir / "include" / sub).mkdir(parents=True, exist_ok=True)
+        for example in (PROJECT / "include" / sub).glob("demo_*.yaml"):
+            text = example.read_text().replace("status: paused", "status: active")
+            (workdir / "include" / sub / example.name).write_text(text)
+    os.environ["OBSLAKE_S3_ENDPOINT_URL"] = endpoint  # for `obslake fabric sync` and DuckDB below
 
     _say(f"starting a local S3 (moto server) on {endpoint}")
     import logging
@@ -184,8 +186,125 @@ def _demo_body(workdir: Path, endpoint: str, key: str, t0: float) -> int:
     _expect(workdir, succeeded=6, failed=1)
 
     _report(workdir)
+    _fabric_demo(store, endpoint, today)
     print(f"\ndemo finished in {time.monotonic() - t0:.1f}s; everything is under {workdir}")
     return 0
+
+
+def trace_files(today: dt.date, seed: int = 7) -> tuple[pa.Table, pa.Table]:
+    """Spans of 30 support-bot traces over the last days (chain → retriever + llm) and their annotations."""
+    rng = np.random.default_rng(seed)
+    spans, anns = [], []
+    start0 = dt.datetime.combine(today - dt.timedelta(days=3), dt.time(9), tzinfo=dt.timezone.utc)
+    for t in range(30):
+        start = start0 + dt.timedelta(hours=int(t * 2.3), seconds=int(rng.integers(0, 3000)))
+        tid, root = f"trace-{t:03d}", f"span-{t:03d}-0"
+        q = ["reset my password", "refund an order", "change plan", "cancel subscription"][t % 4]
+        for i, (name, kind, ms) in enumerate((("support-chain", "CHAIN", 2400), ("retrieve-docs", "RETRIEVER", 300),
+                                              ("answer", "LLM", 1800))):
+            attrs = {"openinference": {"span": {"kind": kind}}, "input": {"value": q},
+                     "output": {"value": f"answer to {q!r}"}, "session": {"id": f"session-{t % 7}"}}
+            if kind == "LLM":
+                p_tok, c_tok = int(rng.integers(200, 900)), int(rng.integers(50, 300))
+                attrs["llm"] = {"model_name": "gpt-4o-mini", "token_count": {"prompt": p_tok, "completion": c_tok,
+                                                                            "total": p_tok + c_tok}}
+            spans.append({"context.span_id": f"span-{t:03d}-{i}", "context.trace_id": tid,
+                          "parent_id": None if i == 0 else root, "name": name, "span_kind": kind,
+                          "start_time": start + dt.timedelta(milliseconds=100 * i),
+                          "end_time": start + dt.timedelta(milliseconds=100 * i + ms), "status_code": "OK",
+                          "attributes": json.dumps(attrs)})
+        hallucinated = bool(rng.random() < 0.2)
+        anns.append({"span_id": f"span-{t:03d}-2", "name": "hallucination",
+                     "label": "hallucinated" if hallucinated else "factual", "score": float(hallucinated),
+                     "explanation": "compared with the retrieved documents", "annotator_kind": "LLM",
+                     "identifier": "", "updated_at": start + dt.timedelta(minutes=5)})
+        if t % 3 == 0:
+            anns.append({"span_id": root, "name": "user_feedback", "label": "thumbs_up" if t % 2 else "thumbs_down",
+                         "score": 1.0 if t % 2 else 0.0, "explanation": None, "annotator_kind": "HUMAN",
+                         "identifier": f"user-{t % 5}", "updated_at": start + dt.timedelta(minutes=20)})
+    return pa.Table.from_pylist(spans), pa.Table.from_pylist(anns)
+
+
+def _fabric_demo(store, endpoint: str, today: dt.date) -> None:
+    from obslake.formats import write_table
+
+    spans, anns = trace_files(today)
+    for kind, table, fmt in (("spans", spans, "parquet"), ("annotations", anns, "csv")):
+        buf = io.BytesIO()
+        write_table(table, fmt, buf)
+        store.write(f"traces/{kind}/2026-export/{kind}.{fmt}", buf.getvalue())
+    _say("Data Fabric: tracing import jobs load 90 spans and their annotations into the lake's trace tables")
+    for kind in ("spans", "annotations"):
+        _load_dag(f"obslake_import__demo_trace_{kind}").test()
+    fabric_dag = _load_dag("obslake_fabric__demo_traces")
+    _say("Data Fabric run 1: obslake_fabric__demo_traces (tag check → permission probe → sync, Iceberg + Delta)")
+    fabric_dag.test()
+    _fabric_report("after run 1", endpoint, store)
+
+    # three days later: a human re-labels an old answer, and a late child span arrives in an old trace
+    buf = io.BytesIO()
+    write_table(pa.Table.from_pylist([{"span_id": "span-000-2", "name": "hallucination", "label": "hallucinated",
+                                       "score": 1.0, "explanation": "re-checked by a reviewer", "annotator_kind": "LLM",
+                                       "identifier": "", "updated_at": dt.datetime.now(dt.timezone.utc)}]), "csv", buf)
+    store.write("traces/annotations/2026-export/correction.csv", buf.getvalue())
+    import pyarrow.compute as pc
+
+    late = spans.filter(pc.equal(spans["context.span_id"], "span-000-2"))
+    late = late.set_column(late.schema.get_field_index("context.span_id"), "context.span_id",
+                           pa.array(["span-000-3"]))
+    late = late.set_column(late.schema.get_field_index("name"), "name", pa.array(["late-tool-call"]))
+    buf = io.BytesIO()
+    write_table(late, "parquet", buf)
+    store.write("traces/spans/2026-export/late.parquet", buf.getvalue())
+    _say("Data Fabric run 2: an annotation changed on a 3-day-old span and a late child span arrived")
+    for kind in ("spans", "annotations"):
+        _load_dag(f"obslake_import__demo_trace_{kind}").test()
+    fabric_dag.test()
+    _fabric_report("after run 2", endpoint, store)
+
+
+def _fabric_report(title: str, endpoint: str, store) -> None:
+    import duckdb
+
+    from obslake.config import load_connector
+    from obslake.fabric.ddl import duckdb_connect_with_iceberg
+
+    conn = load_connector(Path(os.environ["OBSLAKE_INCLUDE_DIR"]) / "connectors" / "demo_traces.yaml")
+    location = conn.project_location("support-bot")
+    prefix = location.split("/", 3)[3]
+    keys = sorted(o.key for o in store.list(prefix + "/"))
+    data = [k for k in keys if "/data/" in k]
+    print(f"  {title}: {location}/ holds {len(data)} Parquet file(s) in "
+          f"{len({k.rsplit('/', 1)[0] for k in data})} partition folder(s), "
+          f"{'a' if any('_delta_log/' in k for k in keys) else 'no'} _delta_log/, and "
+          f"{', '.join(k.rsplit('/', 1)[1] for k in keys if k.endswith(('latest.metadata.json', 'version-hint.text')))}")
+    con = duckdb_connect_with_iceberg()
+    host = endpoint.split("://", 1)[1]
+    con.execute(f"CREATE SECRET demo (TYPE S3, KEY_ID 'demo-access-key', SECRET 'demo-secret-key', REGION 'us-east-1', "
+                f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false)")
+    uri = f"{location}/metadata/latest.metadata.json"
+    total, evals, tokens = con.execute(
+        f"SELECT count(*), count(\"eval.hallucination.label\"), sum(\"attributes.llm.token_count.total\") "
+        f"FROM iceberg_scan('{uri}')").fetchone()
+    print(f"  DuckDB iceberg_scan(latest.metadata.json): {total} spans, {evals} with eval.hallucination, "
+          f"{tokens} LLM tokens")
+    rows = con.execute(f"SELECT span_id, name, date, hour, \"eval.hallucination.label\" AS hallucination, "
+                       f"\"eval.hallucination.explanation\" AS why FROM iceberg_scan('{uri}') "
+                       f"WHERE trace_id = 'trace-000' ORDER BY span_id").fetchall()
+    for r in rows:
+        print("   ", r)
+    if "delta" in conn.formats:
+        try:
+            from deltalake import DeltaTable
+
+            opts = {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+                    "AWS_ACCESS_KEY_ID": "demo-access-key", "AWS_SECRET_ACCESS_KEY": "demo-secret-key"}
+            dtab = DeltaTable(location, storage_options=opts)
+            print(f"  deltalake reads the same files as Delta: version {dtab.version()}, "
+                  f"{dtab.to_pyarrow_table().num_rows} rows")
+        except Exception as exc:  # reported, not hidden
+            print(f"  deltalake could not read the Delta log: {exc}")
+    del duckdb
 
 
 def _expect(workdir: Path, *, succeeded: int, failed: int) -> None:

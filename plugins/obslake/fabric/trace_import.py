@@ -52,6 +52,10 @@ class TraceMapper:
         self.job, self.source, self.ingested_at, self.is_csv = job, source, ingested_at, fmt == "csv"
         self.kind = job.kind
         names = declared.names
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise SchemaMismatchError(f"{source}: duplicate column name(s) {dupes}; rename them so every column "
+                                      "name is unique", code="DUPLICATE_COLUMN")
         self.columns = {ALIASES.get(n, n): n for n in names if not n.startswith("attributes.")}
         self.flat_attributes = [n for n in names if n.startswith("attributes.")]
         missing = [c for c in REQUIRED[self.kind] if c not in self.columns]

@@ -8,8 +8,15 @@ import datetime as dt
 from obslake.config import ImportJob, OnError
 from obslake.exceptions import TerminalError
 from obslake.formats import format_for_key, read_batches, read_schema
-from obslake.schema.mapping import MAX_PROBLEMS, BatchMapper, Problem, bad_row_indices
+from obslake.schema.mapping import MAX_PROBLEMS, Problem, bad_row_indices
 from obslake.storage.base import ObjectInfo, ObjectStore
+
+
+def make_mapper(*args, **kwargs):
+    """The mapper for the job's kind (imported lazily: obslake.fabric imports this package)."""
+    from obslake.fabric.trace_import import make_mapper as _make
+
+    return _make(*args, **kwargs)
 
 FILE_FIX = {
     "FILE_EMPTY": "upload the complete file (was the upload interrupted?) with at least one data row",
@@ -95,7 +102,7 @@ def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch
                                 code="FORMAT_NOT_ALLOWED")
         now = dt.datetime.now(dt.timezone.utc)
         with store.open(info.key, etag=info.etag) as f:
-            mapper = BatchMapper(job, read_schema(f, fmt, source=uri), uri, now, fmt)
+            mapper = make_mapper(job, read_schema(f, fmt, source=uri), uri, now, fmt)
             row = 1
             for batch in read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv"):
                 _, problems = mapper.map(batch, row)
