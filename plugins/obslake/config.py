@@ -264,6 +264,20 @@ class SchemaMapping(_Strict):
     def _arize_form(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
+        value = dict(value)
+        for plural, role in (("prompt_column_names", "prompt"), ("response_column_names", "response")):
+            if plural in value:  # Arize LLM form: EmbeddingColumnNames(vector, data) or a text column
+                v = value.pop(plural)
+                if isinstance(v, dict):
+                    emb = dict(value.get("embedding_features") or {})
+                    emb[role] = v
+                    value["embedding_features"] = emb
+                else:
+                    value[role] = v
+        shap = value.get("shap_values_column_names", value.get("shap_values"))
+        if isinstance(shap, dict):  # Arize: {feature: shap column}
+            value.pop("shap_values_column_names", None)
+            value["shap_values"] = list(shap.values())
         out = {_ARIZE_ALIASES.get(k, k): v for k, v in value.items()}
         emb = out.get("embedding_features")
         if isinstance(emb, list):  # Arize JSON: [{"name": {...}}, ...]

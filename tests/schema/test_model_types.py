@@ -6,7 +6,8 @@ days, features, tags and the fields the model type needs) is uploaded to a moto 
 for value with what was written.
 
 CSV cannot hold nested values: vectors, boxes and class->score maps are written as JSON cells, as
-README "Expected types" documents.
+README "Expected types" documents. The Arrow stream files (``.arrows``) use large_string/large_list,
+as polars writes them; files are read in batches of 16 rows, so every file spans several batches.
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ import datetime as dt
 import io
 import json
 import math
+import uuid
 import zlib
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from conftest import unique_bucket_name
 from lake_fixtures import Lake
 from obslake.config import ImportJob, load_import_job
 from obslake.formats import write_table
@@ -168,7 +169,8 @@ def _multi_class(fmt: str) -> Case:
     expected["prediction_label"] = ("exact", cols["predicted_label"].to_pylist())
     expected["actual_label"] = ("exact", actual)
     mt = "map<string, double>"
-    return Case(pa.table(cols), schema, expected, {"prediction_scores": mt, "actual_scores": mt, "threshold_scores": mt})
+    return Case(pa.table(cols), schema, expected,
+                {"prediction_scores": mt, "actual_scores": mt, "threshold_scores": mt})
 
 
 def _regression(fmt: str) -> Case:
@@ -207,7 +209,8 @@ def _ranking(fmt: str) -> Case:
     for role, col in (("prediction_group_id", "search_id"), ("rank", "position"), ("prediction_score", "ranking_score"),
                       ("relevance_score", "relevance"), ("relevance_label", "relevance_text")):
         expected[role] = ("exact", cols[col].to_pylist())
-    return Case(pa.table(cols), schema, expected, {"rank": "int", "prediction_group_id": "string", "relevance_score": "double"})
+    return Case(pa.table(cols), schema, expected,
+                {"rank": "int", "prediction_group_id": "string", "relevance_score": "double"})
 
 
 def _boxes(rng: np.random.Generator, k: int, dtype: Any) -> list[list[float]]:
@@ -235,17 +238,22 @@ def _object_detection(fmt: str) -> Case:
     cols["gt_categories"] = pa.array([[labels[int(rng.integers(4))] for _ in range(k)] for k in n_act],
                                      pa.list_(pa.string()))
     cols["frame_vector"] = _vectors(rng, 12)
+    if fmt != "csv":  # image embeddings from a numpy matrix: fixed_size_list<float, 12>
+        cols["frame_vector"] = cols["frame_vector"].cast(pa.list_(F32, 12))
     cols["frame_url"] = pa.array([f"https://cdn.example.com/frames/{i}.jpg" for i in range(N)])
+    cols["frame_caption"] = pa.array([f"{k} object(s) at camera {i % 7}" for i, k in enumerate(n_pred)])
     schema = {**_common_schema(),
               "prediction_bounding_boxes": {"coordinates": "pred_coordinates", "categories": "pred_categories",
                                             "scores": "pred_scores"},
               "actual_bounding_boxes": {"coordinates": "gt_coordinates", "categories": "gt_categories"},
-              "embedding_features": {"frame_embedding": {"vector": "frame_vector", "link_to_data": "frame_url"}}}
+              "embedding_features": {"frame_embedding": {"vector": "frame_vector", "link_to_data": "frame_url",
+                                                         "raw_data": "frame_caption"}}}
     expected = _common_expected(cols)
     for role, col in (("prediction_bbox_coordinates", "pred_coordinates"),
                       ("prediction_bbox_categories", "pred_categories"), ("prediction_bbox_scores", "pred_scores"),
                       ("actual_bbox_coordinates", "gt_coordinates"), ("actual_bbox_categories", "gt_categories"),
-                      ("embedding__frame_embedding__link_to_data", "frame_url")):
+                      ("embedding__frame_embedding__link_to_data", "frame_url"),
+                      ("embedding__frame_embedding__raw_data", "frame_caption")):
         expected[role] = ("exact", cols[col].to_pylist())
     expected["embedding__frame_embedding__vector"] = ("vector", cols["frame_vector"].to_pylist())
     return Case(pa.table(cols), schema, expected,
@@ -337,7 +345,7 @@ def bucket(moto_server):
     """One moto bucket for the module (every case writes under its own prefix)."""
     client = make_s3_client(endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
                             aws_secret_access_key="testing")
-    name = unique_bucket_name("obslake-model-types")
+    name = f"obslake-model-types-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     store, _ = open_store(f"s3://{name}/", s3_client=client)
     return store
@@ -362,13 +370,13 @@ def _import_and_check(lake: Lake, store, job: ImportJob, case: Case, fmt: str, k
     assert result.status == "imported", result.error
     assert result.rows == N
     table = lake.catalog.load_table(job.table_identifier)
-    data = table.scan().to_arrow().sort_by("_source_row")
+    data = table.scan().to_arrow()
+    data = data.filter(pc.equal(data["_source_file"], store.uri(key))).sort_by("_source_row")
     assert data.num_rows == N
     iceberg_types = {f.name: str(f.field_type) for f in table.schema().fields}
     assert iceberg_types["prediction_timestamp"] == "timestamptz"
     for col, want in case.types.items():
         assert iceberg_types.get(col) == want, (col, iceberg_types.get(col))
-    assert set(data["_source_file"].to_pylist()) == {store.uri(key)}
     assert set(data["model_version"].to_pylist()) == {"v3"}
     for col, (kind, want) in case.expected.items():
         assert col in data.schema.names, (col, data.schema.names)
@@ -380,7 +388,10 @@ def _import_and_check(lake: Lake, store, job: ImportJob, case: Case, fmt: str, k
             assert [None if g is None else dict(g) for g in got] == want, col
         elif kind == "vector":
             for row, (g, w) in enumerate(zip(got, want), 1):
-                assert g is not None and len(g) == len(w), (col, row)
+                if w is None:
+                    assert g is None, (col, row, g)
+                    continue
+                assert g is not None and len(g) == len(w), (col, row, g)
                 np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=f"{col} row {row}")
         else:  # pragma: no cover
             raise AssertionError(kind)
@@ -390,9 +401,18 @@ def _import_and_check(lake: Lake, store, job: ImportJob, case: Case, fmt: str, k
 def _same(got: Any, want: Any) -> bool:
     if isinstance(want, float) and isinstance(got, float):
         return got == want or (math.isnan(got) and math.isnan(want))
-    if isinstance(want, dt.datetime):
-        return isinstance(got, dt.datetime) and got.utcoffset() == dt.timedelta(0) and got == want
+    if isinstance(want, dt.datetime):  # the same instant, and aware (UTC) exactly when written aware
+        return (isinstance(got, dt.datetime) and got.utcoffset() == (None if want.tzinfo is None else dt.timedelta(0))
+                and got == want)
     return type(got) is type(want) and got == want
+
+
+def _large(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_string(t):
+        return pa.large_string()
+    if pa.types.is_list(t):
+        return pa.large_list(_large(t.value_type))
+    return t
 
 
 # -- the matrix ------------------------------------------------------------------------------------
@@ -400,12 +420,67 @@ def _same(got: Any, want: Any) -> bool:
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_model_type_round_trips_in_every_format(lake, bucket, model_type, fmt):
     case = BUILDERS[model_type](fmt)
+    if fmt == "arrow_stream":  # as polars writes IPC: large_string and large_list
+        case.table = case.table.cast(pa.schema([pa.field(f.name, _large(f.type)) for f in case.table.schema]))
     job = _job(bucket, model_type, fmt, case.schema)
     _import_and_check(lake, bucket, job, case, fmt, f"{model_type}/{fmt}/2024/inferences{FORMATS[fmt]}")
 
 
+def _in_chunks(table: pa.Table, rows: int = 13) -> pa.Table:
+    """The table as several record batches / row groups, its string tags dictionary-encoded per chunk
+    (as pandas categoricals are written): each chunk has its own dictionary."""
+    chunks = []
+    for start in range(0, table.num_rows, rows):
+        part = table.slice(start, rows)
+        chunks.append(pa.table({n: pc.dictionary_encode(part[n]) if n.startswith("tag_") else part[n]
+                                for n in part.column_names}))
+    return pa.concat_tables(chunks)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_files_of_every_format_feed_one_model_table(lake, bucket, model_type):
+    """One job accepting all formats: each file conforms to the table the first one created."""
+    job = None
+    for fmt, ext in FORMATS.items():
+        case = BUILDERS[model_type](fmt)
+        if model_type == "generative_llm" and fmt != "csv":  # one type per column: raw data as text everywhere
+            text = [" ".join(tokens) for tokens in case.table["prompt_tokens"].to_pylist()]
+            case.table = case.table.set_column(case.table.schema.get_field_index("prompt_tokens"), "prompt_tokens",
+                                               pa.array(text))
+            case.expected["embedding__prompt_embedding__raw_data"] = ("exact", text)
+            case.types["embedding__prompt_embedding__raw_data"] = "string"
+        if fmt != "csv":
+            case.table = _in_chunks(case.table)
+        job = job or _job(bucket, model_type, "mixed", case.schema)
+        _import_and_check(lake, bucket, job, case, fmt, f"{model_type}/mixed/{fmt}{ext}")
+    data = lake.catalog.load_table(job.table_identifier).scan().to_arrow()
+    assert data.num_rows == N * len(FORMATS)
+    assert pc.count_distinct(data["_source_file"]).as_py() == len(FORMATS)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_nanosecond_timestamps_are_truncated_to_microseconds(lake, bucket, fmt):
+    """pandas writes datetime64[ns] (CSV: 9 fractional digits); the lake keeps µs, as Iceberg does."""
+    case = BUILDERS["binary_classification"](fmt)
+    written = case.expected["prediction_timestamp"][1]
+    micros = np.array([(t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+                       for t in written], dtype=np.int64)
+    nanos = micros * 1000 + np.arange(1, N + 1) * 7 % 1000  # sub-microsecond digits, never all zero
+    t = case.table
+    t = t.set_column(t.schema.get_field_index("prediction_ts"), "prediction_ts",
+                     pa.array(nanos, pa.timestamp("ns", tz="UTC")))
+    case.table = t.append_column("feature_signup_ts", pa.array(nanos - 86_400 * 10**9 * 30, pa.timestamp("ns")))
+    case.expected["feature_signup_ts"] = ("exact", [w.replace(tzinfo=None) - dt.timedelta(days=30) for w in written])
+    job = _job(bucket, "binary_classification", f"ns-{fmt}", case.schema)
+    _import_and_check(lake, bucket, job, case, fmt, f"ns/{fmt}/inferences{FORMATS[fmt]}")
+
+
 # -- the Arize SDK JSON form of a schema -----------------------------------------------------------
-def test_arize_json_schema_file_referenced_from_a_job_yaml(lake, bucket, tmp_path):
+@pytest.mark.parametrize("embedding_form", ["dict", "list"])
+def test_arize_json_schema_file_referenced_from_a_job_yaml(lake, bucket, tmp_path, embedding_form):
+    """The Arize SDK / file-importer JSON column mapping in include/schemas/, named by `schema:` in a job."""
+    embedding = {"frame_embedding": {"vector_column_name": "frame_vector", "data_column_name": "frame_caption",
+                                     "link_to_data_column_name": "frame_url"}}
     include = tmp_path / "include"
     (include / "import_jobs").mkdir(parents=True)
     (include / "schemas").mkdir()
@@ -415,8 +490,7 @@ def test_arize_json_schema_file_referenced_from_a_job_yaml(lake, bucket, tmp_pat
         "timestamp_column_name": "prediction_ts",
         "feature_column_names": features,
         "tag_column_names": ["tag_region", "tag_device"],
-        "embedding_feature_column_names": {
-            "frame_embedding": {"vector_column_name": "frame_vector", "link_to_data_column_name": "frame_url"}},
+        "embedding_feature_column_names": embedding if embedding_form == "dict" else [embedding],
         "object_detection_prediction_column_names": {
             "bounding_boxes_coordinates_column_name": "pred_coordinates",
             "categories_column_name": "pred_categories",
@@ -425,12 +499,12 @@ def test_arize_json_schema_file_referenced_from_a_job_yaml(lake, bucket, tmp_pat
             "bounding_boxes_coordinates_column_name": "gt_coordinates",
             "categories_column_name": "gt_categories"},
     }, indent=2))
-    source = bucket.uri("arize-json/")
-    yaml_path = include / "import_jobs" / "arize_json_od.yaml"
+    name = f"arize_json_od_{embedding_form}"
+    yaml_path = include / "import_jobs" / f"{name}.yaml"
     yaml_path.write_text(
-        "name: arize_json_od\n"
-        f"source: {source}\n"
-        "model: {space: model_types, name: arize-json-od, type: object_detection, version: v3}\n"
+        f"name: {name}\n"
+        f"source: {bucket.uri(f'arize-json/{embedding_form}/')}\n"
+        f"model: {{space: model_types, name: {name}, type: object_detection, version: v3}}\n"
         "ingestion_key_variable: obslake_test_key\n"
         "schema: schemas/x.json\n")
     job = load_import_job(yaml_path)
@@ -439,11 +513,12 @@ def test_arize_json_schema_file_referenced_from_a_job_yaml(lake, bucket, tmp_pat
     assert m.features is not None and m.features.columns == tuple(features)
     assert m.embedding_features["frame_embedding"].vector == "frame_vector"
     assert m.embedding_features["frame_embedding"].link_to_data == "frame_url"
+    assert m.embedding_features["frame_embedding"].raw_data == "frame_caption"
     assert m.prediction_bounding_boxes is not None and m.prediction_bounding_boxes.scores == "pred_scores"
     assert m.actual_bounding_boxes is not None and m.actual_bounding_boxes.coordinates == "gt_coordinates"
     case = _object_detection("parquet")
-    data = _import_and_check(lake, bucket, job, case, "parquet", "arize-json/frames.parquet")
-    assert job.table_identifier == ("model_types", "arize_json_od__production")
+    data = _import_and_check(lake, bucket, job, case, "parquet", f"arize-json/{embedding_form}/frames.parquet")
+    assert job.table_identifier == ("model_types", f"{name}__production")
     # only the listed features became columns
-    assert not {"frame_vector", "frame_url", "pred_scores"} & set(data.schema.names)
+    assert not {"frame_vector", "frame_url", "frame_caption", "pred_scores"} & set(data.schema.names)
 

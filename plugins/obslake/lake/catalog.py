@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 CATALOG_NAME = "obslake"
 
 
-def obslake_home() -> Path:
-    """``$OBSLAKE_HOME`` or ``~/.obslake`` (created on first use)."""
-    home = Path(os.environ.get("OBSLAKE_HOME") or Path.home() / ".obslake").expanduser().resolve()
+def obslake_home(env: dict[str, str] | None = None) -> Path:
+    """``$OBSLAKE_HOME`` (from ``env``, default the process environment) or ``~/.obslake``, created on first use."""
+    env = os.environ if env is None else env
+    home = Path(env.get("OBSLAKE_HOME") or Path.home() / ".obslake").expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
 
@@ -65,20 +66,20 @@ class LakeSettings:
                 if env.get("OBSLAKE_CATALOG_URI"):
                     props["uri"] = env["OBSLAKE_CATALOG_URI"]
                 else:
-                    home = obslake_home()
+                    home = obslake_home(env)
                     props["uri"] = f"sqlite:///{home / 'catalog.db'}"
             props.setdefault("init_catalog_tables", "true")
         if "warehouse" not in props:
             if env.get("OBSLAKE_WAREHOUSE"):
                 props["warehouse"] = env["OBSLAKE_WAREHOUSE"]
             elif ctype == "sql":
-                home = home or obslake_home()
+                home = home or obslake_home(env)
                 (home / "warehouse").mkdir(exist_ok=True)
                 props["warehouse"] = f"file://{home / 'warehouse'}"
         props["type"] = ctype
         state_uri = env.get("OBSLAKE_STATE_URI") or (props["uri"] if ctype == "sql" else None)
         if state_uri is None:
-            state_uri = f"sqlite:///{obslake_home() / 'state.db'}"
+            state_uri = f"sqlite:///{obslake_home(env) / 'state.db'}"
         return cls(ctype, tuple(sorted(props.items())), state_uri)
 
 
