@@ -28,6 +28,10 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT / "dags")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_SCRATCH / 'airflow' / 'airflow.db'}"
 os.environ.pop("OBSLAKE_FAULT_AT", None)
+# Never reach Google from a test: no metadata-server probing for credentials (python and C++ clients).
+os.environ["NO_GCE_CHECK"] = "True"
+os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
+os.environ["GCE_METADATA_ROOT"] = "127.0.0.1:9"
 
 pytest_plugins = ["lake_fixtures"]
 
@@ -98,6 +102,8 @@ def gcs_server() -> Iterator[str]:
     for name in ("gcp_storage_emulator", "api.object", "api.bucket"):
         logging.getLogger(name).setLevel(logging.WARNING)
     port = free_port()
+    # a native client that is not given an endpoint (pyarrow's GcsFileSystem) goes to the emulator too
+    os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = f"http://127.0.0.1:{port}"
     server = create_server("127.0.0.1", port, in_memory=True)
     # In memory mode the emulator still re-serialises its whole metadata (every object of every
     # bucket) into an in-memory ".meta" file after each write, which nobody reads back: quadratic

@@ -274,9 +274,9 @@ class SchemaMapping(_Strict):
                     value["embedding_features"] = emb
                 else:
                     value[role] = v
-        shap = value.get("shap_values_column_names", value.get("shap_values"))
+        shap = value.get("shap_values_column_names")
         if isinstance(shap, dict):  # Arize: {feature: shap column}
-            value.pop("shap_values_column_names", None)
+            value.pop("shap_values_column_names")
             value["shap_values"] = list(shap.values())
         out = {_ARIZE_ALIASES.get(k, k): v for k, v in value.items()}
         emb = out.get("embedding_features")

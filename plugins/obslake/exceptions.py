@@ -81,3 +81,11 @@ class SchemaMismatchError(TerminalError):
 
 class CommitConflictError(TransientError):
     """An Iceberg commit lost a race with another writer after all retries; refresh and try again."""
+
+
+class TraceSourceUnavailableError(TransientError):
+    """A trace source's database did not answer (down, unreachable, busy); retry."""
+
+
+class UnsupportedTraceSourceError(TerminalError):
+    """A trace source's database lacks the tables or columns this version reads (wrong database or version)."""

@@ -164,8 +164,13 @@ class ProjectExporter:
 
     def __init__(self, connector: Connector, project: str, catalog: "Catalog"):
         self.connector, self.project, self.catalog = connector, project, catalog
-        self.identifier = (_ident(f"fabric__{connector.name}"), _ident(project))
         self.location = connector.project_location(project)
+        # the location is part of the identity: a connector whose storage or namespace changes starts a
+        # fresh export where it now points, and never writes into its old registration
+        import hashlib
+
+        tag = hashlib.sha256(self.location.encode()).hexdigest()[:8]
+        self.identifier = (_ident(f"fabric__{connector.name}"), _ident(f"{project}__{tag}"))
 
     def table(self) -> "Table | None":
         """The project's table, or None before the first sync."""

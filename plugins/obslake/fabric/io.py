@@ -17,6 +17,7 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 from pyiceberg.io.pyarrow import PyArrowFileIO
 
@@ -100,14 +101,14 @@ class _StoreHandler(pafs.FileSystemHandler):
 
     def open_input_stream(self, path):  # noqa: D102
         store, key = self._store(path)
-        return pafs.PythonFile(store.open(key), mode="r")
+        return pa.PythonFile(store.open(key), mode="r")
 
     def open_input_file(self, path):  # noqa: D102
         return self.open_input_stream(path)
 
     def open_output_stream(self, path, metadata):  # noqa: D102
         store, key = self._store(path)
-        return pafs.PythonFile(_UploadOnClose(store, key), mode="w")
+        return pa.PythonFile(_UploadOnClose(store, key), mode="w")
 
     def open_append_stream(self, path, metadata):  # noqa: D102
         raise OSError("append is not supported on object storage")
@@ -139,11 +140,12 @@ class _UploadOnClose(io.RawIOBase):
 class StoreFileIO(PyArrowFileIO):
     """PyArrowFileIO whose ``gs://`` filesystem goes through obslake's GCS store (see module docstring)."""
 
-    def fs_by_scheme(self, scheme: str, netloc: str | None):  # noqa: D102
+    # PyArrowFileIO binds ``fs_by_scheme = lru_cache(self._initialize_fs)`` per instance: override the latter
+    def _initialize_fs(self, scheme: str, netloc: str | None = None):  # noqa: D102
         if scheme in ("gs", "gcs"):
             return _gcs_fs(self.properties.get(GCS_ENDPOINT), self.properties.get(GCS_TOKEN),
                            self.properties.get(GCS_PROJECT))
-        return super().fs_by_scheme(scheme, netloc)
+        return super()._initialize_fs(scheme, netloc)
 
 
 @lru_cache(maxsize=16)

@@ -1,0 +1,582 @@
+"""Trace source over an Arize Phoenix database (SQLite or PostgreSQL), read only.
+
+Phoenix (verified on 20.26, ``phoenix/db/models.py``) keeps traces in ``projects``, ``traces``
+(``project_rowid``, ``trace_id``, ``start_time``, ``end_time``) and ``spans`` (``trace_rowid``,
+``span_id``, ``parent_id``, …, ``cumulative_*``), and annotations in ``span_annotations``,
+``trace_annotations`` and ``document_annotations`` (upserted on name + span/trace [+ document
+position] + ``identifier``, with ``updated_at``). Spans and traces carry no insertion or update time.
+
+Change capture, per project:
+
+* **New spans** are found by the integer ``spans.id`` (insertion order): every trace that received a
+  span with ``id > span_id_max`` is exported whole, since a late child changed its ancestors'
+  ``cumulative_*`` columns and the trace's end time.
+* **Annotation changes** are found by ``updated_at >= annotation_updated_at - overlap`` in the three
+  annotation tables, where ``annotation_updated_at`` is the database's clock when the previous sync
+  read (``CURRENT_TIMESTAMP``): Phoenix stamps ``updated_at`` before its commit (to the second on
+  SQLite; on receipt for queued writes), so the window re-reads ``overlap`` before it. To keep a sync
+  without changes empty, the cursor also holds fingerprints of the newest annotations it covered
+  (``annotations_seen``: at most 128, 8 bytes each): those are skipped; anything else in the window
+  (a same-second write, a late commit) is exported.
+* Trace annotations go onto the trace's root span (the earliest-starting span without a parent) as
+  ``trace.<name>``; document annotations onto their span as ``document.<position>.<name>``.
+
+``changed_at`` is the latest of the trace's ``end_time`` (Phoenix has no insertion time; a late span
+usually moves it) and the ``updated_at`` of the span's exported annotations. ``high_watermark`` is the
+largest ``changed_at`` exported so far (kept in the cursor, so it never goes back).
+
+Note:
+    The cursor is ``{"span_id_max": int, "annotation_updated_at": ISO | None, "annotations_seen": {…},
+    "high_watermark": ISO | None}``; ``None`` or a cursor without ``span_id_max`` exports the whole
+    history, ``{"window": [start, end]}`` re-exports the traces that ended and the spans whose
+    annotations were updated in ``[start, end)`` (backfill; the cursor is returned unchanged).
+    Spans are read per batch (``batch_spans``); the planning step holds the row ids of the changed
+    traces and spans in memory. Deleted annotations and traces (retention) are not propagated.
+    ``spans.id`` is a safe cursor because Phoenix inserts spans from one writer; several Phoenix
+    servers writing one Postgres database could commit a lower id after a higher one.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import json
+import logging
+from array import array
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from obslake.exceptions import ConfigError, TraceSourceUnavailableError, UnsupportedTraceSourceError
+from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, ChangeBatch, Changes
+
+log = logging.getLogger(__name__)
+
+UTC = dt.timezone.utc
+TRACE_CHUNK = 500  # traces per span query
+TRACE_PREFIX = "trace."
+SEEN_CAP = 128  # annotation fingerprints kept in the cursor (it is stored with every export)
+
+
+class _Ts(sa.types.TypeDecorator):
+    """Phoenix's ``UtcTimeStamp``: naive UTC text on SQLite, ``timestamptz`` on Postgres → aware UTC."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String())
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        if dialect.name == "sqlite":
+            # Phoenix writes "YYYY-MM-DD HH:MM:SS" (CURRENT_TIMESTAMP) or with ".ffffff"; compare as text
+            # in the same shape ("…:42" < "…:42.000000" as text).
+            fmt = "%Y-%m-%d %H:%M:%S.%f" if value.microsecond else "%Y-%m-%d %H:%M:%S"
+            return value.replace(tzinfo=None).strftime(fmt)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return _utc(value)
+
+
+def _utc(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class _JsonText(sa.types.TypeDecorator):
+    """A JSON column as JSON text: SQLite's stored text as is, Postgres JSONB serialised."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _tables(schema: str | None) -> dict[str, sa.Table]:
+    md = sa.MetaData(schema=schema)
+
+    def annotation_columns() -> list[sa.Column]:
+        return [sa.Column("name", sa.String), sa.Column("label", sa.String), sa.Column("score", sa.Float),
+                sa.Column("explanation", sa.String), sa.Column("annotator_kind", sa.String),
+                sa.Column("identifier", sa.String), sa.Column("updated_at", _Ts)]
+
+    return {
+        "projects": sa.Table(
+            "projects", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String)),
+        "traces": sa.Table(
+            "traces", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("project_rowid", sa.Integer),
+            sa.Column("trace_id", sa.String), sa.Column("start_time", _Ts), sa.Column("end_time", _Ts)),
+        "spans": sa.Table(
+            "spans", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("trace_rowid", sa.Integer),
+            sa.Column("span_id", sa.String), sa.Column("parent_id", sa.String), sa.Column("name", sa.String),
+            sa.Column("span_kind", sa.String), sa.Column("start_time", _Ts), sa.Column("end_time", _Ts),
+            sa.Column("attributes", _JsonText), sa.Column("events", _JsonText),
+            sa.Column("status_code", sa.String), sa.Column("status_message", sa.String),
+            sa.Column("cumulative_error_count", sa.BigInteger),
+            sa.Column("cumulative_llm_token_count_prompt", sa.BigInteger),
+            sa.Column("cumulative_llm_token_count_completion", sa.BigInteger)),
+        "span_annotations": sa.Table(
+            "span_annotations", md, sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("span_rowid", sa.Integer), *annotation_columns()),
+        "trace_annotations": sa.Table(
+            "trace_annotations", md, sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("trace_rowid", sa.Integer), *annotation_columns()),
+        "document_annotations": sa.Table(
+            "document_annotations", md, sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("span_rowid", sa.Integer), sa.Column("document_position", sa.Integer),
+            *annotation_columns()),
+    }
+
+
+def read_only_url(db_uri: str) -> sa.URL:
+    """The URI with read-only access forced for SQLite (``file:…?mode=ro&uri=true``).
+
+    Raises:
+        ConfigError: not a SQLite or PostgreSQL URI, or an in-memory SQLite database.
+    """
+    try:
+        url = make_url(db_uri)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"not a SQLAlchemy database URI: {exc}") from None
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return url
+    if backend != "sqlite":
+        raise ConfigError(f"a Phoenix database is SQLite or PostgreSQL, not {backend!r}")
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        raise ConfigError("a Phoenix SQLite URI needs the database file, e.g. sqlite:////data/phoenix.db")
+    if not database.startswith("file:"):
+        database = f"file:{database}"
+    return url.set(database=database, query={**url.query, "mode": "ro", "uri": "true"})
+
+
+@dataclasses.dataclass
+class _Ann:
+    """One annotation as read while planning (enough to find its span and fingerprint it)."""
+
+    table: str
+    id: int
+    span_rowid: int | None  # None for trace annotations
+    trace_rowid: int
+    updated_at: dt.datetime
+    fingerprint: int
+
+
+class _Seen:
+    """Fingerprints of the newest annotations a sync covered: every one updated in ``[since, until]``.
+
+    Kept in the cursor (8 bytes each, base64) so that re-reading the overlap window does not export
+    them again; at most :data:`SEEN_CAP`, whole seconds only: older ones in the window are re-exported.
+    """
+
+    def __init__(self, since: dt.datetime | None, until: dt.datetime | None, fingerprints: set[int]):
+        self.since, self.until, self.fingerprints = since, until, fingerprints
+
+    def covers(self, ann: _Ann) -> bool:
+        return (self.since is not None and self.until is not None and self.since <= ann.updated_at <= self.until
+                and ann.fingerprint in self.fingerprints)
+
+    @classmethod
+    def of(cls, anns: list[_Ann], start: dt.datetime, end: dt.datetime) -> "_Seen":
+        window = sorted((a for a in anns if start <= a.updated_at <= end), key=lambda a: a.updated_at, reverse=True)
+        kept: list[_Ann] = []
+        since = None
+        for i, a in enumerate(window):
+            if i >= SEEN_CAP and a.updated_at != window[i - 1].updated_at:
+                break  # keep whole timestamps: ``since`` must cover every annotation at or after it
+            kept.append(a)
+            since = a.updated_at
+        if len(kept) > SEEN_CAP:  # one timestamp holds too many: keep those after it only
+            kept = [a for a in kept if a.updated_at > since]
+            since = min((a.updated_at for a in kept), default=None)
+        if since is not None and len(kept) == len(window):
+            since = start  # the whole window is covered
+        return cls(since, end if kept else None, {a.fingerprint for a in kept})
+
+    def to_json(self) -> dict:
+        raw = b"".join(f.to_bytes(8, "big") for f in sorted(self.fingerprints))
+        return {"since": self.since.isoformat() if self.since else None,
+                "until": self.until.isoformat() if self.until else None,
+                "fingerprints": base64.b64encode(raw).decode()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "_Seen":
+        try:
+            raw = base64.b64decode(data["fingerprints"])
+            fps = {int.from_bytes(raw[i:i + 8], "big") for i in range(0, len(raw) - 7, 8)}
+            return cls(_utc(data["since"]), _utc(data["until"]), fps)
+        except (TypeError, KeyError, ValueError, AttributeError):
+            return cls(None, None, set())
+
+
+def _fingerprint(table: str, row: Any) -> int:
+    key = json.dumps([table, row.id, getattr(row, "document_position", None), row.name, row.label,
+                      None if row.score is None else repr(float(row.score)), row.explanation, row.annotator_kind,
+                      row.identifier or "", row.updated_at.isoformat() if row.updated_at else None])
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+def _chunks(seq: Sequence[int], n: int) -> Iterator[Sequence[int]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+class PhoenixSource:
+    """Changes of an Arize Phoenix database's projects (see the module docstring).
+
+    Args:
+        db_uri: SQLAlchemy URI of Phoenix's database: ``sqlite:////path/phoenix.db`` (opened read only,
+            as ``sqlite:///file:/path/phoenix.db?mode=ro&uri=true``) or ``postgresql://…`` (every
+            transaction is ``READ ONLY``).
+        name: the source's name (recorded with each export).
+        schema: the Postgres schema Phoenix uses (``PHOENIX_SQL_DATABASE_SCHEMA``), if any.
+    """
+
+    def __init__(self, db_uri: str, name: str = "phoenix", *, schema: str | None = None):
+        self.name = name
+        self.url = read_only_url(db_uri)
+        self.dialect = self.url.get_backend_name()
+        self.t = _tables(schema)
+        self._engine: sa.Engine | None = None
+        self._checked = False
+        # SQLite's old default limit on bound parameters is 999
+        self._in_chunk = 900 if self.dialect == "sqlite" else 10_000
+
+    def __repr__(self) -> str:
+        return f"PhoenixSource({self.url.render_as_string(hide_password=True)!r})"
+
+    # -- connection ------------------------------------------------------------------------------
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            kwargs: dict[str, Any] = {}
+            if self.dialect == "sqlite":
+                kwargs["connect_args"] = {"timeout": 30}
+            else:
+                kwargs["pool_pre_ping"] = True
+            engine = sa.create_engine(self.url, **kwargs)
+            dialect = self.dialect
+
+            @sa.event.listens_for(engine, "connect")
+            def _read_only(dbapi_conn, _record):  # noqa: ANN001
+                cur = dbapi_conn.cursor()
+                try:
+                    if dialect == "sqlite":
+                        cur.execute("PRAGMA query_only = ON")
+                    else:
+                        cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                finally:
+                    cur.close()
+                if dialect != "sqlite":
+                    dbapi_conn.commit()
+
+            self._engine = engine
+        return self._engine
+
+    def close(self) -> None:
+        """Release the database connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> "PhoenixSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise TraceSourceUnavailableError(f"{self!r}: {exc.orig or exc}") from exc
+
+    def _check_schema(self, conn: sa.Connection) -> None:
+        if self._checked:
+            return
+        insp = sa.inspect(conn)
+        missing = []
+        for table in self.t.values():
+            try:
+                have = {c["name"] for c in insp.get_columns(table.name, schema=table.schema)}
+            except sa.exc.NoSuchTableError:
+                have = set()
+            missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+        if missing:
+            raise UnsupportedTraceSourceError(
+                f"{self!r} is not a Phoenix database this version reads (missing {', '.join(missing[:8])})")
+        self._checked = True
+
+    def _connect(self) -> sa.Connection:
+        conn = self._guard(self.engine.connect)
+        try:
+            self._guard(lambda: self._check_schema(conn))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- TraceSource -----------------------------------------------------------------------------
+    def list_projects(self) -> list[str]:
+        """Phoenix project names, sorted."""
+        with self._connect() as conn:
+            p = self.t["projects"]
+            return sorted(self._guard(lambda: list(conn.scalars(sa.select(p.c.name)))))
+
+    def changes(self, project: str, cursor: dict | None, *, overlap: dt.timedelta,
+                batch_spans: int = 50_000) -> Changes:
+        """See :class:`~obslake.fabric.model.TraceSource` and the module docstring."""
+        if batch_spans < 1:
+            raise ValueError("batch_spans must be at least 1")
+        overlap = max(overlap, dt.timedelta(0))
+        with self._connect() as conn:
+            plan = self._guard(lambda: self._plan(conn, project, cursor, overlap))
+        changes = Changes(iter(()), plan.cursor, plan.previous_watermark)
+        if plan.project_rowid is None:
+            return changes
+        changes.batches = self._stream(plan, batch_spans, changes)
+        return changes
+
+    # -- planning --------------------------------------------------------------------------------
+    def _plan(self, conn: sa.Connection, project: str, cursor: dict | None, overlap: dt.timedelta) -> "_Plan":
+        t = self.t
+        cursor = dict(cursor) if cursor else None
+        window = cursor.get("window") if cursor else None
+        incremental = bool(cursor) and not window and cursor.get("span_id_max") is not None
+        previous = _utc(cursor.get("high_watermark")) if incremental else None
+        pid = conn.scalar(sa.select(t["projects"].c.id).where(t["projects"].c.name == project))
+        if pid is None:
+            log.info("%r: no project %r (yet)", self, project)
+            return _Plan(None, cursor or {}, previous)
+
+        if window:
+            start, end = (_utc(w) for w in window)
+            tr = t["traces"]
+            traces = array("q", sorted(conn.scalars(
+                sa.select(tr.c.id).where(tr.c.project_rowid == pid, tr.c.end_time >= start, tr.c.end_time < end))))
+            anns = [a for a in self._annotations(conn, pid, start) if a.updated_at < end]
+            spans = self._spans_for(conn, anns, set(traces))
+            return _Plan(pid, cursor, None, traces=traces, spans=spans)
+
+        # the database's clock before reading: every annotation committed before it is seen now, one
+        # committed later has updated_at >= read_at - overlap (Phoenix sets it at most that long before)
+        read_at = _utc(conn.scalar(sa.select(sa.func.current_timestamp())))
+        span_max = conn.scalar(sa.select(sa.func.max(t["spans"].c.id))) or 0
+        if not incremental:
+            anns = list(self._annotations(conn, pid, read_at - overlap))
+            return _Plan(pid, self._cursor(span_max, read_at, anns, overlap, None), None, all_traces=True)
+
+        old_max = int(cursor["span_id_max"])
+        span_max = max(span_max, old_max)
+        old_read = _utc(cursor.get("annotation_updated_at"))
+        if old_read is not None:
+            read_at = max(read_at, old_read)
+        sp, tr = t["spans"], t["traces"]
+        traces = array("q", sorted(conn.scalars(
+            sa.select(sp.c.trace_rowid).distinct().join(tr, tr.c.id == sp.c.trace_rowid)
+            .where(sp.c.id > old_max, sp.c.id <= span_max, tr.c.project_rowid == pid))))
+        anns = list(self._annotations(conn, pid, None if old_read is None else old_read - overlap))
+        seen = _Seen.from_json(cursor.get("annotations_seen"))
+        changed = [a for a in anns if not seen.covers(a)]
+        spans = self._spans_for(conn, changed, set(traces))
+        log.info("%r %s: %d trace(s) with new spans, %d of %d windowed annotation(s) changed", self, project,
+                 len(traces), len(changed), len(anns))
+        return _Plan(pid, self._cursor(span_max, read_at, anns, overlap, previous), previous, traces=traces,
+                     spans=spans)
+
+    @staticmethod
+    def _cursor(span_max: int, read_at: dt.datetime, anns: list[_Ann], overlap: dt.timedelta,
+                previous: dt.datetime | None) -> dict:
+        until = max([read_at] + [a.updated_at for a in anns])
+        return {"span_id_max": int(span_max), "annotation_updated_at": read_at.isoformat(),
+                "annotations_seen": _Seen.of(anns, read_at - overlap, until).to_json(),
+                "high_watermark": previous.isoformat() if previous else None}
+
+    def _annotations(self, conn: sa.Connection, pid: int, since: dt.datetime | None) -> Iterator[_Ann]:
+        """Every annotation of the project's spans and traces with ``updated_at >= since``."""
+        t, tr, sp = self.t, self.t["traces"], self.t["spans"]
+        for name in ("span_annotations", "document_annotations", "trace_annotations"):
+            a = t[name]
+            cols = [a.c.id, a.c.name, a.c.label, a.c.score, a.c.explanation, a.c.annotator_kind,
+                    a.c.identifier, a.c.updated_at]
+            if name == "trace_annotations":
+                stmt = sa.select(*cols, sa.null().label("span_rowid"), a.c.trace_rowid).select_from(
+                    a.join(tr, tr.c.id == a.c.trace_rowid))
+            else:
+                extra = [a.c.document_position] if name == "document_annotations" else []
+                stmt = sa.select(*cols, *extra, a.c.span_rowid, sp.c.trace_rowid).select_from(
+                    a.join(sp, sp.c.id == a.c.span_rowid).join(tr, tr.c.id == sp.c.trace_rowid))
+            stmt = stmt.where(tr.c.project_rowid == pid)
+            if since is not None:
+                stmt = stmt.where(a.c.updated_at >= since)
+            for row in conn.execute(stmt):
+                yield _Ann(name, row.id, row.span_rowid, row.trace_rowid, row.updated_at, _fingerprint(name, row))
+
+    def _spans_for(self, conn: sa.Connection, anns: Iterable[_Ann], skip_traces: set[int]) -> array:
+        """Row ids of the spans that carry ``anns`` (trace annotations: the root span), minus ``skip_traces``."""
+        rowids: set[int] = set()
+        root_traces: set[int] = set()
+        for a in anns:
+            if a.trace_rowid in skip_traces:
+                continue
+            if a.span_rowid is None:
+                root_traces.add(a.trace_rowid)
+            else:
+                rowids.add(a.span_rowid)
+        if root_traces:
+            rowids |= set(self._roots(conn, sorted(root_traces)).values())
+        return array("q", sorted(rowids))
+
+    def _roots(self, conn: sa.Connection, trace_rowids: Sequence[int]) -> dict[int, int]:
+        """trace row id → row id of its root span (the earliest-starting span without a parent)."""
+        sp = self.t["spans"]
+        best: dict[int, tuple[dt.datetime, int]] = {}
+        for chunk in _chunks(trace_rowids, self._in_chunk):
+            for r in conn.execute(sa.select(sp.c.id, sp.c.trace_rowid, sp.c.start_time)
+                                  .where(sp.c.trace_rowid.in_(list(chunk)), sp.c.parent_id.is_(None))):
+                key = (r.start_time, r.id)
+                if r.trace_rowid not in best or key < best[r.trace_rowid]:
+                    best[r.trace_rowid] = key
+        return {tr: key[1] for tr, key in best.items()}
+
+    # -- streaming -------------------------------------------------------------------------------
+    def _span_select(self) -> sa.Select:
+        sp, tr = self.t["spans"], self.t["traces"]
+        return sa.select(
+            sp.c.id, sp.c.trace_rowid, sp.c.span_id, tr.c.trace_id, sp.c.parent_id, sp.c.name, sp.c.span_kind,
+            sp.c.start_time, sp.c.end_time, sp.c.status_code, sp.c.status_message, sp.c.attributes, sp.c.events,
+            sp.c.cumulative_error_count, sp.c.cumulative_llm_token_count_prompt,
+            sp.c.cumulative_llm_token_count_completion, tr.c.start_time.label("trace_start_time"),
+            tr.c.end_time.label("trace_end_time"),
+        ).select_from(sp.join(tr, tr.c.id == sp.c.trace_rowid))
+
+    def _trace_chunks(self, conn: sa.Connection, plan: "_Plan") -> Iterator[Sequence[int]]:
+        if not plan.all_traces:
+            yield from _chunks(plan.traces, TRACE_CHUNK)
+            return
+        tr = self.t["traces"]
+        last = 0
+        while True:
+            chunk = list(conn.scalars(sa.select(tr.c.id).where(tr.c.project_rowid == plan.project_rowid, tr.c.id > last)
+                                      .order_by(tr.c.id).limit(TRACE_CHUNK)))
+            if not chunk:
+                return
+            yield chunk
+            last = chunk[-1]
+
+    def _span_rows(self, conn: sa.Connection, plan: "_Plan") -> Iterator[Any]:
+        sp = self.t["spans"]
+        base = self._span_select()
+        for chunk in self._trace_chunks(conn, plan):
+            stmt = base.where(sp.c.trace_rowid.in_(list(chunk))).order_by(sp.c.trace_rowid, sp.c.id)
+            yield from conn.execution_options(yield_per=1000).execute(stmt)
+        for chunk in _chunks(plan.spans, self._in_chunk):
+            yield from conn.execution_options(yield_per=1000).execute(
+                base.where(sp.c.id.in_(list(chunk))).order_by(sp.c.id))
+
+    def _stream(self, plan: "_Plan", batch_spans: int, changes: Changes) -> Iterator[ChangeBatch]:
+        high = plan.previous_watermark
+        emitted = 0
+        with self._connect() as conn:
+            rows: list[Any] = []
+            it = self._span_rows(conn, plan)
+            while True:
+                row = self._guard(lambda: next(it, None))
+                if row is not None:
+                    rows.append(row)
+                if rows and (row is None or len(rows) >= batch_spans):
+                    batch = self._guard(functools.partial(self._batch, conn, rows))
+                    mark = max(batch.spans["changed_at"].to_pylist(), default=None)
+                    if mark is not None and (high is None or mark > high):
+                        high = mark
+                    emitted += len(rows)
+                    rows = []
+                    changes.high_watermark = high
+                    if plan.cursor.get("span_id_max") is not None:
+                        plan.cursor["high_watermark"] = high.isoformat() if high else None
+                    yield batch
+                if row is None:
+                    break
+        log.info("%r: exported %d span(s), high watermark %s", self, emitted, high)
+
+    def _batch(self, conn: sa.Connection, rows: list[Any]) -> ChangeBatch:
+        t = self.t
+        span_of = {r.id: r.span_id for r in rows}
+        rowids = list(span_of)
+        ann: list[dict[str, Any]] = []
+
+        def add(span_rowid: int, name: str, a: Any) -> None:
+            ann.append({"span_id": span_of[span_rowid], "name": name, "label": a.label,
+                        "score": None if a.score is None else float(a.score), "explanation": a.explanation,
+                        "annotator_kind": a.annotator_kind, "identifier": a.identifier or "",
+                        "updated_at": a.updated_at})
+
+        sa_t, da_t, ta_t = t["span_annotations"], t["document_annotations"], t["trace_annotations"]
+        cols = lambda a: [a.c.name, a.c.label, a.c.score, a.c.explanation, a.c.annotator_kind,  # noqa: E731
+                          a.c.identifier, a.c.updated_at]
+        for chunk in _chunks(rowids, self._in_chunk):
+            for a in conn.execute(sa.select(sa_t.c.span_rowid, *cols(sa_t)).where(sa_t.c.span_rowid.in_(chunk))
+                                  .order_by(sa_t.c.id)):
+                add(a.span_rowid, a.name, a)
+            for a in conn.execute(sa.select(da_t.c.span_rowid, da_t.c.document_position, *cols(da_t))
+                                  .where(da_t.c.span_rowid.in_(chunk)).order_by(da_t.c.id)):
+                add(a.span_rowid, f"document.{a.document_position}.{a.name}", a)
+        parentless = sorted({r.trace_rowid for r in rows if r.parent_id is None})
+        annotated: list[int] = []
+        for chunk in _chunks(parentless, self._in_chunk):
+            annotated += conn.scalars(sa.select(ta_t.c.trace_rowid).distinct().where(ta_t.c.trace_rowid.in_(chunk)))
+        roots = {tr: root for tr, root in self._roots(conn, sorted(annotated)).items() if root in span_of}
+        for chunk in _chunks(sorted(roots), self._in_chunk):
+            for a in conn.execute(sa.select(ta_t.c.trace_rowid, *cols(ta_t)).where(ta_t.c.trace_rowid.in_(chunk))
+                                  .order_by(ta_t.c.id)):
+                add(roots[a.trace_rowid], TRACE_PREFIX + a.name, a)
+
+        latest: dict[str, dt.datetime] = {}
+        for a in ann:
+            if a["updated_at"] is not None and (a["span_id"] not in latest or a["updated_at"] > latest[a["span_id"]]):
+                latest[a["span_id"]] = a["updated_at"]
+        spans = []
+        for r in rows:
+            changed = max([v for v in (r.trace_end_time, latest.get(r.span_id)) if v is not None], default=None)
+            spans.append({
+                "span_id": r.span_id, "trace_id": r.trace_id, "parent_id": r.parent_id, "name": r.name,
+                "span_kind": r.span_kind, "start_time": r.start_time, "end_time": r.end_time,
+                "status_code": r.status_code, "status_message": r.status_message,
+                "attributes": r.attributes, "events": r.events,
+                "cumulative_error_count": r.cumulative_error_count,
+                "cumulative_llm_token_count_prompt": r.cumulative_llm_token_count_prompt,
+                "cumulative_llm_token_count_completion": r.cumulative_llm_token_count_completion,
+                "trace_start_time": r.trace_start_time, "trace_end_time": r.trace_end_time, "changed_at": changed,
+            })
+        return ChangeBatch(pa.Table.from_pylist(spans, schema=SPAN_SCHEMA),
+                           pa.Table.from_pylist(ann, schema=ANNOTATION_SCHEMA))
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What one ``changes`` call exports: whole traces (row ids, or all of the project) and single spans."""
+
+    project_rowid: int | None
+    cursor: dict
+    previous_watermark: dt.datetime | None
+    traces: array = dataclasses.field(default_factory=lambda: array("q"))
+    spans: array = dataclasses.field(default_factory=lambda: array("q"))
+    all_traces: bool = False
