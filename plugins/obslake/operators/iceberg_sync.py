@@ -79,6 +79,11 @@ class IcebergSyncOperator(BaseOperator):
         from obslake.fabric.sources import make_source
 
         conn = Connector.model_validate(self.connector)
+        if conn.status.value != "active":
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            # is_paused_upon_creation only applies once; a connector paused later in YAML stops here too
+            raise AirflowSkipException(f"connector {conn.name} has status {conn.status.value}: nothing is synced")
         window = None
         dag_run = context.get("dag_run")
         if dag_run is not None and str(getattr(dag_run, "run_type", "")).lower().endswith("backfill"):
