@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("during-read", "after-write", "after-commit")
+POINTS = ("during-read", "after-write", "after-commit", "fabric-after-write", "fabric-after-commit")
 
 
 def checkpoint(name: str) -> None:

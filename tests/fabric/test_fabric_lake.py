@@ -134,3 +134,40 @@ def test_pause_then_resume_loses_nothing(fabric):
     assert resumed.rows == 3
     data = read("ORDER BY span_id")
     assert data["span_id"].to_pylist() == ["p0", "p1", "p2"] and data["eval.qa.label"].to_pylist()[0] == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["fabric-after-write", "fabric-after-commit"])
+def test_kill_9_during_a_sync_then_rerun_gives_exactly_the_source(fabric, lake, moto_server, fault):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    put, sync, read, conn, catalog = fabric
+    specs = [{"span_id": f"k{i}", "trace_id": f"tk{i // 3}", "name": "llm",
+              "start": NOW - dt.timedelta(days=i % 4, hours=i)} for i in range(30)]
+    put("spans", spans_table(specs[:20]))
+    sync()
+    put("spans", spans_table(specs[20:]))
+    put("annotations", annotations_table([{"span_id": "k3", "name": "qa", "label": "bad", "score": 0.0}]))
+    env = {**os.environ, **lake.env, "OBSLAKE_S3_ENDPOINT_URL": moto_server, "OBSLAKE_FAULT_AT": fault,
+           "PYTHONPATH": str(Path(__file__).parent)}
+    payload = json.dumps({"connector": conn.model_dump(mode="json"), "project": "rag-app"})
+    worker = Path(__file__).with_name("fabric_worker.py")
+    crashed = subprocess.run([sys.executable, str(worker), payload], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    env.pop("OBSLAKE_FAULT_AT")
+    rerun = subprocess.run([sys.executable, str(worker), payload], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    data = read("ORDER BY span_id")
+    assert sorted(data["span_id"].to_pylist()) == sorted(s["span_id"] for s in specs)  # nothing lost or doubled
+    assert data.filter(pa_equal(data, "span_id", "k3"))["eval.qa.label"].to_pylist() == ["bad"]
+
+
+def pa_equal(table, column, value):
+    import pyarrow.compute as pc
+
+    return pc.equal(table[column], value)

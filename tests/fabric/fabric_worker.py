@@ -1,0 +1,15 @@
+"""Run one connector sync in a separate process (kill -9 tests). argv[1] = JSON {"connector": {...}, "project": ...}."""
+
+import json
+import sys
+
+from obslake.config import Connector
+from obslake.fabric.export import ProjectExporter
+from obslake.fabric.io import fabric_catalog, storage_properties_from_env
+from obslake.fabric.lake_source import LakeTraceSource
+
+args = json.loads(sys.argv[1])
+conn = Connector.model_validate(args["connector"])
+catalog = fabric_catalog(storage_properties_from_env(conn.storage))
+result = ProjectExporter(conn, args["project"], catalog).sync(LakeTraceSource(catalog, "traces"))
+print(json.dumps(result.to_dict()))
