@@ -135,6 +135,11 @@ class ColumnSelector(_Strict):
         return not self.columns and self.prefix is None
 
 
+def _rename_keys(value: Any, aliases: dict[str, str]) -> Any:
+    """Arize's ``*_column_name`` keys to ours (other values pass through for pydantic to judge)."""
+    return {aliases.get(k, k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+
 class EmbeddingColumns(_Strict):
     """One embedding feature: a vector column, optionally its raw data and a link to the data."""
 
@@ -147,11 +152,8 @@ class EmbeddingColumns(_Strict):
     def _arize_names(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"vector": value}
-        if isinstance(value, dict):
-            aliases = {"vector_column_name": "vector", "data_column_name": "raw_data", "data": "raw_data",
-                       "link_to_data_column_name": "link_to_data"}
-            return {aliases.get(k, k): v for k, v in value.items()}
-        return value
+        return _rename_keys(value, {"vector_column_name": "vector", "data_column_name": "raw_data",
+                                    "data": "raw_data", "link_to_data_column_name": "link_to_data"})
 
     def columns(self) -> list[str]:
         """The input columns this embedding uses."""
@@ -168,11 +170,8 @@ class BoundingBoxColumns(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _arize_names(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            aliases = {"bounding_boxes_coordinates_column_name": "coordinates",
-                       "categories_column_name": "categories", "scores_column_name": "scores"}
-            return {aliases.get(k, k): v for k, v in value.items()}
-        return value
+        return _rename_keys(value, {"bounding_boxes_coordinates_column_name": "coordinates",
+                                    "categories_column_name": "categories", "scores_column_name": "scores"})
 
     def columns(self) -> list[str]:
         """The input columns of the boxes."""

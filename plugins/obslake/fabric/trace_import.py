@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from obslake.config import ImportJob, JobKind
 from obslake.exceptions import SchemaMismatchError
 from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS
-from obslake.schema.mapping import LINEAGE_COLUMNS, PARTITION_COLUMN, Problem, _decode, _parse_ts_text
+from obslake.schema.mapping import LINEAGE_COLUMNS, PARTITION_COLUMN, Problem, _decode, parse_ts_text_cells
 
 ALIASES = {
     "context.span_id": "span_id", "context.trace_id": "trace_id", "parent_span_id": "parent_id",
@@ -82,17 +82,11 @@ class TraceMapper:
             out = pc.round(pc.multiply(num, factor)).cast(pa.int64()).cast(TS)
         else:
             text = arr.cast(pa.string())
-            out = _parse_ts_text(text)
-            if out is None:
-                values = []
-                for i, v in enumerate(text.to_pylist()):
-                    one = None if v is None else _parse_ts_text(pa.array([v], pa.string()))
-                    if one is None and v is not None:
-                        problems.append(Problem("TS_PARSE", f"{name} is not RFC 3339 / ISO 8601", self.source,
-                                                "write timestamps like 2024-05-01T12:00:00.123Z", row=first_row + i,
-                                                column=self.columns[name], value=str(v)[:80]))
-                    values.append(None if one is None else one[0].as_py())
-                out = pa.array(values, TS)
+            out, bad = parse_ts_text_cells(text)
+            for i in bad:
+                problems.append(Problem("TS_PARSE", f"{name} is not RFC 3339 / ISO 8601", self.source,
+                                        "write timestamps like 2024-05-01T12:00:00.123Z", row=first_row + i,
+                                        column=self.columns[name], value=str(text[i].as_py())[:80]))
         if default is not None:
             out = pc.fill_null(out, pa.scalar(default, TS))
         return out

@@ -119,6 +119,25 @@ def _cast_truncating(arr: pa.Array, target: pa.DataType) -> pa.Array:
     return pc.cast(arr, options=pc.CastOptions(target, allow_time_truncate=True))
 
 
+def parse_ts_text_cells(text: pa.Array) -> tuple[pa.Array, list[int]]:
+    """Parse RFC 3339 / ISO 8601 text (no offset = UTC); unparseable cells become null.
+
+    Returns:
+        (timestamps, indices of the non-null cells that could not be parsed). Vectorised when every
+        cell parses; cell by cell only to locate the bad ones.
+    """
+    out = _parse_ts_text(text)
+    if out is not None:
+        return out, []
+    values, bad = [], []
+    for i, v in enumerate(text.to_pylist()):
+        one = None if v is None else _parse_ts_text(pa.array([v], pa.string()))
+        if one is None and v is not None:
+            bad.append(i)
+        values.append(None if one is None else one[0].as_py())
+    return pa.array(values, TS_TYPE), bad
+
+
 def _parse_ts_text(text: pa.Array) -> pa.Array | None:
     """RFC 3339 / ISO 8601 text to UTC timestamps (no offset = UTC), or None if any value fails.
 
@@ -465,17 +484,11 @@ class BatchMapper:
             out = pc.round(micros).cast(pa.int64()).cast(TS_TYPE)
         else:  # text: RFC 3339 / ISO 8601; without a zone offset it is UTC (as naive timestamps are)
             text = arr.cast(pa.string())
-            out = _parse_ts_text(text)
-            if out is None:
-                values = []
-                for i, v in enumerate(text.to_pylist()):
-                    one = None if v is None else _parse_ts_text(pa.array([v], pa.string()))
-                    if one is None and v is not None:
-                        self._problem(problems, "TS_PARSE", "timestamp is not RFC 3339 / ISO 8601 or epoch seconds",
-                                      "write timestamps like 2024-05-01T12:00:00Z or as epoch seconds", i, first_row,
-                                      col, v)
-                    values.append(None if one is None else one[0].as_py())
-                out = pa.array(values, TS_TYPE)
+            out, bad = parse_ts_text_cells(text)
+            for i in bad:
+                self._problem(problems, "TS_PARSE", "timestamp is not RFC 3339 / ISO 8601 or epoch seconds",
+                              "write timestamps like 2024-05-01T12:00:00Z or as epoch seconds", i, first_row,
+                              col, text[i].as_py())
         out = pc.fill_null(out, pa.scalar(self.ingested_at, TS_TYPE))  # as Arize: missing -> ingest time
         lo = pa.scalar(self.ingested_at - TS_PAST, TS_TYPE)
         hi = pa.scalar(self.ingested_at + TS_FUTURE, TS_TYPE)
