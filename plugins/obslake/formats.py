@@ -47,7 +47,7 @@ EXTENSIONS: Mapping[str, str] = MappingProxyType(
 )
 """Key suffix (lower case) -> format. ``.csv.gz`` is gzip-compressed CSV, detected by magic bytes."""
 
-CSV_BLOCK_SIZE = 16 << 20
+CSV_BLOCK_SIZE = 4 << 20
 """Bytes per CSV block: the unit of parsing and of type inference (first block only).
 
 It also sets CSV memory use: pyarrow's streaming reader reads up to 32 blocks ahead on its I/O
@@ -392,9 +392,9 @@ def _csv_input(f: BinaryIO) -> Any:
 
 
 def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False) -> _Opened:
-    def open_reader(column_types: dict[str, pa.DataType] | None) -> pacsv.CSVStreamingReader:
+    def open_reader(column_types: dict[str, pa.DataType] | None, source: Any = None) -> pacsv.CSVStreamingReader:
         return pacsv.open_csv(
-            _csv_input(f),
+            _csv_input(f) if source is None else source,
             # use_threads=False: pyarrow then reports the line of a ragged row ("Row #N"), and on
             # one stream it is no slower (parsing is per block either way).
             read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=False),
@@ -424,28 +424,37 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False) 
                 "column": names[int(col.group(1))] if col and int(col.group(1)) < len(names) else None}
 
     try:
-        reader = open_reader(None)
+        # Infer the types from an in-memory copy of the first block: a streaming reader keeps reading
+        # ahead on an I/O thread, so a probe reader over ``f`` itself would race the real reader
+        # (which rewinds the same ``f``) and hand it blocks from the middle of the file.
+        head = _csv_input(f).read(CSV_BLOCK_SIZE)
+        if len(head) == CSV_BLOCK_SIZE and b"\n" in head:
+            head = head[: head.rfind(b"\n") + 1]
+        probe = open_reader(None, pa.BufferReader(head))
         # Inference gives `null` to columns empty throughout the first block and `binary` to columns
         # with invalid UTF-8 in it. Read both as strings: later values then still fit, and invalid
         # UTF-8 becomes a conversion error instead of silently becoming bytes.
         retype = {
             field.name: pa.string()
-            for field in reader.schema
+            for field in probe.schema
             if pa.types.is_null(field.type) or pa.types.is_binary(field.type)
         }
-        names.extend(reader.schema.names)
-        if as_strings:
-            f.seek(0)
-            reader = open_reader({name: pa.string() for name in names})
-        elif retype:
-            reader = open_reader(retype)
+        names.extend(probe.schema.names)
+        probe.close()
+        types = {name: pa.string() for name in names} if as_strings else (retype or None)
+        if types:
+            probe = open_reader(types, pa.BufferReader(head))
+            probe.close()
+        schema = probe.schema
     except _DECODE_ERRORS as exc:
         if "Empty CSV file" in str(exc):
             raise _error(source, "csv", f"no header row ({size} bytes, empty after decompression)",
                          code="FILE_EMPTY") from exc
         raise _error(source, "csv", f"unreadable first block ({describe(exc)})", **locate(exc)) from exc
     return _Opened(
-        source=source, fmt="csv", schema=reader.schema, batches=lambda _: iter(reader), describe=describe,
+        # the real reader is opened only when the batches are read (read_schema must not leave one
+        # reading ahead on ``f``)
+        source=source, fmt="csv", schema=schema, batches=lambda _: iter(open_reader(types)), describe=describe,
         locate=locate,
     )
 

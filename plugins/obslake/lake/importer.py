@@ -61,7 +61,7 @@ PROP_JOB = "obslake.job"
 PROP_ROWS = "obslake.rows"
 COMMIT_ATTEMPTS = 12
 CHUNK_ROWS = 1_000_000
-CHUNK_BYTES = 256 * 1024**2
+CHUNK_BYTES = 64 * 1024**2
 
 
 class FileTooLargeError(TerminalError):
