@@ -72,32 +72,38 @@ def build_config_error_dag(path_stem: str, message: str, prefix: str = "obslake_
     with DAG(
         dag_id=f"{prefix}{path_stem}", schedule=None, start_date=START, catchup=False,
         tags=["obslake", prefix.split("_")[1], "config-error"], is_paused_upon_creation=False,
-        doc_md=f"### Invalid import job config\n\n```\n{message}\n```",
+        doc_md=f"### Invalid {'connector' if 'fabric' in prefix else 'import job'} config\n\n```\n{message}\n```",
     ) as dag:
         ConfigErrorOperator(task_id="invalid_job_config", message=message)
     return dag
 
 
-def build_import_dags(directory: str | Path) -> dict[str, Any]:
-    """``{dag_id: DAG}`` for every job YAML in ``directory`` (deleted jobs get no DAG)."""
-    jobs, errors = load_import_jobs(directory)
+def _build_all(items: list, errors: list, build, prefix: str, what: str) -> dict[str, Any]:
+    """``{dag_id: DAG}``: deleted items get none; an item whose DAG cannot be built, or a YAML that does
+    not validate, gets a one-task config-error DAG, so one problem never hides the other DAGs."""
     dags: dict[str, Any] = {}
-    for job in jobs:
-        if job.status == JobStatus.deleted:
-            log.info("import job %s is deleted: no DAG (its data and ledger stay)", job.name)
+    for item in items:
+        if item.status == JobStatus.deleted:
+            log.info("%s %s is deleted: no DAG (its data stays)", what, item.name)
             continue
         try:
-            dags[job.dag_id] = build_import_dag(job)
-        except Exception as exc:  # one job's problem must never hide the other jobs' DAGs
-            log.exception("import job %s: cannot build its DAG", job.name)
-            dags[job.dag_id] = build_config_error_dag(job.name, f"cannot build the DAG of job {job.name!r}: {exc!r}")
+            dags[item.dag_id] = build(item)
+        except Exception as exc:
+            log.exception("%s %s: cannot build its DAG", what, item.name)
+            dags[item.dag_id] = build_config_error_dag(
+                item.name, f"cannot build the DAG of {what} {item.name!r}: {exc!r}", prefix=prefix)
     for err in errors:
         stem = re.sub(r"[^a-z0-9_-]", "_", Path(err.path).stem.lower())
         log.error("%s", err)
-        dag_id = f"obslake_import__{stem}"
-        if dag_id not in dags:
-            dags[dag_id] = build_config_error_dag(stem, str(err))
+        if f"{prefix}{stem}" not in dags:
+            dags[f"{prefix}{stem}"] = build_config_error_dag(stem, str(err), prefix=prefix)
     return dags
+
+
+def build_import_dags(directory: str | Path) -> dict[str, Any]:
+    """``{dag_id: DAG}`` for every job YAML in ``directory`` (deleted jobs get no DAG)."""
+    jobs, errors = load_import_jobs(directory)
+    return _build_all(jobs, errors, build_import_dag, "obslake_import__", "import job")
 
 
 def build_fabric_dag(connector) -> Any:
@@ -142,20 +148,4 @@ def build_fabric_dags(directory: str | Path) -> dict[str, Any]:
     from obslake.config import load_connectors
 
     connectors, errors = load_connectors(directory)
-    dags: dict[str, Any] = {}
-    for c in connectors:
-        if c.status == JobStatus.deleted:
-            continue
-        try:
-            dags[c.dag_id] = build_fabric_dag(c)
-        except Exception as exc:  # one connector's problem must never hide the others
-            log.exception("connector %s: cannot build its DAG", c.name)
-            dags[c.dag_id] = build_config_error_dag(c.name, f"cannot build the DAG of connector {c.name!r}: {exc!r}",
-                                                    prefix="obslake_fabric__")
-    for err in errors:
-        stem = re.sub(r"[^a-z0-9_-]", "_", Path(err.path).stem.lower())
-        log.error("%s", err)
-        dag_id = f"obslake_fabric__{stem}"
-        if dag_id not in dags:
-            dags[dag_id] = build_config_error_dag(stem, str(err), prefix="obslake_fabric__")
-    return dags
+    return _build_all(connectors, errors, build_fabric_dag, "obslake_fabric__", "connector")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from functools import lru_cache
-from typing import Iterable
-
 import sqlalchemy as sa
 
 from obslake.storage.base import ObjectInfo
@@ -111,11 +109,6 @@ class Ledger:
         q = sa.select(t.c.bucket, t.c.key, t.c.etag).where(t.c.job == job, sa.or_(cond, failed))
         with self.engine.connect() as conn:
             return {(b, k, e) for b, k, e in conn.execute(q)}
-
-    def filter_new(self, job: str, objects: Iterable[ObjectInfo], fingerprint: str | None = None) -> list[ObjectInfo]:
-        """The objects whose exact version still needs an attempt (see :meth:`done_versions`)."""
-        done = self.done_versions(job, fingerprint)
-        return [o for o in objects if (o.bucket, o.key, o.etag) not in done]
 
     def get(self, job: str, obj: ObjectInfo) -> dict | None:
         """The ledger row of one file version, as a dict, or None."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import math
 
 import numpy as np
 import pyarrow as pa
@@ -743,8 +742,3 @@ class BatchMapper:
 def bad_row_indices(problems: list[Problem], first_row: int) -> set[int]:
     """Indices (within the batch starting at ``first_row``) of the rows that have problems."""
     return {p.row - first_row for p in problems if p.row is not None}
-
-
-def finite_or_none(x: float | None) -> float | None:
-    """``x`` unless it is NaN/inf (helper for report formatting)."""
-    return x if x is not None and math.isfinite(x) else None
