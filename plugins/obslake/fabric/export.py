@@ -8,10 +8,11 @@ commit), ``v<N>.metadata.json`` + ``version-hint.text`` (for readers that resolv
 A sync is one Iceberg commit:
 
 * the first sync (empty table) appends every span, streamed in batches;
-* later syncs rebuild only the partitions the changes touch: the partition's rows are read, the
-  changed spans replace their old rows (de-duplicated by ``span_id``) and the partition is
-  overwritten (``dynamic_partition_overwrite``: copy-on-write, no equality or position deletes,
-  which Snowflake and BigQuery readers cannot apply).
+* later syncs rebuild only the partitions the changes touch: the data files of those partitions
+  (found by partition value in one pass over the manifests) are read, the changed spans replace
+  their old rows (de-duplicated by ``span_id``), and one OVERWRITE snapshot swaps the old files for
+  the rewritten ones (copy-on-write: no equality or position deletes, which Snowflake and BigQuery
+  readers cannot apply).
 
 The commit's snapshot summary is the completeness marker: ``obslake.fabric.watermark`` (the latest
 change time covered), ``obslake.fabric.cursor`` (where the next sync starts), ``obslake.fabric.rows``,
@@ -239,9 +240,9 @@ class ProjectExporter:
         empty = table is None or table.current_snapshot() is None
         mode = "window" if window else ("full" if empty else "incremental")
         if empty:
-            table, data_files, rows, parts, replace_filter = self._write_full(table, changes.batches, synced_at)
+            table, data_files, rows, parts, replaced = self._write_full(table, changes.batches, synced_at)
         else:
-            table, data_files, rows, parts, replace_filter = self._write_incremental(table, changes.batches, synced_at)
+            table, data_files, rows, parts, replaced = self._write_incremental(table, changes.batches, synced_at)
         if table is None:  # nothing in the source yet, and no table to mark
             return SyncResult(self.project, ".".join(self.identifier), self.location, 0, 0, None, None,
                               time.monotonic() - started, "unchanged")
@@ -252,7 +253,7 @@ class ProjectExporter:
         if window:
             props[PROP_CURSOR] = cursor_json(self.last_cursor())  # a backfill never moves the cursor
         faults.checkpoint("fabric-after-write")
-        table = self._commit(table, data_files, replace_filter, props)
+        table = self._commit(table, data_files, replaced, props)
         faults.checkpoint("fabric-after-commit")
         write_pointers(table)
         if "delta" in self.connector.formats:
@@ -268,11 +269,11 @@ class ProjectExporter:
                  result.mode, rows, parts, self.location, watermark, result.seconds)
         return result
 
-    def _write_files(self, table: "Table", rows: pa.Table, write_uuid, counter) -> list:
-        from pyiceberg.io.pyarrow import _dataframe_to_data_files
+    @staticmethod
+    def _write_files(table: "Table", rows: pa.Table, write_uuid, counter) -> list:
+        from obslake.lake.write import write_data_files
 
-        return list(_dataframe_to_data_files(table_metadata=table.metadata, df=rows, io=table.io,
-                                             write_uuid=write_uuid, counter=counter))
+        return write_data_files(table, rows, write_uuid, counter)
 
     def _write_full(self, table, batches, synced_at):
         data_files: list = []
@@ -291,12 +292,18 @@ class ProjectExporter:
         return table, data_files, rows, len(parts), None
 
     def _write_incremental(self, table, batches, synced_at):
-        from pyiceberg.expressions import And, EqualTo, Or
+        """Rewrite the data files of the partitions the changes touch (copy-on-write).
 
+        The affected files are found by their partition values in one pass over the manifests (no
+        predicate evaluation per file), read whole, merged with the changed spans (a changed span
+        replaces its old row) and rewritten; the commit swaps exactly those files.
+        """
+        clock = time.monotonic()
         changed = [rows_for(b, synced_at) for b in batches]
         changed = [c for c in changed if c.num_rows]
         if not changed:
             return table, [], 0, 0, None
+        phases = {"changes": time.monotonic() - clock}
         for c in changed:
             table = self._evolve(table, c.schema)
         target = table.schema().as_arrow()
@@ -304,36 +311,84 @@ class ProjectExporter:
         from obslake.fabric.lake_source import latest_by
 
         new = latest_by(new, ["span_id"], ["_updated_at"])
-        parts = sorted(set(zip(new["date"].to_pylist(), new["hour"].to_pylist())))
-        preds = [And(EqualTo("date", d.isoformat()), EqualTo("hour", h)) for d, h in parts]
-        replace_filter = preds[0] if len(preds) == 1 else Or(*preds)
-        existing = table.scan(row_filter=replace_filter).to_arrow()
+        parts = set(zip(pc.cast(new["date"], pa.int32()).to_pylist(), new["hour"].to_pylist()))
+        clock = time.monotonic()
+        old_files = self._files_in_partitions(table, parts)
+        phases["plan"] = time.monotonic() - clock
+        clock = time.monotonic()
+        existing = self._read_files(table, old_files)
+        phases["read"] = time.monotonic() - clock
+        clock = time.monotonic()
         keep = existing.filter(pc.invert(pc.is_in(existing["span_id"], new["span_id"])))
         merged = pa.concat_tables([self._conform(keep, target), new]).sort_by([("start_time", "ascending")])
         data_files = self._write_files(table, merged, uuid.uuid4(), itertools.count(0))
-        log.info("%s: rewriting %d partition(s): %d changed span(s), %d unchanged kept", self.project, len(parts),
-                 new.num_rows, keep.num_rows)
-        return table, data_files, new.num_rows, len(parts), replace_filter
+        phases["write"] = time.monotonic() - clock
+        log.info("%s: rewriting %d partition(s) (%d file(s) -> %d): %d changed span(s), %d unchanged kept (%s)",
+                 self.project, len(parts), len(old_files), len(data_files), new.num_rows, keep.num_rows,
+                 ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
+        return table, data_files, new.num_rows, len(parts), old_files
 
-    def _commit(self, table: "Table", data_files: list, replace_filter, props: dict) -> "Table":
-        from pyiceberg.exceptions import CommitFailedException
+    @staticmethod
+    def _files_in_partitions(table: "Table", parts: set[tuple[int, int]]) -> list:
+        """The live data files whose ``(date, hour)`` partition (days since epoch, hour) is in ``parts``."""
+        snap = table.current_snapshot()
+        if snap is None:
+            return []
+        spec = table.spec()
+        names = [f.name for f in spec.fields]
+        if names != ["date", "hour"]:
+            raise ValueError(f"{table.name()}: unexpected partition spec {names}; expected date, hour")
+        days = {d for d, _ in parts}
+        found = []
+        for manifest in snap.manifests(table.io):
+            if manifest.content != 0:  # delete manifests: this exporter never writes delete files
+                raise ValueError(f"{table.name()}: has delete files; rewrite it with a full export")
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+                p = entry.data_file.partition
+                day = p[0]
+                if isinstance(day, dt.date):
+                    day = (day - dt.date(1970, 1, 1)).days
+                if day in days and (day, p[1]) in parts:
+                    found.append(entry.data_file)
+        return found
+
+    @staticmethod
+    def _read_files(table: "Table", data_files: list) -> pa.Table:
+        """The rows of ``data_files`` in the table's current schema (older files gain null columns)."""
+        from pyiceberg.expressions import AlwaysTrue
+        from pyiceberg.io.pyarrow import ArrowScan
+        from pyiceberg.table import FileScanTask
+
+        scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+        return scan.to_table([FileScanTask(f) for f in data_files])
+
+    def _commit(self, table: "Table", data_files: list, replaced: list | None, props: dict) -> "Table":
+        from pyiceberg.exceptions import CommitFailedException, ValidationException
+
+        from obslake.exceptions import CommitConflictError
 
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 tx = table.transaction()
-                if replace_filter is not None:
-                    tx.delete(replace_filter, snapshot_properties={PROP_SYNC: props[PROP_SYNC]})
-                with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
-                    for f in data_files:
-                        append.append_data_file(f)
+                if replaced:  # one OVERWRITE snapshot: the old files of the touched partitions out, the new in
+                    with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
+                        for f in replaced:
+                            ow.delete_data_file(f)
+                        for f in data_files:
+                            ow.append_data_file(f)
+                else:
+                    with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+                        for f in data_files:
+                            append.append_data_file(f)
                 return tx.commit_transaction()
+            except ValidationException as exc:
+                # a concurrent commit removed a file we rewrote: our merge is stale, the sync must rerun
+                raise CommitConflictError(f"{self.location}: the table changed during the sync ({exc}); retry") from exc
             except CommitFailedException:
                 # a single writer per connector is guaranteed by max_active_runs=1; a conflict means a
-                # manual run raced us: our data files still describe the partitions as of our read
+                # manual run raced us: an overwrite whose files are gone fails validation above
                 time.sleep(0.2 * (attempt + 1))
                 table.refresh()
-        from obslake.exceptions import CommitConflictError
-
         raise CommitConflictError(f"{self.location}: fabric commit kept conflicting; retry")
 
 
