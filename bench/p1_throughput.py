@@ -8,6 +8,10 @@ Floor: read the file in batches (pyarrow ``iter_batches`` / ``open_csv``; ``fast
 ``RecordBatch.from_pylist`` for Avro) and write the same rows as one local Parquet file (zstd).
 Ours: ``import_file`` from a ``file://`` LocalStore into a fresh SQLite catalog + local warehouse
 (mapping, validation, Iceberg data files, commit). Each repeat uses a fresh lake.
+
+``OBSLAKE_BENCH_P1_ROWS`` / ``OBSLAKE_BENCH_P1_AVRO_ROWS`` override the row counts (to iterate on a
+smaller file while profiling; the README table uses the defaults). ``OBSLAKE_BENCH_P1_FORMATS`` (e.g.
+``parquet,csv``) runs only some formats.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import pyarrow.parquet as pq
 from bench import datagen
 from bench.common import median_of, quick, report, timed
 
-ROWS = 20_000 if quick() else 5_000_000
-AVRO_ROWS = 5_000 if quick() else 1_000_000
+ROWS = 20_000 if quick() else int(os.environ.get("OBSLAKE_BENCH_P1_ROWS", 5_000_000))
+AVRO_ROWS = 5_000 if quick() else int(os.environ.get("OBSLAKE_BENCH_P1_AVRO_ROWS", 1_000_000))
+OVERRIDDEN = bool(os.environ.get("OBSLAKE_BENCH_P1_ROWS") or os.environ.get("OBSLAKE_BENCH_P1_AVRO_ROWS"))
 BATCH = 65_536
 
 
@@ -70,6 +75,9 @@ def main() -> None:
         files = {"parquet": ("data.parquet", ROWS, datagen.write_parquet),
                  "csv": ("data.csv", ROWS, datagen.write_csv),
                  "avro": ("data.avro", AVRO_ROWS, datagen.write_avro)}
+        only = os.environ.get("OBSLAKE_BENCH_P1_FORMATS")
+        if only:
+            files = {fmt: v for fmt, v in files.items() if fmt in only.split(",")}
         for fmt, (key, n, write) in files.items():
             t = time.perf_counter()
             write(os.path.join(d, key), n)
@@ -107,6 +115,8 @@ def main() -> None:
                   f"rows/s ({time.perf_counter() - t:.0f}s)", flush=True)
             if fmt == "avro" and not quick():
                 note = (note + "; " if note else "") + f"Avro file has {n:,} rows (fastavro is slow), same file for both"
+            if OVERRIDDEN and not quick():
+                note = (note + "; " if note else "") + "row count overridden (OBSLAKE_BENCH_P1_*ROWS), not the README size"
             report(f"p1_throughput_{fmt}", baseline=f"{'fastavro' if fmt == 'avro' else 'pyarrow'} read -> parquet zstd",
                    baseline_value=base, ours="import_file (file:// -> sqlite catalog)", ours_value=ours,
                    ratio=ours / base, target=">= 0.80x", met=ours / base >= 0.80, unit="rows/s",

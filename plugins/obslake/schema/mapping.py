@@ -169,50 +169,99 @@ def _decode(arr: pa.Array) -> pa.Array:
 
 
 class _DuplicateIds:
-    """Find prediction ids seen earlier in the same file, in bounded memory (16 bytes per row).
+    """Find prediction ids seen earlier in the same file, in bounded memory (16-24 bytes per id).
 
-    Ids are hashed to 64 bits (pandas' vectorised hash) and kept sorted with the row they came from;
-    each batch is merged in with one ``np.insert`` (linear), never a full re-sort. A false duplicate
-    needs a 64-bit hash collision.
+    Ids are hashed to 64 bits (pandas' vectorised hash). The distinct hashes seen so far are kept with
+    the row they came from in sorted *runs* (a log-structured merge): each batch's new hashes become a
+    run of level 0, and ``FANOUT`` runs of one level are merged into one run of the next level. So
+    there are O(log n) runs and each hash is re-sorted O(log n) times over the file (inserting into one
+    sorted array instead copies every hash once per batch: quadratic in the file's rows). A bitmap of
+    the hashes' top bits (16 to 64 bits per hash) sends only the ids that may have been seen (at most
+    about 1 in 16 of a batch of new ids) to the binary searches in the runs. A false duplicate needs a
+    64-bit hash collision.
     """
 
+    FANOUT = 4
+
     def __init__(self) -> None:
-        self.h = np.empty(0, dtype=np.uint64)
-        self.rows = np.empty(0, dtype=np.int64)
+        self.runs: list[tuple[np.ndarray, np.ndarray, int]] = []  # (sorted hashes, their rows, level), oldest first
+        self.count = 0
+        self.shift = 64 - 16  # bitmap index = hash >> shift
+        self.bits = np.zeros(1 << 13, dtype=np.uint8)  # 2**16 bits
 
     def check(self, ids: pa.Array, first_row: int) -> list[tuple[int, int]]:
-        """(index in batch, row where the id first occurred) for every repeated id."""
+        """(index in batch, row where the id first occurred) for every repeated id, in row order."""
         import pandas as pd
 
         values = ids.to_numpy(zero_copy_only=False)
-        valid_idx = np.nonzero(~pd.isna(values))[0]
-        h = pd.util.hash_array(values[valid_idx].astype(object), categorize=False)
+        if ids.null_count:
+            valid_idx = np.nonzero(~pd.isna(values))[0]
+            values = values[valid_idx]
+        else:
+            valid_idx = np.arange(len(values))
+        if not len(values):
+            return []
+        h = pd.util.hash_array(values.astype(object, copy=False), categorize=False)
         rows = first_row + valid_idx.astype(np.int64)
+        # ids seen in earlier batches: the bitmap, then a binary search in each run
+        earlier = np.full(len(h), -1, dtype=np.int64)
+        if self.runs:
+            cand = np.nonzero(self._maybe_seen(h))[0]
+            if len(cand):
+                hc = h[cand]
+                for run_h, run_r, _ in self.runs:  # a hash is in at most one run (only new ids are added)
+                    pos = np.minimum(np.searchsorted(run_h, hc), len(run_h) - 1)
+                    found = run_h[pos] == hc
+                    earlier[cand[found]] = run_r[pos[found]]
+        hit = earlier >= 0
+        # ids repeated within this batch: every occurrence after the first (stable sort: in row order)
         order = np.argsort(h, kind="stable")
-        hs, rs = h[order], rows[order]
-        first_of = np.arange(len(hs))
-        dup_in = np.zeros(len(hs), bool)
-        if len(hs) > 1:
-            same = np.r_[False, hs[1:] == hs[:-1]]
-            dup_in = same
+        hs = h[order]
+        same = np.r_[False, hs[1:] == hs[:-1]]
+        dup_in = np.zeros(len(h), bool)
+        if same.any():
             first_of = np.maximum.accumulate(np.where(same, 0, np.arange(len(hs))))
-        hit = np.zeros(len(hs), bool)
-        earlier = np.full(len(hs), -1, dtype=np.int64)
-        if len(self.h):
-            pos = np.minimum(np.searchsorted(self.h, hs), len(self.h) - 1)
-            hit = self.h[pos] == hs
-            earlier = np.where(hit, self.rows[pos], -1)
+            dup_in[order] = same
+            later = order[same]
+            earlier[later] = np.where(hit[later], earlier[later], rows[order[first_of[same]]])
         flagged = np.nonzero(hit | dup_in)[0]
-        out = []
-        for k in flagged[: MAX_PROBLEMS]:
-            first = earlier[k] if hit[k] else rs[first_of[k]]
-            out.append((int(rs[k] - first_row), int(first)))
-        keep = ~(hit | dup_in)
-        new_h, new_r = hs[keep], rs[keep]
-        at = np.searchsorted(self.h, new_h)
-        self.h = np.insert(self.h, at, new_h)
-        self.rows = np.insert(self.rows, at, new_r)
+        out = [(int(rows[k] - first_row), int(earlier[k])) for k in flagged[:MAX_PROBLEMS]]
+        new = ~(hit | dup_in)[order]
+        self._add(hs[new], rows[order][new])
         return out
+
+    def _maybe_seen(self, h: np.ndarray) -> np.ndarray:
+        """False where a hash was certainly not seen (its bitmap bit is clear)."""
+        idx = h >> np.uint64(self.shift)
+        return (self.bits[idx >> np.uint64(3)] >> (idx & np.uint64(7)).astype(np.uint8)) & 1 == 1
+
+    def _mark(self, hs: np.ndarray) -> None:
+        """Set the bits of ``hs`` (sorted, so equal bytes of the bitmap are adjacent)."""
+        idx = hs >> np.uint64(self.shift)
+        byte = idx >> np.uint64(3)
+        bit = np.left_shift(np.uint8(1), (idx & np.uint64(7)).astype(np.uint8))
+        starts = np.r_[0, np.nonzero(byte[1:] != byte[:-1])[0] + 1]
+        self.bits[byte[starts]] |= np.bitwise_or.reduceat(bit, starts)
+
+    def _add(self, hs: np.ndarray, rs: np.ndarray) -> None:
+        """Add a sorted run of new hashes; merge full levels; grow the bitmap as the count grows."""
+        if not len(hs):
+            return
+        self.runs.append((hs, rs, 0))
+        self.count += len(hs)
+        while len(self.runs) >= self.FANOUT and len({lvl for _, _, lvl in self.runs[-self.FANOUT:]}) == 1:
+            merge, self.runs = self.runs[-self.FANOUT:], self.runs[: -self.FANOUT]
+            h = np.concatenate([m[0] for m in merge])
+            order = np.argsort(h, kind="stable")  # sorted runs: timsort merges them in O(n log FANOUT)
+            self.runs.append((h[order], np.concatenate([m[1] for m in merge])[order], merge[0][2] + 1))
+        if self.count * 16 > len(self.bits) * 8:  # keep >= 16 bits per hash: rebuild 4x larger
+            while self.count * 16 > len(self.bits) * 8:
+                self.bits = np.zeros(len(self.bits) * 4, dtype=np.uint8)
+                self.shift -= 2
+            for run_h, _, _ in self.runs:
+                self._mark(run_h)
+        else:
+            self._mark(hs)
 
 
 class BatchMapper:
@@ -453,7 +502,7 @@ class BatchMapper:
     def _timestamps(self, batch: pa.RecordBatch, first_row: int, problems: list[Problem]) -> pa.Array:
         col = self.roles.get("prediction_timestamp")
         if col is None:
-            return pa.array([self.ingested_at] * batch.num_rows, TS_TYPE)
+            return pa.repeat(pa.scalar(self.ingested_at, TS_TYPE), batch.num_rows)
         arr = _decode(batch.column(col))
         t = arr.type
         if self.is_csv and _is_stringy(t):
@@ -698,7 +747,7 @@ class BatchMapper:
             if role in r:
                 out[role] = self._strings(batch.column(r[role]), r[role], role, first_row, problems)
         if "model_version" not in out and self.job.model.version:
-            out["model_version"] = pa.array([self.job.model.version] * batch.num_rows, pa.string())
+            out["model_version"] = pa.repeat(pa.scalar(self.job.model.version, pa.string()), batch.num_rows)
         for role in ("prompt", "response"):
             if role in r:
                 out[role] = self._strings(batch.column(r[role]), r[role], role, first_row, problems, MAX_TEXT_CHARS)
@@ -727,9 +776,10 @@ class BatchMapper:
             out[col] = self._numbers(batch.column(col), col, "SHAP value", first_row, problems)
         n = batch.num_rows
         out[PARTITION_COLUMN] = pc.cast(out["prediction_timestamp"], pa.date32())
-        out["_source_file"] = pa.array([self.source] * n, pa.string())
-        out["_source_row"] = pa.array(range(first_row, first_row + n), pa.int64())
-        out["_ingested_at"] = pa.array([self.ingested_at] * n, TS_TYPE)
+        # constant and sequential columns straight from Arrow/numpy (no Python list of n objects)
+        out["_source_file"] = pa.repeat(pa.scalar(self.source, pa.string()), n)
+        out["_source_row"] = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
+        out["_ingested_at"] = pa.repeat(pa.scalar(self.ingested_at, TS_TYPE), n)
         arrays = []
         for arr in out.values():
             if isinstance(arr, pa.ChunkedArray):
