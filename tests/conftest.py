@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ os.environ["NO_GCE_CHECK"] = "True"
 os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
 os.environ["GCE_METADATA_ROOT"] = "127.0.0.1:9"
 
+pytest.register_assert_rewrite("lake_fixtures")  # imported here, before pytest_plugins loads it
+from lake_fixtures import free_port  # noqa: E402 (after the isolation above)
+
 pytest_plugins = ["lake_fixtures"]
 
 
@@ -53,13 +55,6 @@ _DUMMY_AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def unique_bucket_name(stem: str = "obslake-test") -> str:

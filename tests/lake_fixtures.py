@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import socket
 import uuid
 from typing import Any, Callable, Iterator
 
@@ -68,6 +69,13 @@ def pg_lake(tmp_path, monkeypatch) -> Iterator[Lake]:
         with admin.connect() as c:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def inference_rows(n: int, *, start: int = 0, id_prefix: str = "p", day: str | None = None) -> pa.Table:

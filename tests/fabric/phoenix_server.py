@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from lake_fixtures import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PHOENIX_VENV = Path(os.environ.get("OBSLAKE_PHOENIX_VENV", PROJECT_ROOT / ".venv-phoenix"))
@@ -56,12 +56,6 @@ _PHOENIX_ENV = {
     "HF_HUB_OFFLINE": "1",
     "NO_PROXY": "127.0.0.1,localhost",
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ensure_phoenix_venv() -> Path:
@@ -155,9 +149,9 @@ def run_phoenix(pg_uri: str | None = None) -> Iterator[PhoenixServer]:
     phoenix = ensure_phoenix_venv()
     working_dir = Path(tempfile.mkdtemp(prefix="obslake-phoenix-"))
     log_path = working_dir / "phoenix-serve.log"
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     while grpc_port == port:
-        grpc_port = _free_port()
+        grpc_port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PHOENIX_", "OTEL_")) and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env.update(_PHOENIX_ENV)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import random
-import socket
 import uuid
 from typing import Any, Callable, Iterator
 
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lake_fixtures import free_port
 from obslake.exceptions import (
     ObjectChangedError,
     StorageAccessError,
@@ -39,12 +39,6 @@ from obslake.storage.s3 import S3Store, make_s3_client, map_s3_error
 BACKENDS = ("s3", "gs", "file")
 
 MANY = 1050  # more than one default page (1000)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def unique_bucket_name(stem: str) -> str:
