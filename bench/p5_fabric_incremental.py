@@ -6,7 +6,9 @@ span. Built FAST: large Parquet files of spans / annotations (vectorised generat
 a few ``import_file`` calls of ``kind: spans`` / ``kind: annotations`` jobs into an embedded lake
 (SQLite catalog, local warehouse). The export goes to a ``file://`` connector storage.
 
-Baseline: the first (full) ``ProjectExporter.sync`` of the whole project (measured once: it is long).
+Baseline: a full export (``ProjectExporter.sync`` of the whole project into a fresh storage), median
+of 3: the first fills the storage the incrementals then update, the other two go to storages of their
+own (a connector on a new location starts a fresh full export) and are deleted after.
 Ours: the incremental sync after one annotations file of 10,000 new annotations on random spans in
 old partitions (>= 1 day old) is imported; median of 3 (a fresh 10k-annotation file each repeat;
 the import itself is not timed). Ratio = incremental / full (target <= 0.05).
@@ -175,18 +177,29 @@ def main() -> None:
         setup = time.perf_counter() - t0
         print(f"setup: {N_SPANS:,} spans + {N_SPANS // 10:,} annotations imported in {setup:.1f}s", flush=True)
 
-        storage = f"file://{d}/exports"
-        conn = Connector.model_validate({"name": "bench", "source": {"type": "lake"}, "projects": ["big"],
-                                         "storage": storage, "namespace": "ml", "ingestion_key_variable": "k"})
-        fcat = fabric_catalog(storage_properties_from_env(storage), settings)
+        def exporter(n: int):
+            storage = f"file://{d}/exports{n}"
+            conn = Connector.model_validate({"name": "bench", "source": {"type": "lake"}, "projects": ["big"],
+                                             "storage": storage, "namespace": "ml", "ingestion_key_variable": "k"})
+            fcat = fabric_catalog(storage_properties_from_env(storage), settings)
+            return lambda: ProjectExporter(conn, "big", fcat), fcat
+
+        fulls = []
+        for n in range(REPEATS):  # each into a fresh storage: a full export every time
+            make, fcat = exporter(n)
+            t = time.perf_counter()
+            res = make().sync(LakeTraceSource(fcat, "traces"))
+            fulls.append(time.perf_counter() - t)
+            assert res.mode == "full" and res.rows == N_SPANS, res
+            print(f"full export {n + 1}: {res.rows:,} rows, {res.partitions} partitions in {fulls[-1]:.1f}s",
+                  flush=True)
+            if n:
+                shutil.rmtree(os.path.join(d, f"exports{n}"), ignore_errors=True)
+        full = sorted(fulls)[len(fulls) // 2]
+        make, fcat = exporter(0)
 
         def sync():
-            return ProjectExporter(conn, "big", fcat).sync(LakeTraceSource(fcat, "traces"))
-
-        res = {}
-        full = timed(lambda: res.setdefault("full", sync()))
-        assert res["full"].mode == "full" and res["full"].rows == N_SPANS, res["full"]
-        print(f"full export: {res['full'].rows:,} rows, {res['full'].partitions} partitions in {full:.1f}s", flush=True)
+            return make().sync(LakeTraceSource(fcat, "traces"))
 
         # spans at least one day old: the first N_SPANS - (1 day of spans)
         old_max = int(N_SPANS * (DAYS - 1) / DAYS)
@@ -204,14 +217,14 @@ def main() -> None:
                 break
         inc = sorted(incs)[len(incs) // 2]
         ratio = inc / full
-        floor = cow_floor(ProjectExporter(conn, "big", fcat).table(), os.path.join(d, "floor")) if not capped else None
-        report("p5_fabric_incremental", baseline="full re-export (once)", baseline_value=full,
+        floor = cow_floor(make().table(), os.path.join(d, "floor")) if not capped else None
+        report("p5_fabric_incremental", baseline=f"full re-export (median of {len(fulls)})", baseline_value=full,
                ours=(f"incremental sync of {CHANGED:,} changed annotations "
                      + ("(STOPPED at the cap: lower bound, 1 run)" if capped else f"(median of {len(incs)})")),
                ours_value=inc,
                ratio=ratio, target="<= 0.05", met=ratio <= 0.05, unit="s",
                size=f"{N_SPANS:,} spans, {DAYS} days hourly",
-               note=f"setup {setup:.0f}s; incrementals {', '.join(f'{x:.1f}' for x in incs)}s"
+               note=f"setup {setup:.0f}s; full exports {', '.join(f'{x:.1f}' for x in fulls)}s; incrementals {', '.join(f'{x:.1f}' for x in incs)}s"
                     + (f"; copy-on-write floor (pyarrow re-reads and re-writes the {floor[1]:,} files of the "
                        f"touched partitions, {floor[2]:,} rows): {floor[0]:.1f}s = {floor[0] / full:.3f}x the full "
                        "export" if floor else "")
