@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import statistics
 import time
 
 import numpy as np
@@ -195,7 +196,7 @@ def main() -> None:
                   flush=True)
             if n:
                 shutil.rmtree(os.path.join(d, f"exports{n}"), ignore_errors=True)
-        full = sorted(fulls)[len(fulls) // 2]
+        full = statistics.median(fulls)
         make, fcat = exporter(0)
 
         def sync():
@@ -224,7 +225,8 @@ def main() -> None:
                ours_value=inc,
                ratio=ratio, target="<= 0.05", met=ratio <= 0.05, unit="s",
                size=f"{N_SPANS:,} spans, {DAYS} days hourly",
-               note=f"setup {setup:.0f}s; full exports {', '.join(f'{x:.1f}' for x in fulls)}s; incrementals {', '.join(f'{x:.1f}' for x in incs)}s"
+               note=f"setup {setup:.0f}s; full exports {', '.join(f'{x:.1f}' for x in fulls)}s; "
+                    f"incrementals {', '.join(f'{x:.1f}' for x in incs)}s"
                     + (f"; copy-on-write floor (pyarrow re-reads and re-writes the {floor[1]:,} files of the "
                        f"touched partitions, {floor[2]:,} rows): {floor[0]:.1f}s = {floor[0] / full:.3f}x the full "
                        "export" if floor else "")
