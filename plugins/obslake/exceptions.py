@@ -89,3 +89,19 @@ class TraceSourceUnavailableError(TransientError):
 
 class UnsupportedTraceSourceError(TerminalError):
     """A trace source's database lacks the tables or columns this version reads (wrong database or version)."""
+
+
+def printable(text: object, limit: int | None = None) -> str:
+    """``text`` safe for one log line or message: control characters escaped, optionally shortened.
+
+    Object keys, column names and YAML snippets come from users; a newline or an ANSI escape in them
+    must not forge log lines or garble a terminal. ``\\n`` becomes ``\\\\n``, other control characters
+    ``\\\\xNN``/``\\\\uNNNN``; with ``limit``, longer text is cut to ``limit`` characters ending in ``...``.
+    """
+    s = str(text)
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in s):
+        s = "".join(c if not (ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029")
+                    else c.encode("unicode_escape").decode("ascii") for c in s)
+    if limit is not None and len(s) > limit:
+        s = s[: max(0, limit - 3)] + "..."
+    return s

@@ -58,7 +58,16 @@ CSV_NULL_VALUES = ("", "NULL", "null")
 """CSV cells read as null in every column, string columns included (pyarrow's longer default list
 would also turn strings such as ``NA`` - North America - into nulls)."""
 
+MAX_CSV_ROW_BYTES = 64 << 20
+"""The largest CSV row obslake reads (``ROW_TOO_LARGE`` above it). A row larger than
+:data:`CSV_BLOCK_SIZE` is read with a larger block (4x at a time, up to this limit), so memory for
+such files grows with their largest row, never with their size."""
+
 DEFAULT_BATCH_ROWS = 65_536
+
+# Byte-order marks of the text encodings a CSV must not be in (longest first: UTF-32 LE starts like UTF-16 LE).
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 LE"), (b"\x00\x00\xfe\xff", "UTF-32 BE"),
+               (b"\xff\xfe", "UTF-16 LE"), (b"\xfe\xff", "UTF-16 BE"))
 
 _PARQUET_MAGIC = b"PAR1"
 _ARROW_FILE_MAGIC = b"ARROW1"
@@ -84,6 +93,7 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     ValueError,  # includes UnicodeDecodeError and pa.ArrowInvalid
     EOFError,
+    MemoryError,  # MEMORY_LIMIT: a batch, page or cell larger than the worker can hold
 )
 # fastavro decodes in Python: corrupt blocks surface as any of these.
 _AVRO_ERRORS: tuple[type[BaseException], ...] = _DECODE_ERRORS + (
@@ -138,7 +148,7 @@ def format_for_key(key: str, allowed: Iterable[str] | None = None) -> str | None
 # --------------------------------------------------------------------------------------------------
 
 
-def read_schema(f: BinaryIO, fmt: str, *, source: str) -> pa.Schema:
+def read_schema(f: BinaryIO, fmt: str, *, source: str, max_bytes: int | None = None) -> pa.Schema:
     """Read a file's Arrow schema without reading its data.
 
     Parquet reads only the footer, Arrow IPC only the schema message (or the file footer), Avro only
@@ -164,11 +174,12 @@ def read_schema(f: BinaryIO, fmt: str, *, source: str) -> pa.Schema:
         inferred from the first block). Errors raised by ``f`` itself (storage errors) propagate
         unchanged.
     """
-    return _open(f, fmt, source).schema
+    return _open(f, fmt, source, max_bytes=max_bytes).schema
 
 
 def read_batches(
-    f: BinaryIO, fmt: str, *, source: str, batch_rows: int = DEFAULT_BATCH_ROWS, csv_as_strings: bool = False
+    f: BinaryIO, fmt: str, *, source: str, batch_rows: int = DEFAULT_BATCH_ROWS, csv_as_strings: bool = False,
+    max_bytes: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream a file as record batches of at most ``batch_rows`` rows, in bounded memory.
 
@@ -195,6 +206,8 @@ def read_batches(
         batch_rows: Maximum rows per yielded batch.
         csv_as_strings: CSV only: every column is read as string (the caller casts values itself and
             can then report each bad cell with its row instead of failing the whole file).
+        max_bytes: gzip-compressed CSV only: fail with ``FILE_TOO_LARGE`` once more than this many
+            bytes have been decompressed (the caller checks the stored size itself).
 
     Returns:
         An iterator of record batches. The file is opened (header/footer/first CSV block checked)
@@ -216,7 +229,7 @@ def read_batches(
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    return _open(f, fmt, source, csv_as_strings=csv_as_strings).batches(batch_rows)
+    return _open(f, fmt, source, csv_as_strings=csv_as_strings, max_bytes=max_bytes).batches(batch_rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,9 +284,10 @@ class _Opened:
                 yield from _sliced(pending, batch_rows)
                 where = f" after {rows} rows were read" if rows else " before any row was read"
                 detail = self._describe(exc)
+                code = _code_for(self.fmt, detail, exc)
                 raise _error(
                     self.source, self.fmt, f"cannot decode the data{where} ({detail})",
-                    code=_code_for(self.fmt, detail), **self._locate(exc),
+                    code=code, fix=_CODE_FIX.get(code), **self._locate(exc),
                 ) from exc
             if not batch.num_rows:
                 continue
@@ -299,7 +313,7 @@ def _sliced(batches: list[pa.RecordBatch], batch_rows: int) -> Iterator[pa.Recor
             yield batch.slice(offset, batch_rows)
 
 
-def _open(f: BinaryIO, fmt: str, source: str, *, csv_as_strings: bool = False) -> _Opened:
+def _open(f: BinaryIO, fmt: str, source: str, *, csv_as_strings: bool = False, max_bytes: int | None = None) -> _Opened:
     """Check the format name and emptiness, then dispatch to the format's opener."""
     openers = {"parquet": _open_parquet, "csv": _open_csv, "avro": _open_avro, "arrow": _open_arrow}
     if fmt not in openers:
@@ -314,7 +328,7 @@ def _open(f: BinaryIO, fmt: str, source: str, *, csv_as_strings: bool = False) -
             code="FILE_EMPTY",
         )
     if fmt == "csv":
-        return _open_csv(f, source, size, as_strings=csv_as_strings)
+        return _open_csv(f, source, size, as_strings=csv_as_strings, max_bytes=max_bytes)
     return openers[fmt](f, source, size)
 
 
@@ -338,7 +352,8 @@ def _open_parquet(f: BinaryIO, source: str, size: int) -> _Opened:
         )
     f.seek(0)
     try:
-        pf = pq.ParquetFile(f)
+        # pages written with a CRC (write_page_checksum) are verified; a mismatch is FILE_CORRUPT
+        pf = pq.ParquetFile(f, page_checksum_verification=True)
         schema = pf.schema_arrow
     except _DECODE_ERRORS as exc:
         raise _error(source, "parquet", f"unreadable Parquet footer ({_detail(exc)})") from exc
@@ -414,23 +429,58 @@ class _NonClosingReader(io.RawIOBase):
         return len(data)
 
 
-def _csv_input(f: BinaryIO) -> Any:
-    """Rewind ``f`` and return it, or a gzip-decompressing stream over it if it starts with 0x1f8b."""
+class _LimitedReader(io.RawIOBase):
+    """A read-only stream that fails with ``FILE_TOO_LARGE`` once more than ``limit`` bytes were read."""
+
+    def __init__(self, raw: Any, limit: int, source: str) -> None:
+        super().__init__()
+        self._raw, self._limit, self._source, self._read = raw, limit, source, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size if size is not None and size >= 0 else self._limit + 1 - self._read)
+        self._read += len(data)
+        if self._read > self._limit:
+            raise FileFormatError(
+                f"{self._source}: decompresses to more than {self._limit:,} bytes, over the job's max_file_bytes; "
+                "split the file or raise max_file_bytes in the job YAML", code="FILE_TOO_LARGE")
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _csv_input(f: BinaryIO, max_bytes: int | None = None, source: str = "") -> Any:
+    """Rewind ``f`` and return it, or a gzip-decompressing stream over it if it starts with 0x1f8b.
+
+    The decompressed stream counts what it yields against ``max_bytes`` (a small ``.csv.gz`` can
+    hold gigabytes).
+    """
     f.seek(0)
     magic = f.read(2)
     f.seek(0)
     if magic == _GZIP_MAGIC:
-        return pa.CompressedInputStream(_NonClosingReader(f), "gzip")
+        stream = pa.CompressedInputStream(_NonClosingReader(f), "gzip")
+        return _LimitedReader(stream, max_bytes, source) if max_bytes is not None else stream
     return f
 
 
-def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False) -> _Opened:
-    def open_reader(column_types: dict[str, pa.DataType] | None, source: Any = None) -> pacsv.CSVStreamingReader:
+def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False,
+              max_bytes: int | None = None) -> _Opened:
+    def open_reader(column_types: dict[str, pa.DataType] | None, block_size: int,
+                    stream: Any = None) -> pacsv.CSVStreamingReader:
         return pacsv.open_csv(
-            _csv_input(f) if source is None else source,
+            _csv_input(f, max_bytes, source) if stream is None else stream,
             # use_threads=False: pyarrow then reports the line of a ragged row ("Row #N"), and on
             # one stream it is no slower (parsing is per block either way).
-            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=False),
+            read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+            # quoted values may span lines (spreadsheet exports, free text): the chunker then splits
+            # blocks only between complete rows, at any file size
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types=column_types,
                 null_values=list(CSV_NULL_VALUES),
@@ -441,6 +491,8 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False) 
     names: list[str] = []
 
     def describe(exc: BaseException) -> str:
+        if _is_straddle(exc):
+            return f"a row is larger than {MAX_CSV_ROW_BYTES >> 20} MiB, obslake's limit for one CSV row"
         # pyarrow's "Row #N" is the 1-based physical line, header included (use_threads=False).
         detail = _CSV_ROW_RE.sub(r"line \1: ", _detail(exc))
         match = _CSV_COLUMN_RE.match(detail)
@@ -456,14 +508,27 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False) 
         return {"line": int(row.group(1)) if row else None,
                 "column": names[int(col.group(1))] if col and int(col.group(1)) < len(names) else None}
 
+    bom = _csv_input(f, max_bytes, source).read(4)
+    for mark, encoding in _OTHER_BOMS:
+        if bom.startswith(mark):
+            raise _error(source, "csv", f"{encoding} text (byte-order mark {mark.hex(' ')}), not UTF-8",
+                         code="FILE_ENCODING", fix="save the file as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    block = CSV_BLOCK_SIZE
     try:
-        # Infer the types from an in-memory copy of the first block: a streaming reader keeps reading
-        # ahead on an I/O thread, so a probe reader over ``f`` itself would race the real reader
-        # (which rewinds the same ``f``) and hand it blocks from the middle of the file.
-        head = _csv_input(f).read(CSV_BLOCK_SIZE)
-        if len(head) == CSV_BLOCK_SIZE and b"\n" in head:
-            head = head[: head.rfind(b"\n") + 1]
-        probe = open_reader(None, pa.BufferReader(head))
+        while True:
+            # Infer the types from an in-memory copy of the start of the file: a streaming reader
+            # keeps reading ahead on an I/O thread, so a probe reader over ``f`` itself would race
+            # the real reader (which rewinds the same ``f``). pyarrow infers from the first block
+            # only; the second block of the copy may end mid-row, and is never parsed.
+            head = _csv_input(f, max_bytes, source).read(2 * block)
+            try:
+                probe = open_reader(None, block, pa.BufferReader(head))
+            except pa.ArrowInvalid as exc:
+                if _is_straddle(exc) and block < MAX_CSV_ROW_BYTES:
+                    block = min(4 * block, MAX_CSV_ROW_BYTES)  # the first row is larger than a block
+                    continue
+                raise
+            break
         # Inference gives `null` to columns empty throughout the first block and `binary` to columns
         # with invalid UTF-8 in it. Read both as strings: later values then still fit, and invalid
         # UTF-8 becomes a conversion error instead of silently becoming bytes.
@@ -476,20 +541,50 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False) 
         probe.close()
         types = {name: pa.string() for name in names} if as_strings else (retype or None)
         if types:
-            probe = open_reader(types, pa.BufferReader(head))
+            probe = open_reader(types, block, pa.BufferReader(head))
             probe.close()
         schema = probe.schema
+        del head
     except _DECODE_ERRORS as exc:
         if "Empty CSV file" in str(exc):
             raise _error(source, "csv", f"no header row ({size} bytes, empty after decompression)",
                          code="FILE_EMPTY") from exc
-        raise _error(source, "csv", f"unreadable first block ({describe(exc)})", **locate(exc)) from exc
+        code = _code_for("csv", describe(exc), exc)
+        raise _error(source, "csv", f"unreadable first block ({describe(exc)})", code=code,
+                     fix=_CODE_FIX.get(code), **locate(exc)) from exc
+
+    def csv_batches(_: int) -> Iterator[pa.RecordBatch]:
+        """The file's batches; a row larger than the block restarts with a larger block, skipping the
+        rows already yielded (rare: the cost of one re-read, only for such files)."""
+        size_now, done = block, 0
+        while True:
+            skip = done
+            try:
+                for batch in open_reader(types, size_now):
+                    if skip:
+                        if batch.num_rows <= skip:
+                            skip -= batch.num_rows
+                            continue
+                        batch, skip = batch.slice(skip), 0
+                    done += batch.num_rows
+                    yield batch
+                return
+            except pa.ArrowInvalid as exc:
+                if not (_is_straddle(exc) and size_now < MAX_CSV_ROW_BYTES):
+                    raise
+                size_now = min(4 * size_now, MAX_CSV_ROW_BYTES)
+
     return _Opened(
         # the real reader is opened only when the batches are read (read_schema must not leave one
         # reading ahead on ``f``)
-        source=source, fmt="csv", schema=schema, batches=lambda _: iter(open_reader(types)), describe=describe,
+        source=source, fmt="csv", schema=schema, batches=csv_batches, describe=describe,
         locate=locate, coalesce=True,
     )
+
+
+def _is_straddle(exc: BaseException) -> bool:
+    """pyarrow's error for a CSV row that does not fit in one block."""
+    return isinstance(exc, pa.ArrowInvalid) and "straddl" in str(exc)
 
 
 def _open_avro(f: BinaryIO, source: str, size: int) -> _Opened:
@@ -799,8 +894,21 @@ def _detail(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _code_for(fmt: str, detail: str) -> str:
+_CODE_FIX = {
+    "ROW_TOO_LARGE": "split the large values into several rows or store them elsewhere (a link); one CSV row may "
+                     f"hold at most {MAX_CSV_ROW_BYTES >> 20} MiB",
+    "MEMORY_LIMIT": "split the file into smaller files (or smaller row groups / record batches), or give the "
+                    "worker more memory",
+    "FILE_ENCODING": "save the file as UTF-8",
+}
+
+
+def _code_for(fmt: str, detail: str, exc: BaseException | None = None) -> str:
     """The error code of a decode failure (README "Error codes")."""
+    if isinstance(exc, MemoryError):  # includes pyarrow's ArrowMemoryError
+        return "MEMORY_LIMIT"
+    if exc is not None and _is_straddle(exc):
+        return "ROW_TOO_LARGE"
     low = detail.lower()
     if fmt == "csv" and "expected" in low and "columns" in low:
         return "CSV_RAGGED"

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obslake.config import ImportJob, JobKind, SchemaMapping
-from obslake.exceptions import SchemaMismatchError
-from obslake.schema.model_types import label_kind
+from obslake.exceptions import SchemaMismatchError, printable
+from obslake.schema.model_types import REQUIREMENTS, label_kind
 
 LINEAGE_COLUMNS = ("_source_file", "_source_row", "_ingested_at")
 PARTITION_COLUMN = "date"
@@ -90,7 +90,11 @@ def _short(value: object, limit: int = 80) -> str:
 
 
 def _normalise_type(t: pa.DataType) -> pa.DataType | None:
-    """The Iceberg-friendly type for ``t`` (None when it can stay as it is)."""
+    """The Iceberg-friendly type for ``t`` (None when it can stay as it is).
+
+    Timestamps become microseconds, naive or UTC (a zone other than UTC is the same instant in UTC:
+    Iceberg stores no zone); decimal256 of at most 38 digits becomes decimal128; date64 date32.
+    """
     if pa.types.is_dictionary(t):
         return _normalise_type(t.value_type) or t.value_type
     if pa.types.is_null(t):
@@ -99,8 +103,12 @@ def _normalise_type(t: pa.DataType) -> pa.DataType | None:
         return pa.int64() if t in (pa.uint32(), pa.uint64()) else pa.int32()
     if pa.types.is_float16(t):
         return pa.float32()
-    if pa.types.is_timestamp(t) and t.unit != "us":
-        return pa.timestamp("us", tz=t.tz)
+    if pa.types.is_timestamp(t) and (t.unit != "us" or t.tz not in (None, "UTC")):
+        return pa.timestamp("us", tz=None if t.tz is None else "UTC")
+    if pa.types.is_decimal256(t) and t.precision <= 38:
+        return pa.decimal128(t.precision, t.scale)
+    if pa.types.is_date64(t):
+        return pa.date32()
     if pa.types.is_time(t) and t != pa.time64("us"):
         return pa.time64("us")
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):
@@ -108,6 +116,142 @@ def _normalise_type(t: pa.DataType) -> pa.DataType | None:
     if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
         return pa.binary()
     return None
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _storable(t: pa.DataType) -> bool:
+    """True for the scalar Arrow types an Iceberg table stores as they are (after :func:`_normalise_type`)."""
+    if isinstance(t, pa.ExtensionType):
+        return t == pa.uuid()
+    return (pa.types.is_boolean(t) or t in (pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.date32(),
+                                             pa.time64("us"), pa.string(), pa.binary())
+            or pa.types.is_decimal128(t) or pa.types.is_fixed_size_binary(t)
+            or (pa.types.is_timestamp(t) and t.unit == "us" and t.tz in (None, "UTC")))
+
+
+def _epoch_us(when: dt.datetime) -> int:
+    """Microseconds since the epoch of an aware datetime (exact)."""
+    delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _epoch_unit(num: pa.Array) -> str:
+    """The epoch unit (s, ms, us, ns) of numbers, from the magnitude of their median (one wild value
+    cannot change the unit of the others)."""
+    values = np.abs(pc.drop_null(num).to_numpy(zero_copy_only=False).astype(np.float64))
+    values = values[np.isfinite(values) & (values > 0)]
+    mid = float(np.sort(values)[(len(values) - 1) // 2]) if len(values) else 0.0  # the lower median
+    return "s" if mid < 1e11 else "ms" if mid < 1e14 else "us" if mid < 1e17 else "ns"
+
+
+def _cell_text(arr: pa.Array, i: int) -> object:
+    """One cell as a Python value for a message; never raises (a year-190000 timestamp has no datetime)."""
+    try:
+        return arr[i].as_py()
+    except (OverflowError, ValueError, pa.ArrowException):
+        try:
+            raw = arr.slice(i, 1).cast(pa.int64())[0].as_py()
+            unit = getattr(arr.type, "unit", None)
+            return f"{raw} ({unit} since 1970)" if unit else raw
+        except (OverflowError, ValueError, pa.ArrowException):
+            return f"<a {arr.type} value>"
+
+
+def _cast_located(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, list[int]]:
+    """Cast like :func:`_cast_truncating`; the cells that do not fit become null and are returned.
+
+    Vectorised when everything fits; otherwise slices of 4,096 cells, then single cells of the
+    slices that fail, to locate them (a uint64 above 2**63 - 1, a timestamp beyond year 294,247).
+    """
+    try:
+        return _cast_truncating(arr, target), []
+    except (pa.ArrowInvalid, OverflowError):
+        pass
+    pieces, bad, step = [], [], 4096
+    for off in range(0, len(arr), step):
+        piece = arr.slice(off, step)
+        try:
+            pieces.append(_cast_truncating(piece, target))
+            continue
+        except (pa.ArrowInvalid, OverflowError):
+            pass
+        for i in range(len(piece)):
+            try:
+                pieces.append(_cast_truncating(piece.slice(i, 1), target))
+            except (pa.ArrowInvalid, OverflowError):
+                bad.append(off + i)
+                pieces.append(pa.nulls(1, target))
+    return (pa.concat_arrays(pieces) if pieces else pa.array([], target)), bad
+
+
+def check_table_types(mapped: pa.Schema, table: pa.Schema, source: str) -> None:
+    """Refuse a file whose columns have types the table's existing columns cannot take.
+
+    A column the table lacks is fine (additive schema evolution). An existing column takes the same
+    type or a widening without loss: a narrower integer, an integer into a double, float into double,
+    a decimal of the same scale and no more digits, any timestamp into a timestamp, and a number,
+    bool or date into a string column (a CSV column inferred as numbers in one file and text in an
+    earlier one).
+
+    Raises:
+        SchemaMismatchError: ``TYPE_MISMATCH`` naming the column, its type in the file and in the table.
+    """
+    for field in mapped:
+        idx = table.get_field_index(field.name)
+        if idx < 0:
+            continue
+        want, got = table.field(idx).type, field.type
+        if not _widens(_canonical(got), _canonical(want)):
+            raise SchemaMismatchError(
+                f"{source}: column {printable(field.name)!r} is {got} in this file but {want} in the table (a type "
+                f"change is not an additive schema change); write it as {want}, declare it with "
+                f"schema.column_types, or rename the column", code="TYPE_MISMATCH", column=field.name)
+
+
+def _canonical(t: pa.DataType) -> pa.DataType:
+    """``t`` with large/view strings, binaries and lists as their plain forms (pyiceberg reads large types)."""
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return pa.binary()
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return pa.list_(_canonical(t.value_type))
+    if pa.types.is_map(t):
+        return pa.map_(_canonical(t.key_type), _canonical(t.item_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _canonical(f.type)) for f in t])
+    if pa.types.is_dictionary(t):
+        return _canonical(t.value_type)
+    return t
+
+
+def _widens(got: pa.DataType, want: pa.DataType) -> bool:
+    """True if values of ``got`` fit a column of ``want`` without loss (see :func:`check_table_types`)."""
+    if got == want or pa.types.is_null(got):
+        return True
+    if pa.types.is_integer(got) and pa.types.is_integer(want):
+        return got.bit_width <= want.bit_width
+    if pa.types.is_integer(got) and pa.types.is_floating(want):
+        return want.bit_width == 64
+    if pa.types.is_floating(got) and pa.types.is_floating(want):
+        return got.bit_width <= want.bit_width
+    if pa.types.is_decimal(got) and pa.types.is_decimal(want):
+        return got.scale == want.scale and got.precision <= want.precision
+    if pa.types.is_timestamp(got) and pa.types.is_timestamp(want):
+        return (got.tz is None) == (want.tz is None)
+    if _is_stringy(want):
+        return (pa.types.is_integer(got) or pa.types.is_floating(got) or pa.types.is_boolean(got)
+                or pa.types.is_decimal(got) or pa.types.is_date(got) or _is_stringy(got))
+    if pa.types.is_list(got) and pa.types.is_list(want):
+        return _widens(got.value_type, want.value_type)
+    if pa.types.is_map(got) and pa.types.is_map(want):
+        return _widens(got.key_type, want.key_type) and _widens(got.item_type, want.item_type)
+    if pa.types.is_struct(got) and pa.types.is_struct(want):
+        return all(want.get_field_index(f.name) >= 0 and _widens(f.type, want.field(f.name).type) for f in got)
+    return False
 
 
 def _cast_truncating(arr: pa.Array, target: pa.DataType) -> pa.Array:
@@ -290,12 +434,15 @@ class BatchMapper:
         self.ingested_at = ingested_at
         self.is_csv = fmt == "csv"
         self.label_kind = label_kind(job.model.type)
+        # roles a model type cannot do without (a group of one), checked on every predictions row
+        self.required = ({g[0] for g in REQUIREMENTS[job.model.type].all_of if len(g) == 1}
+                         if job.kind == JobKind.predictions else set())
         names = declared.names
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted({n for n in names if names.count(n) > 1 and n.strip()})  # blank names: _check_names
         if dupes:
             raise SchemaMismatchError(
-                f"{source}: duplicate column name(s) {dupes}; rename them so every column name is unique",
-                code="DUPLICATE_COLUMN", column=dupes[0])
+                f"{source}: duplicate column name(s) {[printable(d) for d in dupes]}; rename them so every column "
+                "name is unique", code="DUPLICATE_COLUMN", column=dupes[0])
         overrides = {c: pa.type_for_alias(t) for c, t in m.column_types.items()}
         self.declared = {f.name: overrides.get(f.name, f.type) for f in declared}
         roles = m.role_columns()
@@ -341,12 +488,10 @@ class BatchMapper:
             self.features = []  # an actuals file's other columns are not features of the model
         else:
             self.features = [c for c in names if c not in claimed]
-        reserved = set(needed) | set(SCORE_MAPS) | set(LINEAGE_COLUMNS) | {PARTITION_COLUMN, "model_version"}
-        clash = [c for c in self.features + self.tags + self.shap if c in reserved]
-        if clash:
-            raise SchemaMismatchError(
-                f"{source}: column(s) {clash} collide with obslake's reserved column names; rename them or list "
-                "them under `schema.exclude`", code="RESERVED_NAME", column=clash[0])
+        stored = self.features + self.tags + self.shap
+        used = [*needed.values(), *(c for _, cols in self.score_maps.values() for c in cols), *stored]
+        self.dropped = [c for c in names if c not in set(used) and c not in set(m.exclude)]
+        self._check_names(names, stored, used, set(needed) | set(self.score_maps))
         for col in self.features + self.tags:
             if _is_nested(self.declared[col]):
                 raise SchemaMismatchError(
@@ -361,11 +506,48 @@ class BatchMapper:
                     f"{source}: SHAP column {col!r} is {t}; SHAP values must be numbers", code="TYPE_MISMATCH",
                     column=col)
         self._check_role_types()
+        for col in self.features + self.tags:
+            t = _normalise_type(_value_type(self.declared[col])) or _value_type(self.declared[col])
+            if not _storable(t):
+                raise SchemaMismatchError(
+                    f"{source}: column {col!r} is {self.declared[col]}, a type an Iceberg table cannot store; cast it "
+                    "(durations and intervals to int64, e.g. microseconds; decimals to at most 38 digits or double; "
+                    "unions to one type) or list the column under `schema.exclude`", code="TYPE_UNSUPPORTED",
+                    column=col)
         self._epoch_unit: str | None = None
         self._emb_len: dict[str, int] = {}
         self._dups = _DuplicateIds()
 
-    # -- file-level type checks --------------------------------------------------------------------
+    # -- file-level checks -------------------------------------------------------------------------
+    def _check_names(self, names: list[str], stored: list[str], used: list[str], canonical: set[str]) -> None:
+        """Column names that cannot be stored, repeated (also ignoring case) or taken by obslake's columns."""
+        src = self.source
+        bad = [c for c in stored if not c.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in c)]
+        if bad:
+            raise SchemaMismatchError(
+                f"{src}: column name {printable(bad[0])!r} is empty, blank or holds control characters (an unnamed "
+                "index column, an empty header cell or a trailing comma in the header); name every column, or "
+                "drop the index column: df.to_csv(path, index=False) / df.to_parquet(path, index=False)",
+                code="COLUMN_NAME_INVALID", column=bad[0])
+        by_lower: dict[str, str] = {}
+        for c in used:
+            other = by_lower.setdefault(c.casefold(), c)
+            if other != c:
+                raise SchemaMismatchError(
+                    f"{src}: columns {printable(other)!r} and {printable(c)!r} differ only in case; SQL engines "
+                    "(DuckDB, Athena, BigQuery, Snowflake) match column names ignoring case and would read the "
+                    "wrong one. Rename one, or list it under `schema.exclude`", code="DUPLICATE_COLUMN", column=c)
+        reserved = {r.casefold(): r for r in (*canonical, *SCORE_MAPS, *LINEAGE_COLUMNS, PARTITION_COLUMN,
+                                              "model_version")}
+        reserved.update({f"embedding__{n}__{part}".casefold(): f"embedding__{n}__{part}"
+                         for n in self.mapping.embedding_features for part in ("vector", "raw_data", "link_to_data")})
+        clash = [c for c in stored if c.casefold() in reserved]
+        if clash:
+            raise SchemaMismatchError(
+                f"{src}: column(s) {[printable(c) for c in clash]} collide (ignoring case) with obslake's column "
+                f"{reserved[clash[0].casefold()]!r}; rename them or list them under `schema.exclude`",
+                code="RESERVED_NAME", column=clash[0])
+
     def _is_numeric_declared(self, col: str) -> bool:
         t = self.declared.get(col)
         return t is not None and (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t))
@@ -457,7 +639,7 @@ class BatchMapper:
         return arr
 
     def _numbers(self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem],
-                 code: str = "SCORE_TYPE") -> pa.Array:
+                 code: str = "SCORE_TYPE", not_finite_code: str = "SCORE_NOT_FINITE") -> pa.Array:
         """To float64; non-numeric text and NaN/inf are located problems (the cell becomes null)."""
         arr = _decode(arr)
         if not (_is_stringy(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)
@@ -480,10 +662,10 @@ class BatchMapper:
                                       i, first_row, col, v)
                 out = pa.array(values, pa.float64())
         else:
-            out = arr.cast(pa.float64())
+            out = pc.cast(arr, pa.float64(), safe=False)  # big integers and decimals: the nearest double
         finite = pc.is_finite(out)
         for i in self._bad_rows(pc.invert(finite)):
-            self._problem(problems, "SCORE_NOT_FINITE", f"{role} is NaN or infinite", f"write a finite {role} or "
+            self._problem(problems, not_finite_code, f"{role} is NaN or infinite", f"write a finite {role} or "
                           "leave the cell empty", i, first_row, col, out[i].as_py())
         return pc.if_else(finite, out, pa.scalar(None, pa.float64()))
 
@@ -500,36 +682,69 @@ class BatchMapper:
         return out
 
     def _timestamps(self, batch: pa.RecordBatch, first_row: int, problems: list[Problem]) -> pa.Array:
+        """The prediction timestamps as UTC µs; every cell outside [now - 5 y, now + 1 y] is located.
+
+        Bounds are checked in the input's own unit *before* any cast, so a value no µs timestamp can
+        hold (year 190000, epoch 1e300) is a located ``TS_OUT_OF_RANGE``, never an overflow.
+        """
         col = self.roles.get("prediction_timestamp")
         if col is None:
             return pa.repeat(pa.scalar(self.ingested_at, TS_TYPE), batch.num_rows)
         arr = _decode(batch.column(col))
+        original = arr
         t = arr.type
+        lo_dt, hi_dt = self.ingested_at - TS_PAST, self.ingested_at + TS_FUTURE
+        lo_us, hi_us = _epoch_us(lo_dt), _epoch_us(hi_dt)
+
+        def outside(raw: pa.Array, lo: int | float, hi: int | float) -> pa.Array:
+            """Null the cells of ``raw`` outside [lo, hi], each a located TS_OUT_OF_RANGE."""
+            mask = pc.or_(pc.less(raw, pa.scalar(lo, raw.type)), pc.greater(raw, pa.scalar(hi, raw.type)))
+            for i in self._bad_rows(mask):
+                self._problem(problems, "TS_OUT_OF_RANGE", "timestamp is more than 5 years in the past or 1 year "
+                              "in the future", "check the unit (seconds vs milliseconds) and the year", i, first_row,
+                              col, _cell_text(original, i))
+            return pc.if_else(pc.fill_null(mask, False), pa.scalar(None, raw.type), raw)
+
         if self.is_csv and _is_stringy(t):
             arr = pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), pa.scalar(None, pa.string()), arr)
             declared = self.declared[col]
             if pa.types.is_integer(declared) or pa.types.is_floating(declared):
-                arr = self._numbers(arr, col, "timestamp", first_row, problems, code="TS_PARSE")
+                arr = self._numbers(arr, col, "timestamp", first_row, problems, code="TS_PARSE",
+                                    not_finite_code="TS_INVALID")
                 t = arr.type
         if pa.types.is_timestamp(t):
+            per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[t.unit]
+            raw = outside(arr.cast(pa.int64()), lo_us * per_second // 1_000_000, hi_us * per_second // 1_000_000)
+            arr = raw.cast(pa.timestamp(t.unit, tz=t.tz))
             if t.tz is None:
                 arr = pc.assume_timezone(arr, "UTC")
-            out = _cast_truncating(arr, TS_TYPE)  # ns -> µs
+            out = _cast_truncating(arr, TS_TYPE)  # ns -> µs; any zone -> UTC (same instant)
         elif pa.types.is_date(t):
-            out = arr.cast(pa.timestamp("us")).cast(TS_TYPE)
+            days = arr.cast(pa.int64()) if pa.types.is_date32(t) else pc.divide(arr.cast(pa.int64()), 86_400_000)
+            days = outside(days, lo_us // 86_400_000_000 - 1, hi_us // 86_400_000_000 + 1)
+            out = pc.multiply(days, 86_400_000_000).cast(TS_TYPE)
         elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-            num = arr.cast(pa.float64())
+            integral = pa.types.is_integer(t)
+            num = pc.cast(arr, pa.int64() if integral else pa.float64(), safe=False)
+            if integral and pa.types.is_unsigned_integer(t):  # above 2**63 - 1: out of range, not wrapped
+                num = pc.if_else(pc.greater(arr, pa.scalar(2**63 - 1, t)), pa.scalar(-(2**63), pa.int64()), num)
+            if not integral:
+                finite = pc.is_finite(num)
+                for i in self._bad_rows(pc.invert(finite)):
+                    self._problem(problems, "TS_INVALID", "timestamp is not a finite number", "write epoch "
+                                  "seconds/ms/us as finite numbers", i, first_row, col, num[i].as_py())
+                num = pc.if_else(finite, num, pa.scalar(None, pa.float64()))
             if self._epoch_unit is None:
-                mx = pc.max(pc.abs(pc.if_else(pc.is_finite(num), num, 0.0))).as_py() or 0
-                self._epoch_unit = "s" if mx < 1e11 else "ms" if mx < 1e14 else "us" if mx < 1e17 else "ns"
+                self._epoch_unit = _epoch_unit(num)
             factor = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[self._epoch_unit]
-            micros = pc.multiply(num, factor)
-            finite = pc.is_finite(micros)
-            for i in self._bad_rows(pc.invert(finite)):
-                self._problem(problems, "TS_INVALID", "timestamp is not a finite number", "write epoch seconds/ms/us "
-                              "as finite numbers", i, first_row, col, num[i].as_py())
-            micros = pc.if_else(finite, micros, pa.scalar(None, pa.float64()))
-            out = pc.round(micros).cast(pa.int64()).cast(TS_TYPE)
+            lo, hi = lo_us / factor, hi_us / factor
+            num = outside(num, int(lo) if integral else lo, int(hi) if integral else hi)
+            if integral:
+                micros = (pc.divide(num, 1000) if self._epoch_unit == "ns"
+                          else pc.multiply(num, int(factor)))
+            else:
+                micros = pc.round(pc.multiply(num, factor)).cast(pa.int64())
+            out = micros.cast(TS_TYPE)
         else:  # text: RFC 3339 / ISO 8601; without a zone offset it is UTC (as naive timestamps are)
             text = arr.cast(pa.string())
             out, bad = parse_ts_text_cells(text)
@@ -537,14 +752,13 @@ class BatchMapper:
                 self._problem(problems, "TS_PARSE", "timestamp is not RFC 3339 / ISO 8601 or epoch seconds",
                               "write timestamps like 2024-05-01T12:00:00Z or as epoch seconds", i, first_row,
                               col, text[i].as_py())
-        out = pc.fill_null(out, pa.scalar(self.ingested_at, TS_TYPE))  # as Arize: missing -> ingest time
-        lo = pa.scalar(self.ingested_at - TS_PAST, TS_TYPE)
-        hi = pa.scalar(self.ingested_at + TS_FUTURE, TS_TYPE)
+        # text (and anything that slipped through): the same range, now in µs
+        lo, hi = pa.scalar(lo_dt, TS_TYPE), pa.scalar(hi_dt, TS_TYPE)
         for i in self._bad_rows(pc.or_(pc.less(out, lo), pc.greater(out, hi))):
             self._problem(problems, "TS_OUT_OF_RANGE", "timestamp is more than 5 years in the past or 1 year in the "
                           "future", "check the unit (seconds vs milliseconds) and the year", i, first_row, col,
-                          batch.column(col)[i].as_py())
-        return out
+                          _cell_text(original, i))
+        return pc.fill_null(out, pa.scalar(self.ingested_at, TS_TYPE))  # as Arize: missing -> ingest time
 
     def _json_cells(self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem],
                     target: pa.DataType) -> pa.Array:
@@ -690,14 +904,26 @@ class BatchMapper:
                                       i, first_row, col, v)
                 arr = pa.array(values, declared)
         elif not self.is_csv and arr.type != declared and col in self.mapping.column_types:
-            arr = arr.cast(declared)
+            cast, bad = _cast_located(arr, declared)
+            for i in bad:
+                self._problem(problems, "CAST_FAILED", f"{what} value does not fit the type {declared} of "
+                              "schema.column_types", f"fix the value or the declared type of {col!r}", i, first_row,
+                              col, _cell_text(arr, i))
+            arr = cast
         if _is_stringy(arr.type):
             for i in self._bad_rows(pc.greater(pc.utf8_length(arr), MAX_VALUE_CHARS)):
                 self._problem(problems, "VALUE_TOO_LONG", f"{what} value has more than {MAX_VALUE_CHARS:,} characters",
                               f"shorten it, or list the column under schema.exclude", i, first_row, col,
                               arr[i].as_py())
         target = _normalise_type(arr.type)
-        return _cast_truncating(arr, target) if target is not None else arr
+        if target is None:
+            return arr
+        out, bad = _cast_located(arr, target)
+        for i in bad:
+            self._problem(problems, "VALUE_OUT_OF_RANGE", f"{what} value does not fit the stored type {target}",
+                          f"write values within the range of {target}, or declare the column as string: "
+                          f"schema.column_types: {{{col}: string}}", i, first_row, col, _cell_text(arr, i))
+        return out
 
     # -- mapping -----------------------------------------------------------------------------------
     def map(self, batch: pa.RecordBatch, first_row: int) -> tuple[pa.RecordBatch, list[Problem]]:
@@ -729,6 +955,16 @@ class BatchMapper:
         for role in ("prediction_score", "actual_score", "relevance_score"):
             if role in r:
                 out[role] = self._numbers(batch.column(r[role]), r[role], role, first_row, problems)
+        if "prediction_score" in self.required and "prediction_score" in r:
+            col = r["prediction_score"]
+            raw = _decode(batch.column(col))
+            empty = pc.is_null(raw)
+            if _is_stringy(raw.type):
+                empty = pc.or_kleene(empty, pc.equal(pc.utf8_trim_whitespace(raw.cast(pa.string())), ""))
+            for i in self._bad_rows(empty):
+                self._problem(problems, "SCORE_MISSING", f"prediction score is null or empty ({self.job.model.type.value} "
+                              "models need a score on every prediction)", "give every prediction a score", i,
+                              first_row, col)
         if "rank" in r:
             num = self._numbers(batch.column(r["rank"]), r["rank"], "rank", first_row, problems, code="RANK_RANGE")
             ok = pc.and_(pc.and_(pc.greater_equal(num, 1), pc.less_equal(num, 100)), pc.equal(pc.floor(num), num))
