@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from obslake.exceptions import printable
 from obslake.lake.catalog import LakeSettings
 from obslake.lake.ledger import Ledger
 
@@ -22,7 +23,8 @@ def job_status(job_name: str, *, ledger: Ledger | None = None, errors: int = 5) 
     for r in rows:
         files[r["status"]] = files.get(r["status"], 0) + 1
     done = [r for r in rows if r["status"] == "succeeded" and r["finished_at"]]
-    failed = sorted((r for r in rows if r["status"] == "failed"),
+    # failed files, and pending ones whose last attempt failed transiently (never "pending" with nothing)
+    failed = sorted((r for r in rows if r["status"] == "failed" or (r["status"] == "pending" and r["error"])),
                     key=lambda r: r["finished_at"] or r["first_seen"], reverse=True)
     return {
         "job": job_name,
@@ -32,7 +34,8 @@ def job_status(job_name: str, *, ledger: Ledger | None = None, errors: int = 5) 
         "last_import": max((r["finished_at"] for r in done), default=None),
         "latest_errors": [
             {"file": f"{r['bucket']}/{r['key']}" if r["bucket"] else r["key"], "etag": r["etag"],
-             "when": r["finished_at"], "error": r["error"] or ""}
+             "when": r["finished_at"], "error": r["error"] or "", "status": r["status"], "code": r.get("code"),
+             "attempts": r["attempts"]}
             for r in failed[:errors]
         ],
     }
@@ -53,6 +56,7 @@ def format_status(status: dict, job_status_word: str = "") -> str:
     if status["latest_errors"]:
         lines.append("latest errors:")
         for e in status["latest_errors"]:
-            lines.append(f"  {e['file']} (etag {e['etag'][:12]}):")
-            lines.extend(f"    {line}" for line in e["error"].splitlines()[:8])
+            state = f"{e.get('status', 'failed')}, {e.get('attempts') or 1} attempt(s)"
+            lines.append(f"  {printable(e['file'])} (etag {printable(e['etag'][:12])}, {state}):")
+            lines.extend(f"    {printable(line)}" for line in e["error"].splitlines()[:8])
     return "\n".join(lines)

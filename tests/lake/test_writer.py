@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from obslake.exceptions import StorageUnavailableError
+
 from lake_fixtures import inference_rows, to_bytes
 from obslake.lake import importer
 from obslake.lake.importer import _conform, _dictionary_columns, _leaf_paths, _write_chunk, ensure_table, import_file
@@ -48,7 +50,7 @@ def test_data_files_match_pyicebergs(lake, make_job):
     table = ensure_table(lake.catalog, make_job("file:///in/"), mapped.schema)
     target = table.schema().as_arrow()
     batches = [_conform(b, target, "u") for b in mapped.to_batches(7_000)]
-    ours = _write_chunk(table, batches, uuid.uuid4(), itertools.count())
+    ours = _write_chunk(table.metadata, table.io, batches, uuid.uuid4(), itertools.count())
     theirs = list(_dataframe_to_data_files(table_metadata=table.metadata, df=pa.Table.from_batches(batches),
                                            io=table.io, write_uuid=uuid.uuid4(), counter=itertools.count()))
     assert len(ours) == len(theirs) >= 3
@@ -101,10 +103,11 @@ def test_a_failed_background_write_fails_the_import(lake, make_job, tmp_path, mo
         raise OSError("disk full")
 
     monkeypatch.setattr(importer, "_write_chunk", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageUnavailableError, match="disk full"):  # the warehouse's OSError: transient
         import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger, batch_rows=10, chunk_rows=10)
     assert calls == [1]  # the error stops the import at the next chunk
-    assert lake.ledger.get(job.name, info)["status"] == "pending"  # transient: retried
+    row = lake.ledger.get(job.name, info)
+    assert row["status"] == "pending" and "disk full" in row["error"]  # transient: retried, the error shown
     monkeypatch.undo()
     result = import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger, batch_rows=10, chunk_rows=10)
     assert (result.status, result.rows) == ("imported", 50)

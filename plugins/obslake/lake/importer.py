@@ -45,12 +45,16 @@ from obslake.exceptions import (
     FileFormatError,
     ObjectChangedError,
     SchemaMismatchError,
+    StorageUnavailableError,
     TerminalError,
+    TransientError,
+    printable,
 )
 from obslake.formats import format_for_key, read_batches, read_schema
 from obslake.lake.ledger import Ledger
 from obslake.fabric.trace_import import make_mapper
-from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, RecordErrors
+from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, RecordErrors, check_table_types
+from obslake.schema.validate import internal_problem
 from obslake.storage.base import ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
@@ -96,24 +100,12 @@ class ImportResult:
 
 
 # -- table management ------------------------------------------------------------------------------
-def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) -> "Table":
-    """Load the model's table, creating it (partitioned by ``date``) on first use."""
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+def _table_definition(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) -> dict:
+    """Schema (fresh ids), partition spec (identity on ``date``) and properties of a new model table."""
     from pyiceberg.partitioning import PartitionField, PartitionSpec
     from pyiceberg.schema import assign_fresh_schema_ids
     from pyiceberg.transforms import IdentityTransform
-    from sqlalchemy.exc import IntegrityError
 
-    namespace, name = job.table_identifier
-    ident = (namespace, name)
-    try:
-        return catalog.load_table(ident)
-    except NoSuchTableError:
-        pass
-    try:
-        catalog.create_namespace(namespace)
-    except (NamespaceAlreadyExistsError, IntegrityError):  # SQL catalogs report a lost race as IntegrityError
-        pass
     schema = assign_fresh_schema_ids(catalog._convert_schema_if_needed(arrow_schema))
     spec = PartitionSpec(
         PartitionField(
@@ -130,10 +122,44 @@ def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) ->
         "write.metadata.metrics.column._source_file": "full",
         "write.parquet.compression-codec": "zstd",
     }
+    return {"schema": schema, "partition_spec": spec, "properties": properties}
+
+
+def _ensure_namespace(catalog: "Catalog", namespace: str) -> None:
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError
+    from sqlalchemy.exc import IntegrityError
+
     try:
-        table = catalog.create_table(ident, schema=schema, partition_spec=spec, properties=properties)
-        log.info("created Iceberg table %s.%s", namespace, name)
+        catalog.create_namespace(namespace)
+    except (NamespaceAlreadyExistsError, IntegrityError):  # SQL catalogs report a lost race as IntegrityError
+        pass
+
+
+def _load_table(catalog: "Catalog", ident: tuple[str, str]) -> "Table | None":
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        return catalog.load_table(ident)
+    except NoSuchTableError:
+        return None
+
+
+def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) -> "Table":
+    """Load the model's table, creating it (partitioned by ``date``) on first use.
+
+    Imports do not call this: they create the table in the transaction of their first commit, so a
+    file that fails never leaves a table (or a column) behind.
+    """
+    from pyiceberg.exceptions import TableAlreadyExistsError
+    from sqlalchemy.exc import IntegrityError
+
+    ident = job.table_identifier
+    table = _load_table(catalog, ident)
+    if table is not None:
         return table
+    _ensure_namespace(catalog, ident[0])
+    try:
+        return catalog.create_table(ident, **_table_definition(catalog, job, arrow_schema))
     except (TableAlreadyExistsError, IntegrityError):  # a parallel task created it first
         return catalog.load_table(ident)
 
@@ -173,36 +199,15 @@ def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str) -> pa.RecordBat
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise SchemaMismatchError(
                     f"{uri}: column {field.name!r} is {arr.type} in this file but {field.type} in the table; "
-                    f"write it as {field.type} (a type change is not an additive schema change): {exc}"
+                    f"write it as {field.type} (a type change is not an additive schema change): {exc}",
+                    code="TYPE_MISMATCH", column=field.name,
                 ) from None
         arrays.append(arr)
     return pa.RecordBatch.from_arrays(arrays, schema=target)
 
 
-def _evolve(table: "Table", arrow_schema: pa.Schema, uri: str) -> "Table":
-    """Add columns the file has and the table lacks (additive only)."""
-    current = set(table.schema().as_arrow().names)
-    new = [f for f in arrow_schema if f.name not in current]
-    if not new:
-        return table
-    from pyiceberg.exceptions import CommitFailedException
-
-    for attempt in range(COMMIT_ATTEMPTS):
-        try:
-            with table.update_schema() as upd:
-                upd.union_by_name(pa.schema(new))
-            log.info("%s: added column(s) %s to the table", uri, [f.name for f in new])
-            return table
-        except CommitFailedException:
-            table.refresh()
-            if not [f for f in new if f.name not in set(table.schema().as_arrow().names)]:
-                return table
-            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
-    raise CommitConflictError(f"{uri}: could not add columns to the table after {COMMIT_ATTEMPTS} attempts")
-
-
 # -- the import -------------------------------------------------------------------------------------
-def _partition_tasks(table: "Table", df: pa.Table, write_uuid: uuid.UUID, counter) -> list | None:
+def _partition_tasks(metadata, df: pa.Table, write_uuid: uuid.UUID, counter) -> list | None:
     """pyiceberg write tasks for ``df``, one per ``date`` partition (and target file size), or None.
 
     The same tasks as pyiceberg's ``_dataframe_to_data_files`` makes for a table partitioned by
@@ -217,7 +222,6 @@ def _partition_tasks(table: "Table", df: pa.Table, write_uuid: uuid.UUID, counte
     from pyiceberg.utils.config import Config
     from pyiceberg.utils.properties import property_as_int
 
-    metadata = table.metadata
     spec, schema = metadata.spec(), metadata.schema()
     if (len(spec.fields) != 1 or not isinstance(spec.fields[0].transform, IdentityTransform)
             or schema.find_column_name(spec.fields[0].source_id) != PARTITION_COLUMN
@@ -337,7 +341,7 @@ def _write_data_file(metadata, io, locations, task) -> "DataFile":
     )
 
 
-def _write_chunk(table: "Table", batches: list[pa.RecordBatch], write_uuid: uuid.UUID, counter) -> list:
+def _write_chunk(metadata, io, batches: list[pa.RecordBatch], write_uuid: uuid.UUID, counter) -> list:
     """Write ``batches`` as Parquet data files (one per partition and target file size); their DataFiles.
 
     The files of a chunk are written in parallel on pyiceberg's executor, as pyiceberg does.
@@ -347,13 +351,12 @@ def _write_chunk(table: "Table", batches: list[pa.RecordBatch], write_uuid: uuid
     from pyiceberg.utils.concurrent import ExecutorFactory
 
     df = pa.Table.from_batches(batches)
-    tasks = _partition_tasks(table, df, write_uuid, counter)
+    tasks = _partition_tasks(metadata, df, write_uuid, counter)
     if tasks is None:
-        return list(_dataframe_to_data_files(table_metadata=table.metadata, df=df, io=table.io,
+        return list(_dataframe_to_data_files(table_metadata=metadata, df=df, io=io,
                                              write_uuid=write_uuid, counter=counter))
-    metadata = table.metadata
     locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
-    write = functools.partial(_write_data_file, metadata, table.io, locations)
+    write = functools.partial(_write_data_file, metadata, io, locations)
     return list(ExecutorFactory.get_or_create().map(write, tasks))
 
 
@@ -370,8 +373,8 @@ class _DataFileWriter:
     background write is raised by the next :meth:`add` or by :meth:`finish`.
     """
 
-    def __init__(self, table: "Table", chunk_rows: int):
-        self.table, self.chunk_rows = table, chunk_rows
+    def __init__(self, metadata, io, chunk_rows: int):
+        self.metadata, self.io, self.chunk_rows = metadata, io, chunk_rows
         self.write_uuid, self.counter = uuid.uuid4(), itertools.count(0)
         self.data_files: list = []
         self.rows = 0
@@ -414,7 +417,7 @@ class _DataFileWriter:
 
     def _write(self, chunk: list[pa.RecordBatch]) -> list:
         """Write one chunk (background thread); its DataFiles."""
-        data_files = _write_chunk(self.table, chunk, self.write_uuid, self.counter)
+        data_files = _write_chunk(self.metadata, self.io, chunk, self.write_uuid, self.counter)
         chunk.clear()
         # hand the chunk's freed memory back to the OS now rather than leave it to the allocator
         # (~50 MB less peak RSS importing a 2 GB CSV)
@@ -427,19 +430,69 @@ class _DataFileWriter:
             self.data_files.extend(future.result())
 
 
-def _commit(table: "Table", uri: str, etag: str, data_files: list, props: dict[str, str], replace: bool):
-    from pyiceberg.exceptions import CommitFailedException
-    from pyiceberg.expressions import EqualTo
+class _SchemaRace(Exception):
+    """Another writer changed the table's schema so that the field ids of the written files no longer
+    match: the file must be written again (rare: two files adding different columns at the same time)."""
 
+
+def _begin(catalog: "Catalog", job: ImportJob, table: "Table | None", arrow_schema: pa.Schema):
+    """A transaction that creates the table, or adds the file's new columns to it, with nothing committed.
+
+    The data files are written against ``tx.table_metadata`` and appended in the same transaction,
+    so the table (and any column) exists only if the file's data is committed.
+    """
+    if table is None:
+        _ensure_namespace(catalog, job.table_identifier[0])
+        return catalog.create_table_transaction(job.table_identifier,
+                                                **_table_definition(catalog, job, arrow_schema))
+    tx = table.transaction()
+    current = set(table.schema().as_arrow().names)
+    new = [f for f in arrow_schema if f.name not in current]
+    if new:
+        with tx.update_schema() as upd:
+            upd.union_by_name(pa.schema(new))
+    return tx
+
+
+def _same_field_ids(written, now) -> bool:
+    """True if every column of the written files has the same field id and type in ``now``."""
+    for field in written.fields:
+        try:
+            other = now.find_field(field.name)
+        except ValueError:
+            return False
+        if other.field_id != field.field_id or other.field_type != field.field_type:
+            return False
+    return True
+
+
+def _commit(catalog: "Catalog", job: ImportJob, tx, arrow_schema: pa.Schema, uri: str, etag: str,
+            data_files: list, props: dict[str, str], replace: bool):
+    """Commit the file's transaction (table creation / new columns, replace, append), retrying conflicts.
+
+    Returns:
+        (table, the snapshot that holds the file (or None), whether an earlier version was replaced).
+
+    Raises:
+        _SchemaRace: the written files no longer match the table's field ids; write them again.
+        CommitConflictError: still conflicting after :data:`COMMIT_ATTEMPTS` attempts (transient).
+    """
+    from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
+    from pyiceberg.expressions import EqualTo
+    from sqlalchemy.exc import IntegrityError
+
+    written = tx.table_metadata.schema()
     for attempt in range(COMMIT_ATTEMPTS):
         if attempt:
-            table.refresh()
+            table = catalog.load_table(job.table_identifier)
             done = find_committed(table, uri, etag)
             if done is not None:
                 return table, done, False
             replace = replace or _has_earlier_version(table, uri)
+            tx = _begin(catalog, job, table, arrow_schema)
+            if not _same_field_ids(written, tx.table_metadata.schema()):
+                raise _SchemaRace(f"{uri}: the table's schema changed while the file was written")
         try:
-            tx = table.transaction()
             if replace:
                 tx.delete(EqualTo("_source_file", uri), snapshot_properties={PROP_JOB: props[PROP_JOB]})
             if data_files or replace:
@@ -448,9 +501,9 @@ def _commit(table: "Table", uri: str, etag: str, data_files: list, props: dict[s
                         append.append_data_file(df)
             table = tx.commit_transaction()
             return table, find_committed(table, uri, etag), replace
-        except CommitFailedException as exc:
+        except (CommitFailedException, TableAlreadyExistsError, IntegrityError) as exc:
             wait = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
-            log.info("%s: commit conflict (%s); retrying in %.2fs", uri, exc, wait)
+            log.info("%s: commit conflict (%s); retrying in %.2fs", printable(uri), printable(exc, 200), wait)
             time.sleep(wait)
         except Exception as exc:  # sqlite "database is locked" and friends
             if "locked" not in str(exc).lower():
@@ -531,6 +584,29 @@ class _Quarantine:
         raise CommitConflictError(f"{self.uri}: quarantine commit kept conflicting; retry the task")
 
 
+SCHEMA_RACE_ATTEMPTS = 3
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """An exception that is no fault of the file: the catalog, the ledger or the warehouse did not answer."""
+    import sqlalchemy.exc as sa_exc
+
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
+                        sa_exc.DisconnectionError, ConnectionError, TimeoutError)):
+        return True
+    # the warehouse's file system (pyarrow/fsspec raise OSError for network and permission faults); the
+    # file's own bytes are decoded by obslake.formats, which turns their OSErrors into FileFormatError
+    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, IsADirectoryError))
+
+
+def _failure_code(exc: TerminalError) -> str:
+    """The README code of a terminal error: a record error's first problem, else the error's own code."""
+    if isinstance(exc, RecordErrors) and exc.problems:
+        return exc.problems[0].code
+    return exc.code or {"FileFormatError": "FILE_CORRUPT", "SchemaMismatchError": "TYPE_MISMATCH"}.get(
+        type(exc).__name__, "FILE_ERROR")
+
+
 def import_file(
     job: ImportJob,
     store: ObjectStore,
@@ -544,33 +620,89 @@ def import_file(
     """Import one file version exactly once (see module docstring).
 
     Returns:
-        The outcome. Terminal problems with the file return ``status="failed"`` (and are in the ledger).
+        The outcome. Whatever is wrong with the file - any exception while reading, mapping or writing
+        it - returns ``status="failed"`` with a code (and is in the ledger); the table is then unchanged.
 
     Raises:
-        TransientError: retry the call (the ledger row stays ``pending``).
+        TransientError: retry the call (the ledger row stays ``pending``, with this error and the
+            attempt count, shown by ``obslake status``).
     """
     started = time.monotonic()
     uri = store.uri(info.key)
     table_name = ".".join(job.table_identifier)
     fingerprint = job.schema_.fingerprint()
     ledger.mark_pending(job.name, info)
-    log.info("importing %s (etag %s, %d bytes) into %s", uri, info.etag, info.size, table_name)
+    log.info("importing %s (etag %s, %d bytes) into %s", printable(uri), printable(info.etag), info.size, table_name)
+
+    def failed(code: str, message: str) -> ImportResult:
+        log.error("%s", printable(message, 4000))
+        ledger.mark_failed(job.name, info, error=message, fingerprint=fingerprint, code=code)
+        return ImportResult(uri, info.etag, "failed", error=message, table=table_name,
+                            seconds=time.monotonic() - started, code=code)
+
     try:
-        if info.size > job.max_file_bytes:
-            raise FileTooLargeError(
-                f"{uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,}); split the "
-                "file or raise max_file_bytes in the job YAML", code="FILE_TOO_LARGE"
-            )
-        fmt = format_for_key(info.key, job.formats)
-        if fmt is None:
-            raise FileFormatError(f"{uri}: extension not among the job's formats {list(job.formats)}",
-                                  code="FORMAT_NOT_ALLOWED")
-        ingested_at = dt.datetime.now(dt.timezone.utc)
-        quarantine = _Quarantine(job, uri, info.etag, ingested_at)
-        counts = {"read": 0, "bad": 0}
+        return _import(job, store, info, uri, table_name, fingerprint, started, catalog=catalog, ledger=ledger,
+                       batch_rows=batch_rows, chunk_rows=chunk_rows)
+    except ObjectChangedError as exc:
+        msg = f"{exc} (this version is gone; the new version is imported on the next poll)"
+        return failed("OBJECT_CHANGED", msg)
+    except TransientError as exc:
+        ledger.mark_retry(job.name, info, error=str(exc))
+        raise
+    except TerminalError as exc:
+        return failed(_failure_code(exc), str(exc))
+    except Exception as exc:  # noqa: BLE001 - per-file isolation: nothing raised for one file escapes it
+        if _is_transient(exc):
+            ledger.mark_retry(job.name, info, error=f"{type(exc).__name__}: {exc}")
+            raise StorageUnavailableError(f"{uri}: {type(exc).__name__}: {printable(exc, 500)}; retrying") from exc
+        problem = internal_problem(uri, exc)
+        log.exception("%s: unexpected error", printable(uri))
+        return failed(problem.code, str(problem))
+
+
+def _import(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str, table_name: str, fingerprint: str,
+            started: float, *, catalog: "Catalog", ledger: Ledger, batch_rows: int, chunk_rows: int) -> ImportResult:
+    if info.size > job.max_file_bytes:
+        raise FileTooLargeError(
+            f"{uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,}); split the "
+            "file or raise max_file_bytes in the job YAML", code="FILE_TOO_LARGE"
+        )
+    fmt = format_for_key(info.key, job.formats)
+    if fmt is None:
+        raise FileFormatError(f"{uri}: extension not among the job's formats {list(job.formats)}",
+                              code="FORMAT_NOT_ALLOWED")
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            return _import_once(job, store, info, uri, fmt, table_name, fingerprint, started, catalog=catalog,
+                                ledger=ledger, batch_rows=batch_rows, chunk_rows=chunk_rows)
+        except _SchemaRace as exc:
+            log.info("%s; writing the file again (attempt %d)", printable(exc), attempt + 2)
+    raise CommitConflictError(f"{uri}: the table's schema kept changing while the file was written; retry the task")
+
+
+def _delete_quietly(io, data_files: list) -> None:
+    """Remove data files no snapshot will reference (best effort: orphan removal catches the rest)."""
+    for df in data_files:
+        try:
+            io.delete(df.file_path)
+        except Exception:  # noqa: BLE001
+            log.debug("could not delete unreferenced data file %s", df.file_path)
+
+
+def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str, fmt: str, table_name: str,
+                 fingerprint: str, started: float, *, catalog: "Catalog", ledger: Ledger, batch_rows: int,
+                 chunk_rows: int) -> ImportResult:
+    ingested_at = dt.datetime.now(dt.timezone.utc)
+    quarantine = _Quarantine(job, uri, info.etag, ingested_at)
+    counts = {"read": 0, "bad": 0}
+    data_files: list = []
+    io = None
+    try:
         with store.open(info.key, etag=info.etag) as f:
-            mapper = make_mapper(job, read_schema(f, fmt, source=uri), uri, ingested_at, fmt)
-            batches = read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv")
+            mapper = make_mapper(job, read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes), uri,
+                                 ingested_at, fmt)
+            batches = read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv",
+                                   max_bytes=job.max_file_bytes)
 
             def mapped_batches() -> Iterator[pa.RecordBatch]:
                 row = 1
@@ -598,56 +730,60 @@ def import_file(
             if first is None:  # a header (schema) and no rows: FILE_EMPTY, as validate_file reports it
                 raise FileFormatError(f"{uri}: the file has a header but no data rows; upload the complete file with "
                                       "at least one data row", code="FILE_EMPTY")
-            table = ensure_table(catalog, job, first.schema)
-            done = find_committed(table, uri, info.etag)
-            if done is not None:
-                rows = int(done.summary.get(PROP_ROWS, "0"))
-                log.info("%s already committed in snapshot %s; repairing the ledger only", uri, done.snapshot_id)
-                ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=done.snapshot_id,
-                                      fingerprint=fingerprint)
-                return ImportResult(uri, info.etag, "already-imported", rows, table_name, done.snapshot_id,
-                                    seconds=time.monotonic() - started)
-            table = _evolve(table, first.schema, uri)
-            target = table.schema().as_arrow()
-            with _DataFileWriter(table, chunk_rows) as writer:
-                for mapped in itertools.chain([first], stream):
-                    if not mapped.num_rows:
-                        continue
-                    chunk_done = writer.add(_conform(mapped, target, uri))
-                    faults.checkpoint("during-read")
-                    if chunk_done:
-                        log.info("%s: %d rows read, written or being written", uri, writer.rows)
-                data_files, total = writer.finish(), writer.rows
+            table = _load_table(catalog, job.table_identifier)
+            if table is not None:
+                done = find_committed(table, uri, info.etag)
+                if done is not None:
+                    rows = int(done.summary.get(PROP_ROWS, "0"))
+                    log.info("%s already committed in snapshot %s; repairing the ledger only", printable(uri),
+                             done.snapshot_id)
+                    ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name,
+                                          snapshot_id=done.snapshot_id, fingerprint=fingerprint)
+                    return ImportResult(uri, info.etag, "already-imported", rows, table_name, done.snapshot_id,
+                                        seconds=time.monotonic() - started)
+                check_table_types(first.schema, table.schema().as_arrow(), uri)
+            # table creation and new columns are staged in the transaction that commits the data
+            tx = _begin(catalog, job, table, first.schema)
+            io = tx._table.io
+            target = tx.table_metadata.schema().as_arrow()
+            with _DataFileWriter(tx.table_metadata, io, chunk_rows) as writer:
+                try:
+                    for mapped in itertools.chain([first], stream):
+                        if not mapped.num_rows:
+                            continue
+                        chunk_done = writer.add(_conform(mapped, target, uri))
+                        faults.checkpoint("during-read")
+                        if chunk_done:
+                            log.info("%s: %d rows read, written or being written", printable(uri), writer.rows)
+                    data_files, total = writer.finish(), writer.rows
+                finally:
+                    data_files = data_files or writer.data_files
         if counts["bad"] and counts["bad"] > job.max_bad_fraction * counts["read"]:
             raise TooManyBadRowsError(
                 f"{uri}: {counts['bad']} of {counts['read']} rows are bad, over max_bad_fraction="
                 f"{job.max_bad_fraction:g} (on_error: skip_rows); fix the file or raise the threshold")
         faults.checkpoint("after-write")
         quarantine.commit(catalog)
-        replace = _has_earlier_version(table, uri)
+        replace = table is not None and _has_earlier_version(table, uri)
         props = {PROP_SOURCE_FILE: uri, PROP_SOURCE_ETAG: info.etag, PROP_JOB: job.name, PROP_ROWS: str(total)}
         note = f"{counts['bad']} bad row(s) kept in {'.'.join(job.quarantine_table_identifier)}" if counts["bad"] else None
         if not data_files and not replace:
             ledger.mark_succeeded(job.name, info, rows=0, table_name=table_name, snapshot_id=None,
                                   bad_rows=counts["bad"], fingerprint=fingerprint, note=note)
             return ImportResult(uri, info.etag, "imported", 0, table_name, seconds=time.monotonic() - started)
-        table, snap, replaced = _commit(table, uri, info.etag, data_files, props, replace)
-        faults.checkpoint("after-commit")
-        snapshot_id = snap.snapshot_id if snap is not None else None
-        rows = int(snap.summary.get(PROP_ROWS, total)) if snap is not None else total
-        ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=snapshot_id,
-                              bad_rows=counts["bad"], fingerprint=fingerprint, note=note)
-        seconds = time.monotonic() - started
-        log.info("%s: committed %d rows in snapshot %s (%.2fs)%s%s", uri, rows, snapshot_id, seconds,
-                 "; replaced the rows of an earlier version" if replaced else "", f"; {note}" if note else "")
-        return ImportResult(uri, info.etag, "imported", rows, table_name, snapshot_id, replaced,
-                            seconds=seconds, bad_rows=counts["bad"])
-    except ObjectChangedError as exc:
-        msg = f"{exc} (this version is gone; the new version is imported on the next poll)"
-        ledger.mark_failed(job.name, info, error=msg, fingerprint=fingerprint)
-        return ImportResult(uri, info.etag, "failed", error=msg, table=table_name, seconds=time.monotonic() - started)
-    except TerminalError as exc:
-        log.error("%s: %s", uri, exc)
-        ledger.mark_failed(job.name, info, error=str(exc), fingerprint=fingerprint)
-        return ImportResult(uri, info.etag, "failed", error=str(exc), table=table_name,
-                            seconds=time.monotonic() - started, code=exc.code)
+        table, snap, replaced = _commit(catalog, job, tx, first.schema, uri, info.etag, data_files, props, replace)
+        data_files = []  # committed: referenced by the table now
+    except BaseException:
+        if io is not None and data_files:
+            _delete_quietly(io, data_files)
+        raise
+    faults.checkpoint("after-commit")
+    snapshot_id = snap.snapshot_id if snap is not None else None
+    rows = int(snap.summary.get(PROP_ROWS, total)) if snap is not None else total
+    ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=snapshot_id,
+                          bad_rows=counts["bad"], fingerprint=fingerprint, note=note)
+    seconds = time.monotonic() - started
+    log.info("%s: committed %d rows in snapshot %s (%.2fs)%s%s", printable(uri), rows, snapshot_id, seconds,
+             "; replaced the rows of an earlier version" if replaced else "", f"; {note}" if note else "")
+    return ImportResult(uri, info.etag, "imported", rows, table_name, snapshot_id, replaced,
+                        seconds=seconds, bad_rows=counts["bad"])

@@ -30,6 +30,7 @@ ledger_table = sa.Table(
     sa.Column("table_name", sa.String(512)),
     sa.Column("snapshot_id", sa.BigInteger),
     sa.Column("error", sa.Text),
+    sa.Column("code", sa.String(32)),  # failed: the README error code; pending: set while a transient error repeats
     sa.Column("bad_rows", sa.BigInteger),
     sa.Column("schema_fingerprint", sa.String(32)),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -143,7 +144,7 @@ class Ledger:
             updated = conn.execute(
                 t.update()
                 .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
-                .values(status=FileStatus.pending.value, attempts=t.c.attempts + 1, started_at=now, error=None)
+                .values(status=FileStatus.pending.value, attempts=t.c.attempts + 1, started_at=now)
             ).rowcount
             if not updated:
                 try:
@@ -183,9 +184,35 @@ class Ledger:
         """Record a committed import of this version (``bad_rows`` quarantined under skip_rows)."""
         self._finish(
             job, obj, status=FileStatus.succeeded.value, rows=rows, table_name=table_name,
-            snapshot_id=snapshot_id, error=note, bad_rows=bad_rows, schema_fingerprint=fingerprint,
+            snapshot_id=snapshot_id, error=note, bad_rows=bad_rows, schema_fingerprint=fingerprint, code=None,
         )
 
-    def mark_failed(self, job: str, obj: ObjectInfo, *, error: str, fingerprint: str | None = None) -> None:
+    def mark_failed(self, job: str, obj: ObjectInfo, *, error: str, fingerprint: str | None = None,
+                    code: str | None = None) -> None:
         """Record that this version cannot be imported as it is, under the schema ``fingerprint``."""
-        self._finish(job, obj, status=FileStatus.failed.value, error=error[:20_000], schema_fingerprint=fingerprint)
+        self._finish(job, obj, status=FileStatus.failed.value, error=error[:20_000], schema_fingerprint=fingerprint,
+                     code=code)
+
+    def mark_retry(self, job: str, obj: ObjectInfo, *, error: str, code: str = "RETRYING") -> None:
+        """Keep this version ``pending`` with the transient error of its last attempt (shown by status).
+
+        The row is created if the error came before any attempt (e.g. during validation).
+        """
+        t = ledger_table
+        now = _now()
+        values = {"status": FileStatus.pending.value, "error": f"attempt failed, will retry: {error}"[:20_000],
+                  "code": code, "finished_at": now}
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                t.update()
+                .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
+                .values(**values)
+            ).rowcount
+            if not updated:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(t.insert().values(job=job, bucket=obj.bucket, key=obj.key, etag=obj.etag,
+                                                       bytes=obj.size, attempts=1, first_seen=now, started_at=now,
+                                                       **values))
+                except sa.exc.IntegrityError:
+                    pass

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+import pyarrow as pa
+
 from obslake.config import ImportJob, OnError
-from obslake.exceptions import TerminalError
+from obslake.exceptions import TerminalError, TransientError, printable
 from obslake.formats import format_for_key, read_batches, read_schema
-from obslake.schema.mapping import MAX_PROBLEMS, Problem, bad_row_indices
+from obslake.schema.mapping import MAX_PROBLEMS, Problem, bad_row_indices, check_table_types
 from obslake.storage.base import ObjectInfo, ObjectStore
 
 
@@ -31,7 +33,25 @@ FILE_FIX = {
     "FEATURE_NESTED": "map vectors under schema.embedding_features, or exclude the column",
     "RESERVED_NAME": "rename the column or exclude it",
     "FORMAT_NOT_ALLOWED": "add the format to the job's `formats:` or rename the file",
+    "COLUMN_NAME_INVALID": "name every column; drop an index column: df.to_csv(path, index=False)",
+    "TYPE_UNSUPPORTED": "cast the column to a type from README 'Expected types', or list it under schema.exclude",
+    "ROW_TOO_LARGE": "split the large values into several rows or store them elsewhere (a link)",
+    "MEMORY_LIMIT": "split the file into smaller files, or give the worker more memory",
+    "INTERNAL_ERROR": "report this file to the obslake maintainers (with the file or its schema and this message); "
+                      "the other files of the job are not affected",
 }
+
+
+def internal_problem(uri: str, exc: BaseException) -> Problem:
+    """The problem for an exception no check anticipated: the file fails alone, with what was raised.
+
+    ``MemoryError`` is a size limit (``MEMORY_LIMIT``); anything else is ``INTERNAL_ERROR``.
+    """
+    code = "MEMORY_LIMIT" if isinstance(exc, MemoryError) else "INTERNAL_ERROR"
+    text = printable(str(exc).strip().splitlines()[0] if str(exc).strip() else "", 300)
+    what = ("the file needs more memory than the worker has" if code == "MEMORY_LIMIT"
+            else "obslake could not handle this file")
+    return Problem(code, f"{what} ({type(exc).__name__}: {text})", uri, FILE_FIX[code])
 
 
 @dataclasses.dataclass
@@ -48,6 +68,7 @@ class ValidationReport:
     rows: int = 0
     bad_rows: int = 0
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -59,12 +80,13 @@ class ValidationReport:
         bad = f", {self.bad_rows} bad" if self.bad_rows else ""
         head = f"{self.file}: {self.status.upper()} ({self.rows} rows read{bad})"
         more = f"\n  ... and more (first {MAX_PROBLEMS} shown)" if len(self.problems) >= MAX_PROBLEMS else ""
-        return "\n".join([head, *(f"  {p}" for p in self.problems)]) + more
+        notes = "".join(f"\n  note: {n}" for n in self.notes)
+        return "\n".join([head, *(f"  {p}" for p in self.problems)]) + more + notes
 
     def to_dict(self) -> dict:
         """Plain form (JSON output of the dry run)."""
         return {"file": self.file, "etag": self.etag, "status": self.status, "rows": self.rows,
-                "bad_rows": self.bad_rows, "problems": [p.to_dict() for p in self.problems]}
+                "bad_rows": self.bad_rows, "problems": [p.to_dict() for p in self.problems], "notes": self.notes}
 
 
 def file_problem(uri: str, exc: TerminalError) -> Problem:
@@ -83,11 +105,17 @@ def file_problem(uri: str, exc: TerminalError) -> Problem:
                    row=line - 1 if line and line > 1 else None, column=column, line=line)
 
 
-def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch_rows: int = 65_536) -> ValidationReport:
+def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch_rows: int = 65_536,
+                  table_schema: pa.Schema | None = None) -> ValidationReport:
     """Read the whole file (streaming) and report every problem (up to 100 listed), writing nothing.
 
+    Args:
+        table_schema: the Arrow schema of the job's table as it is now, if it exists: a column whose
+            type the table cannot take is a ``TYPE_MISMATCH`` here, as in the import.
+
     Note:
-        Transient storage errors propagate (retry); everything wrong with the file is in the report.
+        Never raises for anything wrong with the file, whatever the exception: an unanticipated one is
+        an ``INTERNAL_ERROR`` problem of this file alone. Only transient storage errors propagate (retry).
     """
     uri = store.uri(info.key)
     report = ValidationReport(uri, info.etag, "ok")
@@ -102,10 +130,20 @@ def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch
                                 code="FORMAT_NOT_ALLOWED")
         now = dt.datetime.now(dt.timezone.utc)
         with store.open(info.key, etag=info.etag) as f:
-            mapper = make_mapper(job, read_schema(f, fmt, source=uri), uri, now, fmt)
+            mapper = make_mapper(job, read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes), uri, now, fmt)
+            dropped = getattr(mapper, "dropped", [])
+            if dropped:
+                report.notes.append(
+                    f"{len(dropped)} column(s) not imported (not claimed by the job's schema): "
+                    f"{[printable(c, 60) for c in dropped[:20]]}{' ...' if len(dropped) > 20 else ''}")
             row = 1
-            for batch in read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv"):
-                _, problems = mapper.map(batch, row)
+            checked = False
+            for batch in read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv",
+                                      max_bytes=job.max_file_bytes):
+                mapped, problems = mapper.map(batch, row)
+                if not checked and table_schema is not None:
+                    check_table_types(mapped.schema, table_schema, uri)
+                    checked = True
                 report.bad_rows += len(bad_row_indices(problems, row))
                 report.problems.extend(problems[: max(0, MAX_PROBLEMS - len(report.problems))])
                 row += batch.num_rows
@@ -115,8 +153,14 @@ def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch
                                            FILE_FIX["FILE_EMPTY"]))
             report.status = "failed"
             return report
+    except TransientError:
+        raise
     except TerminalError as exc:
         report.problems.append(file_problem(uri, exc))
+        report.status = "failed"
+        return report
+    except Exception as exc:  # noqa: BLE001 - per-file isolation: nothing escapes one file
+        report.problems.append(internal_problem(uri, exc))
         report.status = "failed"
         return report
     if report.bad_rows:
