@@ -29,27 +29,55 @@ class SchemaValidateOperator(BaseOperator):
         self.files = files
 
     def execute(self, context) -> list[dict]:
-        """Validate every file (one bad file never stops the others)."""
+        """Validate every file, one by one (one bad file never stops the others)."""
         from obslake.connections import store_for
-        from obslake.lake.catalog import LakeSettings
+        from obslake.exceptions import TransientError, printable
+        from obslake.lake.catalog import LakeSettings, load_catalog
         from obslake.lake.ledger import Ledger
-        from obslake.schema.validate import validate_file
+        from obslake.schema.validate import internal_problem, validate_file
         from obslake.storage.base import ObjectInfo
 
         job = job_from_dict(self.job)
         store, _ = store_for(job.source, job.conn_id)
-        ledger = Ledger(LakeSettings.from_env().state_uri)
+        settings = LakeSettings.from_env()
+        ledger = Ledger(settings.state_uri)
+        table_schema = _table_schema(load_catalog(settings), job.table_identifier)
+        fingerprint = job.schema_.fingerprint()
         ok: list[dict] = []
-        failed = 0
+        failed = retry = 0
         for item in self.files or []:
             info = ObjectInfo.from_dict(item)
-            report = validate_file(job, store, info)
+            try:
+                report = validate_file(job, store, info, table_schema=table_schema)
+            except TransientError as exc:  # this file only: the next poll tries it again
+                retry += 1
+                self.log.warning("RETRY %s: %s", printable(store.uri(info.key)), printable(exc, 500))
+                ledger.mark_retry(job.name, info, error=str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - validate_file catches everything; belt and braces
+                problem = internal_problem(store.uri(info.key), exc)
+                failed += 1
+                self.log.error("INVALID %s", printable(problem))
+                ledger.mark_failed(job.name, info, error=str(problem), fingerprint=fingerprint, code=problem.code)
+                continue
             if report.ok:
-                self.log.info("%s: %s (%d rows, %d bad)", report.status, report.file, report.rows, report.bad_rows)
+                self.log.info("%s: %s (%d rows, %d bad)%s", report.status, printable(report.file), report.rows,
+                              report.bad_rows, "".join(f"; {n}" for n in report.notes))
                 ok.append(item)
             else:
                 failed += 1
-                self.log.error("INVALID %s", report.summary())
-                ledger.mark_failed(job.name, info, error=report.summary(), fingerprint=job.schema_.fingerprint())
-        self.log.info("%d file(s) valid, %d failed validation", len(ok), failed)
+                self.log.error("INVALID %s", "\n".join(printable(line) for line in report.summary().splitlines()))
+                ledger.mark_failed(job.name, info, error=report.summary(), fingerprint=fingerprint,
+                                   code=report.problems[0].code if report.problems else None)
+        self.log.info("%d file(s) valid, %d failed validation, %d to retry", len(ok), failed, retry)
         return ok
+
+
+def _table_schema(catalog, ident):
+    """The Arrow schema of the job's table, or None before its first import."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        return catalog.load_table(ident).schema().as_arrow()
+    except NoSuchTableError:
+        return None
