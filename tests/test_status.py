@@ -27,3 +27,35 @@ def test_status_counts_rows_and_latest_errors(lake, s3_client, s3_bucket, make_j
     assert err["file"] == f"{s3_bucket}/m/b.parquet" and "[ID_MISSING]" in err["error"] and "row 3" in err["error"]
     text = format_status(status, "active")
     assert "succeeded" in text and "30" in text and "m/b.parquet" in text and "row 3" in text
+
+
+def test_a_file_failing_transiently_shows_its_last_error_and_attempts(lake, s3_client, s3_bucket, make_job,
+                                                                       monkeypatch):
+    import pytest
+    import sqlalchemy as sa
+
+    from obslake.exceptions import TransientError
+    from obslake.lake import importer
+
+    store, _ = open_store(f"s3://{s3_bucket}/m/", s3_client=s3_client)
+    job = make_job(f"s3://{s3_bucket}/m/")
+    info = store.write("m/flaky.parquet", to_bytes(inference_rows(10, id_prefix="f"), "parquet"))
+
+    def catalog_down(*args, **kwargs):  # the catalog database does not answer
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("could not connect to server: Connection refused"))
+
+    monkeypatch.setattr(importer, "_load_table", catalog_down)
+    for _ in range(3):
+        with pytest.raises(TransientError, match="Connection refused"):
+            import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger)
+    status = job_status(job.name, ledger=lake.ledger)
+    assert status["files"]["pending"] == 1
+    [err] = status["latest_errors"]
+    assert err["status"] == "pending" and err["attempts"] == 3 and "Connection refused" in err["error"]
+    text = format_status(status, "active")
+    assert "pending, 3 attempt(s)" in text and "Connection refused" in text
+
+    monkeypatch.undo()
+    assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    status = job_status(job.name, ledger=lake.ledger)
+    assert status["files"] == {"pending": 0, "succeeded": 1, "failed": 0} and not status["latest_errors"]
