@@ -37,6 +37,9 @@ MAX_PROBLEMS = 100
 TS_PAST = dt.timedelta(days=5 * 365)
 TS_FUTURE = dt.timedelta(days=365)
 SCORE_MAPS = ("prediction_scores", "actual_scores", "threshold_scores")
+_NOT_FINITE_TEXT = frozenset({"nan", "inf", "infinity"})  # lower case, without a sign
+# what a stored date or timestamp may hold: readers (Python, Java, Spark) stop at year 9999
+_MIN_US, _MAX_US = -62135596800 * 1_000_000, 253402300799 * 1_000_000 + 999_999
 BBOX_ROLES = ("coordinates", "categories", "scores")
 
 
@@ -530,7 +533,10 @@ class BatchMapper:
                 "drop the index column: df.to_csv(path, index=False) / df.to_parquet(path, index=False)",
                 code="COLUMN_NAME_INVALID", column=bad[0])
         by_lower: dict[str, str] = {}
-        for c in used:
+        wanted = {c.casefold() for c in used}  # a column read (mapped or stored) and any other of its name
+        for c in names:
+            if c.casefold() not in wanted:
+                continue
             other = by_lower.setdefault(c.casefold(), c)
             if other != c:
                 raise SchemaMismatchError(
@@ -562,8 +568,8 @@ class BatchMapper:
             t = self.declared[col]
             if pa.types.is_dictionary(t):
                 t = t.value_type
-            if self.is_csv and _is_stringy(t):
-                continue  # cast cell by cell
+            if self.is_csv:
+                continue  # CSV roles are read as text and cast cell by cell (whatever pyarrow would infer)
             scalar = not pa.types.is_nested(t)
             numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
             if role == "prediction_id":
@@ -720,7 +726,8 @@ class BatchMapper:
                 arr = pc.assume_timezone(arr, "UTC")
             out = _cast_truncating(arr, TS_TYPE)  # ns -> µs; any zone -> UTC (same instant)
         elif pa.types.is_date(t):
-            days = arr.cast(pa.int64()) if pa.types.is_date32(t) else pc.divide(arr.cast(pa.int64()), 86_400_000)
+            days = (arr.cast(pa.int32()).cast(pa.int64()) if pa.types.is_date32(t)
+                    else pc.divide(arr.cast(pa.int64()), 86_400_000))
             days = outside(days, lo_us // 86_400_000_000 - 1, hi_us // 86_400_000_000 + 1)
             out = pc.multiply(days, 86_400_000_000).cast(TS_TYPE)
         elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
@@ -749,9 +756,14 @@ class BatchMapper:
             text = arr.cast(pa.string())
             out, bad = parse_ts_text_cells(text)
             for i in bad:
+                value = text[i].as_py()
+                if value.strip().lower().lstrip("+-") in _NOT_FINITE_TEXT:
+                    self._problem(problems, "TS_INVALID", "timestamp is not a finite number", "write a timestamp "
+                                  "or leave the cell empty", i, first_row, col, value)
+                    continue
                 self._problem(problems, "TS_PARSE", "timestamp is not RFC 3339 / ISO 8601 or epoch seconds",
                               "write timestamps like 2024-05-01T12:00:00Z or as epoch seconds", i, first_row,
-                              col, text[i].as_py())
+                              col, value)
         # text (and anything that slipped through): the same range, now in µs
         lo, hi = pa.scalar(lo_dt, TS_TYPE), pa.scalar(hi_dt, TS_TYPE)
         for i in self._bad_rows(pc.or_(pc.less(out, lo), pc.greater(out, hi))):
@@ -916,12 +928,20 @@ class BatchMapper:
                               f"shorten it, or list the column under schema.exclude", i, first_row, col,
                               arr[i].as_py())
         target = _normalise_type(arr.type)
-        if target is None:
-            return arr
-        out, bad = _cast_located(arr, target)
+        out, bad = _cast_located(arr, target) if target is not None else (arr, [])
+        if pa.types.is_timestamp(out.type) or pa.types.is_date(out.type):
+            # years 1..9999 only: beyond them no reader (nor pyiceberg's statistics) has a date
+            raw = (out.cast(pa.int64()) if pa.types.is_timestamp(out.type)
+                   else pc.multiply(out.cast(pa.int32()).cast(pa.int64()), 86_400_000_000))
+            mask = pc.or_(pc.less(raw, _MIN_US), pc.greater(raw, _MAX_US))
+            far = self._bad_rows(mask)
+            if far:
+                bad = sorted(set(bad) | set(far))
+                out = pc.if_else(pc.fill_null(mask, False), pa.scalar(None, out.type), out)
         for i in bad:
-            self._problem(problems, "VALUE_OUT_OF_RANGE", f"{what} value does not fit the stored type {target}",
-                          f"write values within the range of {target}, or declare the column as string: "
+            self._problem(problems, "VALUE_OUT_OF_RANGE", f"{what} value does not fit the stored type "
+                          f"{target or arr.type} (dates and timestamps: years 1 to 9999)",
+                          f"write values within that range, or declare the column as string: "
                           f"schema.column_types: {{{col}: string}}", i, first_row, col, _cell_text(arr, i))
         return out
 
