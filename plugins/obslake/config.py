@@ -18,20 +18,27 @@ An import job lives in ``include/import_jobs/<name>.yaml``::
       tags: [region, device]
     poll_interval: 10
     status: active
+
+Every YAML file is read within limits (:data:`MAX_YAML_BYTES`, :data:`MAX_YAML_DEPTH`,
+:data:`MAX_YAML_NODES`): DAG parsing must stay fast and bounded whatever a file holds, and one bad
+file only ever produces a :class:`~obslake.exceptions.ConfigError` for that file. Error messages quote
+at most a short excerpt of the file (:data:`EXCERPT_CHARS`), control characters escaped.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from obslake.exceptions import ConfigError
-from obslake.storage.base import parse_uri
+from obslake.exceptions import ConfigError, printable
+from obslake.storage.base import check_storage_uri, parse_uri
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_TAG_NAME = "arize-ingestion-key"
@@ -40,12 +47,176 @@ DEFAULT_MAX_FILE_BYTES = 1024**3  # 1 GiB, as Arize's file importer
 
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
+MAX_YAML_BYTES = 1024**2
+"""Largest job/connector/schema YAML (1 MiB), checked before parsing. Real configs are a few KiB (a
+schema listing thousands of columns stays far below); it bounds parse time and memory during DAG
+parsing, whose Airflow timeout is 30 s for the whole DAG file."""
+
+MAX_YAML_DEPTH = 32
+"""Deepest nesting of mappings/lists (the top-level mapping is level 1; a job needs 4 or 5). Checked
+on the parser's event stream, before any recursive step, and again on the loaded data (aliases)."""
+
+MAX_YAML_NODES = 50_000
+"""Most values (scalars, lists, mappings) in one YAML file, aliases expanded. Above about 50,000 values
+parsing alone takes the better part of a second even with libyaml (pure-Python PyYAML: several
+seconds), and no job needs that many: a schema of 10,000 listed columns is ~10,000 values."""
+
+EXCERPT_CHARS = 200
+"""Longest excerpt of a user's file (or value) an error message quotes, after escaping."""
+
+MAX_PROBLEMS = 20
+"""Most field problems one validation error lists (the rest are counted)."""
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: ~30x faster
+_LINE_BREAK_RE = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # what PyYAML counts as a line break
+
+
+def _where(path: Path) -> str:
+    return printable(str(path), 300)
+
+
+def _excerpt(text: str, line: int, column: int) -> str:
+    """At most :data:`EXCERPT_CHARS` of ``text`` around (0-based) ``line``/``column``, escaped."""
+    lines = _LINE_BREAK_RE.split(text, maxsplit=line + 1)
+    if line >= len(lines):
+        return ""
+    row = lines[line]
+    start = max(0, column - 60)
+    shown = printable(row[start:start + 120], EXCERPT_CHARS - 6)
+    if start + 120 < len(row) and not shown.endswith("..."):
+        shown += "..."
+    return ("..." if start else "") + shown
+
+
+def _yaml_syntax_error(where: str, text: str, exc: yaml.YAMLError) -> ConfigError:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (a control character)
+        before = _LINE_BREAK_RE.split(text[: exc.position])
+        line, column = len(before) - 1, len(before[-1])
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        problem = f"'{printable(char)}': {exc.reason}"
+    else:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line, column = (mark.line, mark.column) if mark is not None else (None, None)
+        problem = " ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+        problem = problem or str(exc).split("\n")[0]
+    problem = printable(problem, EXCERPT_CHARS)
+    if line is None:
+        return ConfigError(f"{where}: cannot read YAML: {problem}; fix the YAML syntax")
+    excerpt = _excerpt(text, line, column)
+    return ConfigError(
+        f"{where}: cannot read YAML at line {line + 1}, column {column + 1}: {problem}"
+        + (f"\n  near: {excerpt}" if excerpt else "") + "\n  fix the YAML syntax there"
+    )
+
+
+class _YAMLLimit(Exception):
+    def __init__(self, message: str, mark=None):
+        super().__init__(message)
+        self.mark = mark
+
+
+def _scan_limits(text: str) -> None:
+    """Check depth and size on the event stream (iterative: nothing recurses before this passes)."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        if isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent, yaml.CollectionStartEvent)):
+            nodes += 1
+            if nodes > MAX_YAML_NODES:
+                raise _YAMLLimit(f"holds more than {MAX_YAML_NODES} values", event.start_mark)
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise _YAMLLimit(f"is nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _check_loaded(data: Any) -> None:
+    """The same limits on the loaded data, where aliases are expanded (and may even form cycles)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    visited = 0
+    while stack:
+        value, depth = stack.pop()
+        visited += 1
+        if visited > MAX_YAML_NODES:
+            raise _YAMLLimit(f"holds more than {MAX_YAML_NODES} values once its aliases (*name) are expanded")
+        if isinstance(value, dict):
+            children = [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple, set)):
+            children = list(value)
+        else:
+            continue
+        if depth > MAX_YAML_DEPTH:
+            raise _YAMLLimit(f"is nested more than {MAX_YAML_DEPTH} levels deep once its aliases (*name) are "
+                             "expanded (or an alias refers to itself)")
+        stack.extend((c, depth + 1) for c in children)
+
+
+def read_yaml(path: str | Path, what: str = "YAML") -> Any:
+    """Read one YAML (or JSON) file within the limits; any failure is a :class:`ConfigError` naming it.
+
+    Limits: :data:`MAX_YAML_BYTES` (checked before parsing), :data:`MAX_YAML_DEPTH` and
+    :data:`MAX_YAML_NODES` (checked while parsing, iteratively, and on the loaded data). Syntax errors
+    quote the line and column and an excerpt of at most :data:`EXCERPT_CHARS` characters, escaped.
+    Never raises anything but :class:`ConfigError` (a ``RecursionError`` or ``MemoryError`` deep in
+    the parser included).
+    """
+    path = Path(path)
+    where = _where(path)
+    limit = f"{MAX_YAML_BYTES // 1024**2} MiB"
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{where}: not a regular file; a {what} must be a plain file")
+        if st.st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{where}: the file is {st.st_size:,} bytes, larger than the {limit} limit for a "
+                              f"{what}; a config is a few KiB: remove what is not configuration")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the file ({printable(exc.strerror or exc, 200)})") from None
+    if len(raw) > MAX_YAML_BYTES:  # grew since the stat
+        raise ConfigError(f"{where}: the file is larger than the {limit} limit for a {what}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: cannot read YAML: not UTF-8 text (byte {exc.start}); save the file as UTF-8") \
+            from None
+    try:
+        _scan_limits(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a SafeLoader
+        _check_loaded(data)
+    except _YAMLLimit as exc:
+        at = f" (at line {exc.mark.line + 1}, column {exc.mark.column + 1})" if exc.mark is not None else ""
+        raise ConfigError(f"{where}: the {what} {exc}{at}; the limits are {MAX_YAML_DEPTH} levels of nesting "
+                          f"and {MAX_YAML_NODES} values: flatten it") from None
+    except yaml.YAMLError as exc:
+        if "maximum nesting depth" in str(exc):  # libyaml's own limit (1000), hit while it scans ahead
+            raise ConfigError(f"{where}: the {what} is nested more than {MAX_YAML_DEPTH} levels deep; the limits "
+                              f"are {MAX_YAML_DEPTH} levels of nesting and {MAX_YAML_NODES} values: flatten it") \
+                from None
+        raise _yaml_syntax_error(where, text, exc) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: the {what} is nested too deeply to parse; at most {MAX_YAML_DEPTH} "
+                          "levels are allowed") from None
+    except Exception as exc:  # MemoryError, a bug in a YAML constructor...: this file only
+        raise ConfigError(f"{where}: cannot read YAML ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})") \
+            from None
+    return data
+
+
+def _q(value: Any) -> str:
+    """A user's value quoted for a message: control characters escaped, at most 80 characters."""
+    return f"'{printable(value, 80)}'"
+
 
 def _safe_segment(value: str, what: str) -> str:
     """A name that becomes a path segment: no '/', '..', control characters or leading dots."""
     if not SEGMENT_RE.fullmatch(value) or ".." in value:
         raise ValueError(
-            f"{what} {value!r} cannot be a path segment: use letters, digits, '_', '-', '.' (no '/', '..', "
+            f"{what} {_q(value)} cannot be a path segment: use letters, digits, '_', '-', '.' (no '/', '..', "
             "spaces or control characters), starting with a letter or digit, at most 128 characters"
         )
     return value
@@ -253,7 +424,7 @@ class SchemaMapping(_Strict):
                 pa.type_for_alias(name)
             except (ValueError, KeyError):
                 raise ValueError(
-                    f"column_types[{col!r}]: unknown type {name!r}; use e.g. string, int64, double, bool, "
+                    f"column_types[{_q(col)}]: unknown type {_q(name)}; use e.g. string, int64, double, bool, "
                     "timestamp[us, tz=UTC], date32"
                 ) from None
         return v
@@ -296,15 +467,15 @@ class SchemaMapping(_Strict):
         seen: dict[str, str] = {}
         for role, column in self.role_columns().items():
             if column in seen:
-                raise ValueError(f"column {column!r} is mapped to both {seen[column]} and {role}")
+                raise ValueError(f"column {_q(column)} is mapped to both {seen[column]} and {role}")
             seen[column] = role
         for name, emb in self.embedding_features.items():
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", name):
-                raise ValueError(f"embedding feature name {name!r}: use letters, digits and '_' (it names columns)")
+                raise ValueError(f"embedding feature name {_q(name)}: use letters, digits and '_' (it names columns)")
             for c in emb.columns():
                 if c in seen:
-                    raise ValueError(f"column {c!r} is mapped to both {seen[c]} and embedding {name!r}")
-                seen[c] = f"embedding {name!r}"
+                    raise ValueError(f"column {_q(c)} is mapped to both {seen[c]} and embedding {_q(name)}")
+                seen[c] = f"embedding {_q(name)}"
         return self
 
     def role_columns(self) -> dict[str, str]:
@@ -355,7 +526,7 @@ class ModelRef(_Strict):
     def _identifier(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", v):
             raise ValueError(
-                f"{v!r} must start with a letter or digit and use only letters, digits, '_', '-', '.' (max 128)"
+                f"{_q(v)} must start with a letter or digit and use only letters, digits, '_', '-', '.' (max 128)"
             )
         return v
 
@@ -394,7 +565,7 @@ class ImportJob(_Strict):
     def _name(cls, v: str) -> str:
         if not NAME_RE.fullmatch(v):
             raise ValueError(
-                f"{v!r} is not a valid job name: use 1-63 lowercase letters, digits, '_' or '-', starting "
+                f"{_q(v)} is not a valid job name: use 1-63 lowercase letters, digits, '_' or '-', starting "
                 "with a letter or digit (it becomes the DAG id obslake_import__<name>)"
             )
         return v
@@ -403,7 +574,7 @@ class ImportJob(_Strict):
     @classmethod
     def _source(cls, v: str) -> str:
         try:
-            parse_uri(v)
+            check_storage_uri(v)  # valid bucket name; file:///abs/path/, not '/' itself
         except ConfigError as exc:  # pydantic reports ValueErrors with the field's location
             raise ValueError(str(exc)) from None
         return v if v.endswith("/") else v + "/"
@@ -463,65 +634,189 @@ def _ident(value: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", value.lower())
 
 
-def _format_validation_error(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: invalid import job ({err.error_count()} problem(s))"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+def _format_validation_error(path: Path, err: ValidationError, what: str = "import job") -> str:
+    errors = err.errors()
+    lines = [f"{_where(path)}: invalid {what} ({err.error_count()} problem(s))"]
+    for e in errors[:MAX_PROBLEMS]:
+        loc = printable(".".join(str(p) for p in e["loc"]), 100) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see README 'Configuration reference')"
         elif e["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"  - {loc}: {msg}")
+        lines.append(f"  - {loc}: {printable(msg, 2 * EXCERPT_CHARS + 200)}")
+    if len(errors) > MAX_PROBLEMS:
+        lines.append(f"  - ... and {len(errors) - MAX_PROBLEMS} more")
     return "\n".join(lines)
 
 
-def load_import_job(path: str | Path) -> ImportJob:
+SCHEMA_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _schema_file(path: Path, value: str, include_dir: Path) -> Any:
+    """Load ``schema: <path>``: a JSON/YAML file inside ``include_dir`` (links may not lead out of it)."""
+    where = _where(path)
+    fix = "use a path relative to include/ (e.g. schema: schemas/ctr.json) that stays inside it"
+    if printable(value) != value or not value.strip():
+        raise ConfigError(f"{where}: schema: {_q(value)} is not a usable path; {fix}")
+    if value.startswith(("/", "\\", "~")) or re.match(r"[A-Za-z]:", value) or os.path.isabs(value):
+        raise ConfigError(f"{where}: schema: {_q(value)} is an absolute path; {fix}")
+    if not value.lower().endswith(SCHEMA_SUFFIXES):
+        raise ConfigError(f"{where}: schema: {_q(value)} must be a .json, .yaml or .yml file; {fix}")
+    try:
+        root = include_dir.resolve()
+        target = (include_dir / value).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (older Pythons)
+        raise ConfigError(f"{where}: schema: cannot resolve {_q(value)} ({printable(exc, 200)}); {fix}") from None
+    if target != root and root not in target.parents:
+        raise ConfigError(f"{where}: schema: {_q(value)} resolves outside {_where(root)} (through '..' or a "
+                          f"symbolic link); {fix}")
+    try:
+        data = read_yaml(target, "schema file")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: schema: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: schema: {_q(value)} must hold a mapping of roles to columns (a JSON object), "
+                          f"not {type(data).__name__}")
+    return data
+
+
+def load_import_job(path: str | Path, *, include_dir: str | Path | None = None) -> ImportJob:
     """Load and validate one job YAML file.
+
+    Args:
+        path: The job's YAML.
+        include_dir: Where ``schema: <path>`` files are looked up (and must stay); default: the
+            parent of the YAML's directory (``include/`` for ``include/import_jobs/<job>.yaml``).
 
     Raises:
         ConfigError: the file cannot be parsed or a field is invalid; the message names the file and
-            every bad field.
+            every bad field. Nothing else, whatever the file holds.
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
+        return _load_import_job(path, Path(include_dir) if include_dir is not None else path.parent.parent)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(f"{_where(path)}: the job is nested too deeply to validate; at most {MAX_YAML_DEPTH} "
+                          "levels are allowed") from None
+    except Exception as exc:  # a bug in a validator must not take other jobs' DAGs down
+        raise ConfigError(f"{_where(path)}: cannot validate the job ({type(exc).__name__}: "
+                          f"{printable(exc, EXCERPT_CHARS)}); report this file") from None
+
+
+def _load_import_job(path: Path, include_dir: Path) -> ImportJob:
+    data = read_yaml(path, "job YAML")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of job fields at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{_where(path)}: expected a mapping of job fields at the top level, got {type(data).__name__}")
     if isinstance(data.get("schema"), str):  # a path to a JSON/YAML schema file, relative to include/
-        schema_path = (path.parent.parent / data["schema"]).resolve()
-        try:
-            data["schema"] = yaml.safe_load(schema_path.read_text(encoding="utf-8"))  # JSON is YAML
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: schema: cannot read schema file {schema_path}: {exc}") from exc
+        data["schema"] = _schema_file(path, data["schema"], include_dir)
     try:
         job = ImportJob.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(path, exc)) from None
     if path.stem != job.name:
-        raise ConfigError(f"{path}: name {job.name!r} must equal the file name; rename the file to {job.name}.yaml")
+        raise ConfigError(
+            f"{_where(path)}: name {_q(job.name)} must equal the file name; rename the file to {job.name}.yaml")
     return job
+
+
+def _model_identity(job: ImportJob) -> tuple[str, ...]:
+    """What makes two jobs feed the same table legitimately: the same model (or trace project), exactly."""
+    if job.kind.is_trace:
+        return ("traces", job.trace_space, job.trace_project or "")
+    return ("model", job.model.space, job.model.name, job.model.environment.value)
+
+
+def _describe_owner(job: ImportJob) -> str:
+    if job.kind.is_trace:
+        return f"trace project {_q(job.trace_project)} (trace_space {_q(job.trace_space)})"
+    return f"model {_q(job.model.space + '/' + job.model.name)} ({job.model.environment.value})"
+
+
+def table_collisions(loaded: list[tuple[Path, ImportJob]]) -> dict[Path, ConfigError]:
+    """Jobs of *different* models (or trace projects) whose tables normalise to the same Iceberg table.
+
+    Table names are lowercased with every character other than ``a-z0-9_`` turned into ``_``, so
+    ``Team/Click.Thru_Rate`` and ``team/click-thru-rate`` would share ``team.click_thru_rate__production``
+    silently. Jobs of the same model (two prefixes, or a predictions job and its actuals job) are fine.
+    Every job involved gets an error naming the other file.
+    """
+    owners: dict[tuple[str, str], list[tuple[Path, ImportJob]]] = {}
+    for path, job in loaded:
+        tables = [job.table_identifier]
+        if job.kind == JobKind.actuals:
+            tables.append(job.predictions_table_identifier)  # joined against: it must be this model's
+        tables.append(job.quarantine_table_identifier)
+        for table in dict.fromkeys(tables):
+            owners.setdefault(table, []).append((path, job))
+    out: dict[Path, ConfigError] = {}
+    for table, users in owners.items():
+        if len({_model_identity(j) for _, j in users}) < 2:
+            continue
+        for path, job in users:
+            if path in out:
+                continue
+            others = [(p, j) for p, j in users if _model_identity(j) != _model_identity(job)]
+            p2, j2 = others[0]
+            err = ConfigError(
+                f"{_where(path)}: job {_q(job.name)} writes {_describe_owner(job)} to the Iceberg table "
+                f"{'.'.join(table)}, and so does job {_q(j2.name)} ({_where(p2)}) for the different "
+                f"{_describe_owner(j2)}: names are lowercased and every character other than a-z, 0-9 and "
+                "'_' becomes '_'. Give one of them a model name/space (or trace project) that differs after "
+                "that normalisation, or the exact same spelling if they really are one model"
+            )
+            err.path = path  # type: ignore[attr-defined]
+            out[path] = err
+    return out
+
+
+def _duplicate_names(loaded: list[tuple[Path, Any]], what: str) -> dict[Path, ConfigError]:
+    """Two files defining the same job/connector name (``x.yaml`` and ``x.yml``): both are refused."""
+    by_name: dict[str, list[Path]] = {}
+    for path, item in loaded:
+        by_name.setdefault(item.name, []).append(path)
+    out: dict[Path, ConfigError] = {}
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            for path in paths:
+                others = ", ".join(_where(p) for p in paths if p != path)
+                err = ConfigError(f"{_where(path)}: {what} {_q(name)} is also defined in {others}; keep one file")
+                err.path = path  # type: ignore[attr-defined]
+                out[path] = err
+    return out
+
+
+def _yaml_files(directory: Path) -> list[Path]:
+    return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
 
 
 def load_import_jobs(directory: str | Path) -> tuple[list[ImportJob], list[ConfigError]]:
     """Load every ``*.yaml``/``*.yml`` job under ``directory``.
 
-    One bad file never hides the others: the valid jobs are returned together with the errors.
+    One bad file never hides the others: the valid jobs are returned together with the errors (one
+    per bad file, with ``.path`` set). Jobs of different models whose tables would be the same
+    Iceberg table (:func:`table_collisions`), and two files defining one job name, are errors too.
     """
     directory = Path(directory)
-    jobs: list[ImportJob] = []
+    loaded: list[tuple[Path, ImportJob]] = []
     errors: list[ConfigError] = []
     if not directory.is_dir():
-        return jobs, errors
-    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        return [], errors
+    for path in _yaml_files(directory):
         try:
-            jobs.append(load_import_job(path))
-        except ConfigError as exc:
-            exc.path = path  # type: ignore[attr-defined]
-            errors.append(exc)
-    return jobs, errors
+            loaded.append((path, load_import_job(path, include_dir=directory.parent)))
+        except Exception as exc:  # load_import_job raises ConfigError only; belt and braces
+            err = exc if isinstance(exc, ConfigError) else ConfigError(
+                f"{_where(path)}: cannot load ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})")
+            err.path = path  # type: ignore[attr-defined]
+            errors.append(err)
+    refused = _duplicate_names(loaded, "job")
+    refused.update({p: e for p, e in table_collisions(loaded).items() if p not in refused})
+    errors.extend(refused.values())
+    return [job for path, job in loaded if path not in refused], errors
 
 
 def default_include_dir() -> Path:
@@ -574,7 +869,7 @@ class Connector(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.fullmatch(v):
-            raise ValueError(f"{v!r} is not a valid connector name: 1-63 lowercase letters, digits, '_' or '-'")
+            raise ValueError(f"{_q(v)} is not a valid connector name: 1-63 lowercase letters, digits, '_' or '-'")
         return v
 
     @field_validator("namespace")
@@ -595,7 +890,7 @@ class Connector(_Strict):
     @classmethod
     def _storage(cls, v: str) -> str:
         try:
-            parsed = parse_uri(v)
+            parsed = check_storage_uri(v)  # valid bucket name; file:///abs/path, not '/' itself
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         if parsed.scheme not in ("s3", "gs", "file"):
@@ -629,20 +924,31 @@ class Connector(_Strict):
 
 
 def load_connector(path: str | Path) -> Connector:
-    """Load and validate one connector YAML (errors name the file and every bad field)."""
+    """Load and validate one connector YAML (errors name the file and every bad field).
+
+    Raises:
+        ConfigError: whatever is wrong with the file (nothing else).
+    """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of connector fields at the top level")
-    try:
-        conn = Connector.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(path, exc).replace("invalid import job", "invalid connector")) from None
+        data = read_yaml(path, "connector YAML")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{_where(path)}: expected a mapping of connector fields at the top level")
+        try:
+            conn = Connector.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(path, exc, "connector")) from None
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(f"{_where(path)}: the connector is nested too deeply to validate; at most "
+                          f"{MAX_YAML_DEPTH} levels are allowed") from None
+    except Exception as exc:
+        raise ConfigError(f"{_where(path)}: cannot validate the connector ({type(exc).__name__}: "
+                          f"{printable(exc, EXCERPT_CHARS)}); report this file") from None
     if path.stem != conn.name:
-        raise ConfigError(f"{path}: name {conn.name!r} must equal the file name; rename the file to {conn.name}.yaml")
+        raise ConfigError(
+            f"{_where(path)}: name {_q(conn.name)} must equal the file name; rename the file to {conn.name}.yaml")
     return conn
 
 
@@ -656,12 +962,17 @@ def load_connectors(directory: str | Path) -> tuple[list[Connector], list[Config
     loaded: list[tuple[Path, Connector]] = []
     errors: list[ConfigError] = []
     if directory.is_dir():
-        for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        for path in _yaml_files(directory):
             try:
                 loaded.append((path, load_connector(path)))
-            except ConfigError as exc:
-                exc.path = path  # type: ignore[attr-defined]
-                errors.append(exc)
+            except Exception as exc:  # load_connector raises ConfigError only; belt and braces
+                err = exc if isinstance(exc, ConfigError) else ConfigError(
+                    f"{_where(path)}: cannot load ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})")
+                err.path = path  # type: ignore[attr-defined]
+                errors.append(err)
+    duplicates = _duplicate_names(loaded, "connector")
+    errors.extend(duplicates.values())
+    loaded = [(p, c) for p, c in loaded if p not in duplicates]
     bad: set[str] = set()
     for i, (pa_, a) in enumerate(loaded):
         for pb, b in loaded[i + 1:]:

@@ -9,9 +9,31 @@ from pathlib import Path
 from typing import Any
 
 from obslake.config import ImportJob, JobStatus, load_import_jobs
+from obslake.exceptions import ConfigError, printable
 
 log = logging.getLogger(__name__)
 START = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+MAX_STEM = 200  # Airflow dag ids are at most 250 characters
+MAX_MESSAGE = 8000  # a config-error DAG's message (a validation error lists at most 20 problems)
+
+
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span that no backtick inside can close early."""
+    text = printable(text)
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
+def _code_block(text: str) -> str:
+    """``text`` as a fenced Markdown code block that no line of it can close (or inject Markdown/HTML)."""
+    lines = [printable(line) for line in str(text).splitlines()] or [""]
+    fence = "`" * max(3, max((len(m) for m in re.findall(r"`+", "\n".join(lines))), default=0) + 1)
+    return f"{fence}text\n" + "\n".join(lines) + f"\n{fence}"
+
+
+def _stem(path: Path) -> str:
+    """A dag-id-safe name for a YAML file (the config-error DAG of a file that did not validate)."""
+    return re.sub(r"[^a-z0-9_-]", "_", path.stem.lower())[:MAX_STEM] or "_"
 
 
 def build_import_dag(job: ImportJob) -> Any:
@@ -46,7 +68,7 @@ def build_import_dag(job: ImportJob) -> Any:
             "owner": "obslake",
         },
         doc_md=(
-            f"### obslake import job `{job.name}`\n\nWatches `{job.source}` (formats: {', '.join(job.formats)}) "
+            f"### obslake import job `{job.name}`\n\nWatches {_code(job.source)} (formats: {', '.join(job.formats)}) "
             f"every {job.poll_interval:g}s and imports each new file version exactly once into the Iceberg "
             f"table `{'.'.join(job.table_identifier)}`. Pause the DAG to pause the job; run "
             f"`obslake status {job.name}` for file counts and errors."
@@ -64,18 +86,33 @@ def build_import_dag(job: ImportJob) -> Any:
 
 
 def build_config_error_dag(path_stem: str, message: str, prefix: str = "obslake_import__") -> Any:
-    """A one-task DAG that fails with a config error, so a bad YAML is visible in the UI, not silent."""
+    """A one-task DAG that fails with a config error, so a bad YAML is visible in the UI, not silent.
+
+    The message is shown in the DAG's doc as a code block (control characters escaped, a fence no
+    line can close), so a YAML excerpt in it can neither forge log lines nor inject Markdown.
+    """
     from airflow.sdk import DAG
 
     from obslake.operators.config_error import ConfigErrorOperator
 
+    message = str(message)
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "\n... (cut)"
     with DAG(
         dag_id=f"{prefix}{path_stem}", schedule=None, start_date=START, catchup=False,
         tags=["obslake", prefix.split("_")[1], "config-error"], is_paused_upon_creation=False,
-        doc_md=f"### Invalid {'connector' if 'fabric' in prefix else 'import job'} config\n\n```\n{message}\n```",
+        doc_md=f"### Invalid {'connector' if 'fabric' in prefix else 'import job'} config\n\n{_code_block(message)}",
     ) as dag:
         ConfigErrorOperator(task_id="invalid_job_config", message=message)
     return dag
+
+
+def _error_dag(dags: dict[str, Any], stem: str, message: str, prefix: str) -> None:
+    """Add a config-error DAG; if even that fails, log it: the other DAGs must still load."""
+    try:
+        dags[f"{prefix}{stem}"] = build_config_error_dag(stem, message, prefix=prefix)
+    except Exception:
+        log.exception("cannot build the config-error DAG %s%s", prefix, stem)
 
 
 def _build_all(items: list, errors: list, build, prefix: str, what: str) -> dict[str, Any]:
@@ -90,19 +127,35 @@ def _build_all(items: list, errors: list, build, prefix: str, what: str) -> dict
             dags[item.dag_id] = build(item)
         except Exception as exc:
             log.exception("%s %s: cannot build its DAG", what, item.name)
-            dags[item.dag_id] = build_config_error_dag(
-                item.name, f"cannot build the DAG of {what} {item.name!r}: {exc!r}", prefix=prefix)
+            _error_dag(dags, item.name, f"cannot build the DAG of {what} {item.name!r}: "
+                       f"{type(exc).__name__}: {printable(exc, 500)}", prefix)
     for err in errors:
-        stem = re.sub(r"[^a-z0-9_-]", "_", Path(err.path).stem.lower())
-        log.error("%s", err)
+        stem = _stem(Path(getattr(err, "path", None) or "unknown"))
+        log.error("%s", printable(err, MAX_MESSAGE))
         if f"{prefix}{stem}" not in dags:
-            dags[f"{prefix}{stem}"] = build_config_error_dag(stem, str(err), prefix=prefix)
+            _error_dag(dags, stem, str(err), prefix)
     return dags
 
 
+def _load_all(load, directory: str | Path, what: str) -> tuple[list, list]:
+    """``load(directory)``; should it ever raise (it handles each file itself), one error instead."""
+    try:
+        return load(directory)
+    except Exception as exc:
+        log.exception("cannot load the %s YAML files in %s", what, directory)
+        err = ConfigError(f"{printable(directory, 300)}: cannot load the {what} YAML files "
+                          f"({type(exc).__name__}: {printable(exc, 500)})")
+        err.path = Path("config_error")  # type: ignore[attr-defined]
+        return [], [err]
+
+
 def build_import_dags(directory: str | Path) -> dict[str, Any]:
-    """``{dag_id: DAG}`` for every job YAML in ``directory`` (deleted jobs get no DAG)."""
-    jobs, errors = load_import_jobs(directory)
+    """``{dag_id: DAG}`` for every job YAML in ``directory`` (deleted jobs get no DAG).
+
+    Never raises for anything a YAML file holds: each bad file gets its config-error DAG and every
+    good file its DAG.
+    """
+    jobs, errors = _load_all(load_import_jobs, directory, "import job")
     return _build_all(jobs, errors, build_import_dag, "obslake_import__", "import job")
 
 
@@ -147,5 +200,5 @@ def build_fabric_dags(directory: str | Path) -> dict[str, Any]:
     """``{dag_id: DAG}`` for every connector YAML (deleted connectors get none; bad ones a config-error DAG)."""
     from obslake.config import load_connectors
 
-    connectors, errors = load_connectors(directory)
+    connectors, errors = _load_all(load_connectors, directory, "connector")
     return _build_all(connectors, errors, build_fabric_dag, "obslake_fabric__", "connector")

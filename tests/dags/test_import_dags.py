@@ -60,6 +60,9 @@ def _job_yaml(name: str, source: str, status: str = "active", extra: str = "") -
           prediction_score: predicted_score
           features: {{prefix: "feature_"}}
           tags: [region]
+          # pyarrow writes whole-number doubles to CSV as "100", which reads as integers: declared, every
+          # format agrees whichever file is imported first (mapped tasks run in any order)
+          column_types: {{feature_x: double}}
         status: {status}
     """) + textwrap.dedent(extra)
 
@@ -67,9 +70,9 @@ def _job_yaml(name: str, source: str, status: str = "active", extra: str = "") -
 def test_life_cycle_statuses_and_config_errors(tmp_path, monkeypatch):
     jobs = tmp_path / "import_jobs"
     jobs.mkdir()
-    (jobs / "live.yaml").write_text(_job_yaml("live", "s3://b/live/"))
-    (jobs / "resting.yaml").write_text(_job_yaml("resting", "s3://b/resting/", "paused"))
-    (jobs / "gone.yaml").write_text(_job_yaml("gone", "s3://b/gone/", "deleted"))
+    (jobs / "live.yaml").write_text(_job_yaml("live", "s3://bkt/live/"))
+    (jobs / "resting.yaml").write_text(_job_yaml("resting", "s3://bkt/resting/", "paused"))
+    (jobs / "gone.yaml").write_text(_job_yaml("gone", "s3://bkt/gone/", "deleted"))
     (jobs / "broken.yaml").write_text(_job_yaml("broken", "ftp://nope/"))
     bag = _bag(tmp_path, monkeypatch)
     assert bag.import_errors == {}
@@ -79,6 +82,57 @@ def test_life_cycle_statuses_and_config_errors(tmp_path, monkeypatch):
     broken = bag.dags["obslake_import__broken"]
     assert "config-error" in broken.tags
     assert "ftp://nope/" in broken.get_task("invalid_job_config").message
+
+
+def test_hostile_yaml_files_never_remove_the_other_dags(tmp_path, monkeypatch):
+    """500-level nesting, a 50 MB scalar, an alias bomb and a syntax error full of control characters
+    and Markdown, next to good jobs: the good DAGs are there, each bad file has its config-error DAG,
+    nothing is an import error, and parsing stays far below Airflow's 30 s DAG-file timeout."""
+    jobs = tmp_path / "import_jobs"
+    jobs.mkdir()
+    (jobs / "good_a.yaml").write_text(_job_yaml("good_a", "s3://bkt/a/"))
+    (jobs / "good_b.yaml").write_text(_job_yaml("good_b", "file:///data/b/"))
+    (jobs / "deep_list.yaml").write_text("name: deep_list\nx: " + "[" * 5000 + "]" * 5000 + "\n")
+    (jobs / "deep_map.yaml").write_text("name: deep_map\n" + "".join(" " * i + f"k{i}:\n" for i in range(600))
+                                        + " " * 600 + "v: 1\n")
+    with open(jobs / "huge.yaml", "w") as fh:
+        fh.write("name: huge\nx: " + "a" * (50 * 1024 * 1024) + "\n")
+    (jobs / "bomb.yaml").write_text("a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n" for a, b in zip("abcdefg", "bcdefgh")))
+    (jobs / "fence.yaml").write_text("name: fence\nsource: ```\n\n# <script>alert(1)</script> ```` \x1b[2J "
+                                     + "z" * 10_000 + "\n")
+    (jobs / "bad_bucket.yaml").write_text(_job_yaml("bad_bucket", "s3://../etc/"))
+    (jobs / "clash_a.yaml").write_text(_job_yaml("clash_a", "s3://bkt/c/").replace("name: clash_a,", "name: Clash,"))
+    (jobs / "clash_b.yaml").write_text(_job_yaml("clash_b", "s3://bkt/d/").replace("name: clash_b,", "name: clash,"))
+    conns = tmp_path / "connectors"
+    conns.mkdir()
+    (conns / "deep.yaml").write_text("name: deep\nsource: " + "{a: " * 800 + "1" + "}" * 800 + "\n")
+    (conns / "rel.yaml").write_text("name: rel\nsource: {type: lake}\nprojects: [p]\nstorage: file:relative/x\n"
+                                    "namespace: ml\ningestion_key_variable: k\n")
+    started = time.monotonic()
+    bag = _bag(tmp_path, monkeypatch)
+    elapsed = time.monotonic() - started
+    assert bag.import_errors == {}
+    assert elapsed < 10, f"parsing the DAG files took {elapsed:.1f}s"
+    errors = {f"obslake_import__{n}" for n in ("deep_list", "deep_map", "huge", "bomb", "fence", "bad_bucket",
+                                               "clash_a", "clash_b")}
+    assert {"obslake_import__good_a", "obslake_import__good_b"} | errors <= set(bag.dags)
+    for dag_id in errors | {"obslake_fabric__deep", "obslake_fabric__rel"}:
+        assert "config-error" in bag.dags[dag_id].tags, dag_id
+    assert "config-error" not in bag.dags["obslake_import__good_a"].tags
+    assert "nested more than" in bag.dags["obslake_import__deep_list"].get_task("invalid_job_config").message
+    assert "1 MiB" in bag.dags["obslake_import__huge"].get_task("invalid_job_config").message
+    assert "3-63" in bag.dags["obslake_import__bad_bucket"].get_task("invalid_job_config").message
+    assert "tests.clash__production" in bag.dags["obslake_import__clash_a"].get_task("invalid_job_config").message
+    assert "file:///abs/path/" in bag.dags["obslake_fabric__rel"].get_task("invalid_job_config").message
+    fence = bag.dags["obslake_import__fence"]
+    message = fence.get_task("invalid_job_config").message
+    assert "\x1b" not in message and len(message) < 1000
+    doc = fence.doc_md
+    assert "\x1b" not in doc
+    opening = doc.split("\n")[2]  # "### title", "", then the fence
+    assert opening.startswith("````") and doc.rstrip().endswith("\n" + opening.removesuffix("text"))
+    assert "````" in doc.split(opening, 1)[1]  # the YAML's own backticks stay inside the block
 
 
 def test_dag_file_imports_no_provider_sdk_at_top_level(tmp_path):

@@ -538,3 +538,151 @@ def test_open_store_local(tmp_path) -> None:
 
     with pytest.raises(UnsupportedURIError):
         open_store("ftp://host/path/")
+
+
+# --------------------------------------------------------------------------------------------------
+# Path attacks: symbolic links out of a file:// root, control characters in keys (issue #10)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def linked_root(tmp_path):
+    """A root holding a regular file, links out of the root (to a tmp file, /etc/hostname, a directory
+    outside) and links that stay inside it."""
+    root = tmp_path / "root"
+    (root / "in" / "sub").mkdir(parents=True)
+    (root / "in" / "ok.csv").write_bytes(b"a\n1\n")
+    outside = tmp_path / "outside"
+    (outside / "d").mkdir(parents=True)
+    (outside / "secret.csv").write_bytes(b"secret\n42\n")
+    (outside / "d" / "deep.csv").write_bytes(b"deep\n1\n")
+    (root / "in" / "to_tmp.csv").symlink_to(outside / "secret.csv")
+    if os.path.exists("/etc/hostname"):
+        (root / "in" / "hostname.csv").symlink_to("/etc/hostname")
+    (root / "in" / "relative_out.csv").symlink_to("../../outside/secret.csv")
+    (root / "in" / "dir_out").symlink_to(outside / "d", target_is_directory=True)
+    (root / "in" / "sub" / "inside.csv").symlink_to(root / "in" / "ok.csv")
+    (root / "in" / "dir_in").symlink_to(root / "in" / "sub", target_is_directory=True)
+    return root, outside
+
+
+OUT_KEYS = ["in/to_tmp.csv", "in/hostname.csv", "in/relative_out.csv", "in/dir_out/deep.csv"]
+
+
+def test_local_list_skips_links_out_of_the_root(linked_root, caplog) -> None:
+    root, _ = linked_root
+    store = LocalStore(str(root))
+    with caplog.at_level("WARNING", logger="obslake.storage.local"):
+        keys = [i.key for i in store.list()]
+    assert keys == ["in/ok.csv", "in/sub/inside.csv"]  # a link that stays inside the root works
+    skipped = " ".join(r.getMessage() for r in caplog.records)
+    assert "in/to_tmp.csv" in skipped and "outside the root" in skipped
+    # a prefix naming a linked directory outside does not lead out either
+    assert list(store.list("in/dir_out/")) == []
+    assert [i.key for i in store.list("in/dir_in/")] == ["in/dir_in/inside.csv"]
+    # nor does a root reached through its own symlink change anything
+    alias = root.parent / "alias"
+    alias.symlink_to(root, target_is_directory=True)
+    assert [i.key for i in LocalStore(str(alias)).list("in/")] == ["in/ok.csv", "in/sub/inside.csv"]
+
+
+@pytest.mark.parametrize("key", OUT_KEYS)
+def test_local_head_and_open_refuse_links_out_of_the_root(linked_root, key) -> None:
+    root, _ = linked_root
+    if key == "in/hostname.csv" and not (root / "in" / "hostname.csv").is_symlink():
+        pytest.skip("no /etc/hostname here")
+    store = LocalStore(str(root))
+    for call in (lambda: store.head(key), lambda: store.open(key)):
+        with pytest.raises(StorageAccessError, match="outside the root") as err:
+            call()
+        assert store.uri(key) in str(err.value)
+
+
+def test_local_open_of_a_link_inside_the_root_reads_the_target(linked_root) -> None:
+    root, _ = linked_root
+    store = LocalStore(str(root))
+    info = store.head("in/sub/inside.csv")
+    with store.open("in/sub/inside.csv", etag=info.etag) as f:
+        assert f.read() == b"a\n1\n"
+
+
+def test_local_open_rechecks_the_descriptor(linked_root, monkeypatch) -> None:
+    """A link swapped in between the check and the open is caught on the open descriptor."""
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("no /proc")
+    root, outside = linked_root
+    store = LocalStore(str(root))
+    # as if in/dir_out had been a real directory when checked, and became a link out before the open
+    monkeypatch.setattr(os.path, "realpath", lambda p, **kw: os.path.abspath(p))
+    with pytest.raises(StorageAccessError, match="outside the root") as err:
+        store.open("in/dir_out/deep.csv")
+    assert str(outside / "d" / "deep.csv") in str(err.value)
+    with pytest.raises(StorageAccessError):  # the last component: O_NOFOLLOW
+        store.open("in/to_tmp.csv")
+
+
+def test_local_write_and_delete_do_not_follow_links_out(linked_root) -> None:
+    root, outside = linked_root
+    store = LocalStore(str(root))
+    with pytest.raises(StorageAccessError, match="outside the root"):
+        store.write("in/dir_out/new.csv", b"x")
+    assert not (outside / "d" / "new.csv").exists()
+    with pytest.raises(StorageAccessError, match="outside the root"):
+        store.delete("in/dir_out/deep.csv")
+    assert (outside / "d" / "deep.csv").exists()
+    store.delete("in/to_tmp.csv")  # deleting a link removes the link, never its target
+    assert (outside / "secret.csv").exists() and not (root / "in" / "to_tmp.csv").exists()
+
+
+def test_local_tags_file_may_not_link_out(tmp_path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "other-tags.json").write_text('{"arize-ingestion-key": "stolen"}')
+    (root / TAGS_FILE).symlink_to(tmp_path / "other-tags.json")
+    with pytest.raises(StorageAccessError, match="outside the root"):
+        LocalStore(str(root)).get_bucket_tags()
+
+
+def test_control_characters_in_keys_are_escaped_in_messages(tmp_path, s3_client, s3_bucket, caplog) -> None:
+    evil = "in/x\nERROR forged log line\x1b[31m.csv"
+    local = LocalStore(str(tmp_path))
+    info = local.write(evil, b"1")
+    assert [i.key for i in local.list("in/")] == [evil]  # the key itself is data, kept as is
+    with pytest.raises(ObjectChangedError) as err:
+        local.open(evil, etag="1-1")
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value) and "x\\nERROR forged" in str(err.value)
+    with pytest.raises(StorageAccessError) as err:
+        local.head(evil + "-missing")
+    assert "\n" not in str(err.value)
+    (tmp_path / "in" / "link\nWARNING x.csv").symlink_to("/etc/hostname" if os.path.exists("/etc/hostname") else "/")
+    with caplog.at_level("WARNING", logger="obslake.storage.local"):
+        list(local.list())
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+    assert info.key == evil
+
+    s3 = S3Store(s3_bucket, s3_client)
+    s3_evil = "in/x\u2028ERROR forged log line\x1b[31m.csv"  # moto cannot route a key with a "\n"
+    s3_client.put_object(Bucket=s3_bucket, Key=s3_evil, Body=b"1")
+    assert [i.key for i in s3.list("in/")] == [s3_evil]
+    for call in (lambda: s3.open(s3_evil, etag="0" * 32), lambda: s3.head(s3_evil + "-missing")):
+        with pytest.raises((ObjectChangedError, StorageAccessError)) as err:
+            call()
+        assert "\u2028" not in str(err.value) and "\x1b" not in str(err.value), str(err.value)
+        assert "x\\u2028ERROR forged" in str(err.value)
+    assert "\n" not in str(map_s3_error(_client_error("NoSuchKey", 404), f"s3://bkt/{evil}", "s3:GetObject"))
+    mapped = map_gcs_error(__import__("google.api_core.exceptions", fromlist=["x"]).NotFound("gone"),
+                           f"gs://bkt/{evil}", "storage.objects.get")
+    assert "\n" not in str(mapped)
+
+
+def test_check_storage_uri_rules() -> None:
+    from obslake.storage.base import bucket_name_problem, check_storage_uri
+
+    assert bucket_name_problem("s3", "my-bucket.v1") is None
+    assert bucket_name_problem("gs", "my_bucket") is None and bucket_name_problem("s3", "my_bucket")
+    assert bucket_name_problem("gs", ".".join(["a" * 63] * 3)) is None  # 191 characters with dots
+    assert bucket_name_problem("gs", "a" * 70)
+    for uri in ("file:///", "file://", "file:relative", "s3://..", "gs://..", "file:///a/../b"):
+        with pytest.raises(UnsupportedURIError):
+            check_storage_uri(uri)
+    assert check_storage_uri("file:///data/in/").prefix == "/data/in/"

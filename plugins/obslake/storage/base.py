@@ -10,10 +10,11 @@ import dataclasses
 import datetime as dt
 import io
 import os
+import re
 from typing import BinaryIO, Callable, Iterator, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
-from obslake.exceptions import ObjectChangedError, UnsupportedURIError
+from obslake.exceptions import ObjectChangedError, UnsupportedURIError, printable
 
 SCHEMES = ("s3", "gs", "file")
 
@@ -87,6 +88,107 @@ def parse_uri(uri: str) -> StorageURI:
     if not parsed.netloc:
         raise UnsupportedURIError(f"storage URI {uri!r} has no bucket: use {scheme}://bucket/prefix/")
     return StorageURI(scheme, parsed.netloc, parsed.path.lstrip("/"))
+
+
+_S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_GCS_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_IPV4_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_S3_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_S3_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def bucket_name_problem(scheme: str, bucket: str) -> str | None:
+    """Why ``bucket`` is not a valid S3 (``scheme="s3"``) or GCS (``"gs"``) bucket name, or ``None``.
+
+    S3 (AWS "general purpose bucket naming rules"): 3-63 characters; lowercase letters, digits, '.'
+    and '-'; starts and ends with a letter or digit; no '..'; not an IPv4 address; not the reserved
+    prefixes ``xn--``, ``sthree-``, ``amzn-s3-demo-`` or suffixes ``-s3alias``, ``--ol-s3``, ``.mrap``,
+    ``--x-s3``, ``--table-s3``. GCS: 3-63 characters (up to 222 when it has dots, each dot-separated
+    part at most 63); lowercase letters, digits, '-', '_' and '.'; starts and ends with a letter or
+    digit; not an IPv4 address; does not start with ``goog`` or contain ``google``/``g00gle``.
+    """
+    shown = printable(bucket, 80)
+    if scheme == "s3":
+        if not 3 <= len(bucket) <= 63:
+            return f"S3 bucket name '{shown}' must be 3-63 characters long"
+        if not _S3_BUCKET_RE.fullmatch(bucket):
+            return (f"S3 bucket name '{shown}' may only use lowercase letters, digits, '.' and '-', and must "
+                    "start and end with a letter or digit")
+        if ".." in bucket:
+            return f"S3 bucket name '{shown}' must not contain '..'"
+        if _IPV4_RE.fullmatch(bucket):
+            return f"S3 bucket name '{shown}' must not be an IP address"
+        for reserved in _S3_RESERVED_PREFIXES:
+            if bucket.startswith(reserved):
+                return f"S3 bucket name '{shown}' starts with {reserved!r}, a prefix AWS reserves"
+        for reserved in _S3_RESERVED_SUFFIXES:
+            if bucket.endswith(reserved):
+                return f"S3 bucket name '{shown}' ends with {reserved!r}, a suffix AWS reserves"
+        return None
+    if scheme == "gs":
+        parts = bucket.split(".")
+        if not 3 <= len(bucket) <= (222 if len(parts) > 1 else 63):
+            return f"GCS bucket name '{shown}' must be 3-63 characters long (up to 222 with dots)"
+        if not _GCS_BUCKET_RE.fullmatch(bucket):
+            return (f"GCS bucket name '{shown}' may only use lowercase letters, digits, '-', '_' and '.', and "
+                    "must start and end with a letter or digit")
+        if any(not 1 <= len(p) <= 63 for p in parts):
+            return f"GCS bucket name '{shown}': each dot-separated part must be 1-63 characters (no '..')"
+        if _IPV4_RE.fullmatch(bucket):
+            return f"GCS bucket name '{shown}' must not be an IP address"
+        if bucket.startswith("goog") or "google" in bucket or "g00gle" in bucket:
+            return f"GCS bucket name '{shown}' must not start with 'goog' or contain 'google'"
+        return None
+    return None
+
+
+def _has_control(text: str) -> bool:
+    return printable(text) != text
+
+
+def check_storage_uri(uri: str) -> StorageURI:
+    """Parse a configured storage URI (a job's ``source``, a connector's ``storage``) strictly.
+
+    On top of :func:`parse_uri`: the bucket must be a valid S3/GCS bucket name
+    (:func:`bucket_name_problem`); a ``file://`` URI must be written ``file:///abs/path`` (absolute,
+    no ``.``/``..`` or empty segments) and must not be the root directory ``/`` itself; no part may
+    contain control characters.
+
+    Raises:
+        UnsupportedURIError: the URI breaks one of these rules (the message says how to fix it).
+    """
+    if not isinstance(uri, str):
+        raise UnsupportedURIError(f"a storage URI must be a string, got {type(uri).__name__}")
+    shown = printable(uri, 200)
+    if _has_control(uri):
+        raise UnsupportedURIError(f"storage URI '{shown}' contains control characters; remove them")
+    parsed = parse_uri(uri)
+    if "?" in uri or "#" in uri:
+        raise UnsupportedURIError(
+            f"storage URI '{shown}' contains '?' or '#', which URI parsing would cut off; use a prefix without them"
+        )
+    if parsed.scheme == "file":
+        if not re.match(r"(?i)file://(localhost)?/", uri):
+            raise UnsupportedURIError(
+                f"file URI '{shown}' must be written file:///abs/path/ (three slashes, an absolute path); a "
+                "relative path would resolve against the worker's current directory"
+            )
+        segments = parsed.prefix.strip("/").split("/")
+        if parsed.prefix.strip("/") == "":
+            raise UnsupportedURIError(
+                f"file URI '{shown}' names the root directory '/'; point it at a directory of its own, "
+                "e.g. file:///data/obslake/"
+            )
+        if any(seg in ("", ".", "..") for seg in segments):
+            raise UnsupportedURIError(
+                f"file URI '{shown}' has an empty, '.' or '..' path segment; write the plain absolute path "
+                "(e.g. file:///data/in/)"
+            )
+        return parsed
+    problem = bucket_name_problem(parsed.scheme, parsed.bucket)
+    if problem:
+        raise UnsupportedURIError(f"storage URI '{shown}': {problem}; use {parsed.scheme}://<bucket>/<prefix>/")
+    return parsed
 
 
 @runtime_checkable
@@ -240,7 +342,7 @@ class RangedRawReader(io.RawIOBase):
         got = min(len(data), wanted)
         if got == 0:
             raise ObjectChangedError(
-                f"{self.name}: object ended at byte {self._pos}, before its listed size {self._size}; "
+                f"{printable(self.name)}: object ended at byte {self._pos}, before its listed size {self._size}; "
                 "it was truncated or replaced while being read"
             )
         view[:got] = data[:got]
@@ -256,7 +358,7 @@ class RangedRawReader(io.RawIOBase):
             data = self._fetch(self._pos, end)
             if not data:
                 raise ObjectChangedError(
-                    f"{self.name}: object ended at byte {self._pos}, before its listed size "
+                    f"{printable(self.name)}: object ended at byte {self._pos}, before its listed size "
                     f"{self._size}; it was truncated or replaced while being read"
                 )
             data = data[: end - self._pos + 1]

@@ -16,6 +16,7 @@ from obslake.exceptions import (
     ObslakeError,
     StorageAccessError,
     StorageUnavailableError,
+    printable,
 )
 from obslake.storage.base import (
     DEFAULT_BUFFER_SIZE,
@@ -83,6 +84,8 @@ def map_gcs_error(
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as gauth
 
+    uri = printable(uri)  # keys are user data: a newline in one must not forge log lines
+
     if isinstance(exc, gexc.PreconditionFailed):
         return ObjectChangedError(
             f"{uri}: the generation being read is no longer current (precondition failed); the next "
@@ -102,24 +105,24 @@ def map_gcs_error(
             f"{uri}: access denied ({exc.code}); the credentials likely lack {permission}"
         )
     if isinstance(exc, (gexc.TooManyRequests, gexc.ServerError, gexc.RetryError)):
-        return StorageUnavailableError(f"{uri}: GCS is unavailable ({exc}); retry later")
+        return StorageUnavailableError(f"{uri}: GCS is unavailable ({printable(exc, 500)}); retry later")
     if isinstance(exc, gexc.GoogleAPICallError):
-        return StorageAccessError(f"{uri}: GCS rejected the request ({exc}); it needs {permission}")
+        return StorageAccessError(f"{uri}: GCS rejected the request ({printable(exc, 500)}); it needs {permission}")
     if isinstance(exc, (gauth.DefaultCredentialsError, gauth.RefreshError)):
-        return StorageAccessError(f"{uri}: no usable Google credentials ({exc}); {permission} needed")
+        return StorageAccessError(f"{uri}: no usable Google credentials ({printable(exc, 500)}); {permission} needed")
     if isinstance(exc, gauth.TransportError):
-        return StorageUnavailableError(f"{uri}: GCS did not answer ({exc}); retry later")
+        return StorageUnavailableError(f"{uri}: GCS did not answer ({printable(exc, 500)}); retry later")
     try:
         import requests
     except ImportError:  # pragma: no cover - requests is a google-cloud-storage dependency
         requests = None  # type: ignore[assignment]
     if requests is not None and isinstance(exc, requests.exceptions.RequestException):
         return StorageUnavailableError(
-            f"{uri}: GCS did not answer ({type(exc).__name__}: {exc}); retry later"
+            f"{uri}: GCS did not answer ({type(exc).__name__}: {printable(exc, 500)}); retry later"
         )
     if isinstance(exc, (OSError, gexc.GoogleAPIError)):
         return StorageUnavailableError(
-            f"{uri}: GCS did not answer ({type(exc).__name__}: {exc}); retry later"
+            f"{uri}: GCS did not answer ({type(exc).__name__}: {printable(exc, 500)}); retry later"
         )
     return None
 
@@ -255,14 +258,14 @@ class GCSStore:
             try:
                 wanted = int(etag)
             except ValueError:
-                raise ValueError(f"{uri}: etag {etag!r} is not a GCS generation") from None
+                raise ValueError(f"{printable(uri)}: etag {etag!r} is not a GCS generation") from None
         blob = self._bucket.blob(key, generation=wanted)
         with self._errors(uri, "storage.objects.get", pinned=wanted is not None):
             blob.reload(timeout=self.timeout, retry=self.retry)
         generation = int(blob.generation)
         if wanted is not None and generation != wanted:
             raise ObjectChangedError(
-                f"{uri}: generation {wanted} is no longer current (now {generation}); the next poll "
+                f"{printable(uri)}: generation {wanted} is no longer current (now {generation}); the next poll "
                 "picks up the new version"
             )
         size = int(blob.size or 0)

@@ -3,6 +3,11 @@
 Used by the demo, tests and single-machine setups. The root directory plays the bucket (``bucket``
 is ``""``); keys are ``/``-separated paths relative to it. The bucket "tags" live in
 ``<root>/.obslake-tags.json``.
+
+Symbolic links are never followed out of the root: a link (or a linked directory) inside the root
+whose real path lies outside it is skipped by :meth:`LocalStore.list` (with a warning) and refused by
+``head``/``open``/``write``/``delete`` (:class:`~obslake.exceptions.StorageAccessError`). Links that
+stay inside the root work as their targets.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -21,6 +27,7 @@ from obslake.exceptions import (
     ObslakeError,
     StorageAccessError,
     StorageUnavailableError,
+    printable,
 )
 from obslake.storage.base import DEFAULT_BUFFER_SIZE, ObjectInfo, ObjectReader
 
@@ -29,6 +36,13 @@ TAGS_FILE = ".obslake-tags.json"
 
 TEMP_PREFIX = ".obslake-tmp-"
 """Prefix of the temporary files of atomic writes (never listed)."""
+
+log = logging.getLogger(__name__)
+
+
+def _inside(path: str, root: str) -> bool:
+    """True when the (real) ``path`` is ``root`` or below it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def local_etag(st: os.stat_result) -> str:
@@ -44,18 +58,20 @@ def map_os_error(exc: OSError, uri: str, *, etag: str | None = None) -> ObslakeE
         uri: The ``file://`` URI concerned.
         etag: The version being read, if pinned (then a missing file means it changed).
     """
+    uri = printable(uri)
     if isinstance(exc, FileNotFoundError):
         if etag is not None:
             return ObjectChangedError(f"{uri}: version {etag!r} is gone (the file was deleted)")
         return StorageAccessError(f"{uri}: no such file or directory")
     if isinstance(exc, PermissionError):
-        return StorageAccessError(f"{uri}: permission denied; the worker's user needs read access ({exc})")
+        return StorageAccessError(
+            f"{uri}: permission denied; the worker's user needs read access ({printable(exc, 300)})")
     if isinstance(exc, (IsADirectoryError, NotADirectoryError)) or exc.errno in (
         errno.ENAMETOOLONG,
         errno.ELOOP,
     ):
-        return StorageAccessError(f"{uri}: not a regular file ({exc})")
-    return StorageUnavailableError(f"{uri}: local I/O error ({exc}); retry later")
+        return StorageAccessError(f"{uri}: not a regular file ({printable(exc, 300)})")
+    return StorageUnavailableError(f"{uri}: local I/O error ({printable(exc, 300)}); retry later")
 
 
 class LocalStore:
@@ -77,7 +93,8 @@ class LocalStore:
 
     def __init__(self, root: str, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
         if not os.path.isabs(root):
-            raise ConfigError(f"local storage root {root!r} must be an absolute path (file:///abs/path/)")
+            raise ConfigError(
+                f"local storage root '{printable(root, 200)}' must be an absolute path (file:///abs/path/)")
         self.root = os.path.normpath(root)
         self.buffer_size = buffer_size
 
@@ -92,9 +109,27 @@ class LocalStore:
         parts = key.split("/")
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise StorageAccessError(
-                f"{self.uri(key)}: key {key!r} is not a relative path inside the root {self.root}"
+                f"{printable(self.uri(key))}: key '{printable(key)}' is not a relative path inside the root "
+                f"{printable(self.root)}"
             )
         return os.path.join(self.root, *parts)
+
+    def _real_root(self) -> str:
+        return os.path.realpath(self.root)
+
+    def _outside(self, key: str, real: str) -> StorageAccessError:
+        return StorageAccessError(
+            f"{printable(self.uri(key))}: resolves (through a symbolic link) to {printable(real)}, outside the "
+            f"root {printable(self.root)}; obslake never follows links out of a file:// root: copy the file "
+            "into the root instead"
+        )
+
+    def _contained(self, key: str, path: str, real_root: str | None = None) -> str:
+        """The real path of ``path`` (the file of ``key``); raises if it lies outside the root."""
+        real = os.path.realpath(path)
+        if not _inside(real, real_root or self._real_root()):
+            raise self._outside(key, real)
+        return real
 
     def _info(self, key: str, st: os.stat_result) -> ObjectInfo:
         return ObjectInfo(
@@ -108,7 +143,8 @@ class LocalStore:
 
     def _check_root(self) -> None:
         if not os.path.isdir(self.root):
-            raise StorageAccessError(f"{self.uri()}: root directory does not exist (or is not a directory)")
+            raise StorageAccessError(
+                f"{printable(self.uri())}: root directory does not exist (or is not a directory)")
 
     def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[ObjectInfo]:
         """Yield every file under ``prefix`` recursively, in key order.
@@ -133,6 +169,11 @@ class LocalStore:
         def on_error(exc: OSError) -> None:
             raise map_os_error(exc, self.uri(prefix)) from exc
 
+        real_root = self._real_root()
+        # os.walk does not descend into linked directories, so below a start directory that is itself
+        # inside the root only a file that is a link can lead out; otherwise every file is checked.
+        start_inside = _inside(os.path.realpath(start), real_root)
+
         found: list[tuple[str, str]] = []
         for dirpath, dirnames, filenames in os.walk(start, onerror=on_error):
             dirnames.sort()
@@ -147,9 +188,17 @@ class LocalStore:
         found.sort()
         for key, path in found:
             try:
-                st = os.stat(path)
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode) or not start_inside:
+                    real = os.path.realpath(path)
+                    if not _inside(real, real_root):
+                        log.warning("%s: skipped: it resolves (through a symbolic link) to %s, outside the root "
+                                    "%s; obslake never follows links out of a file:// root",
+                                    printable(self.uri(key)), printable(real), printable(self.root))
+                        continue
+                    st = os.stat(path)
             except FileNotFoundError:
-                continue  # deleted since the walk
+                continue  # deleted since the walk (or a dangling link)
             except OSError as exc:
                 raise map_os_error(exc, self.uri(key)) from exc
             if stat.S_ISREG(st.st_mode):
@@ -161,13 +210,13 @@ class LocalStore:
         Raises:
             StorageAccessError: no such file, not a regular file, or permission denied.
         """
-        path = self._path(key)
+        path = self._contained(key, self._path(key))
         try:
             st = os.stat(path)
         except OSError as exc:
             raise map_os_error(exc, self.uri(key)) from exc
         if not stat.S_ISREG(st.st_mode):
-            raise StorageAccessError(f"{self.uri(key)}: not a regular file")
+            raise StorageAccessError(f"{printable(self.uri(key))}: not a regular file")
         return self._info(key, st)
 
     def open(self, key: str, *, etag: str | None = None) -> ObjectReader:
@@ -179,26 +228,39 @@ class LocalStore:
 
         Raises:
             ObjectChangedError: the file was replaced or deleted since ``etag`` was listed.
-            StorageAccessError: no such file, or permission denied.
+            StorageAccessError: no such file, permission denied, or the key resolves through a
+                symbolic link to a file outside the root.
 
         Note:
             The version is checked on the open descriptor, and since writes replace the file (new
             inode), the reader keeps reading that version even if the file is rewritten meanwhile.
+            The resolved path is opened with ``O_NOFOLLOW`` and, where ``/proc`` exists, the path of
+            the open descriptor is checked again, so a link swapped in meanwhile cannot lead out.
         """
         uri = self.uri(key)
+        real_root = self._real_root()
         path = self._path(key)
+        real = self._contained(key, path, real_root)
         try:
-            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - returned to the caller
+            raw = open(real, "rb", buffering=0,  # noqa: SIM115 - returned to the caller
+                       opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NOFOLLOW", 0)))
         except OSError as exc:
             raise map_os_error(exc, uri, etag=etag) from exc
+        raw.name = path  # the key's path, as before (not the link's target)
         try:
+            try:
+                opened = os.readlink(f"/proc/self/fd/{raw.fileno()}")
+            except OSError:
+                opened = None  # no /proc (macOS): the realpath check above stands
+            if opened is not None and opened.startswith("/") and not _inside(opened, real_root):
+                raise self._outside(key, opened)
             st = os.fstat(raw.fileno())
             if not stat.S_ISREG(st.st_mode):
-                raise StorageAccessError(f"{uri}: not a regular file")
+                raise StorageAccessError(f"{printable(uri)}: not a regular file")
             if etag is not None and local_etag(st) != etag:
                 raise ObjectChangedError(
-                    f"{uri}: version {etag!r} is no longer current (now {local_etag(st)!r}); the next "
-                    "poll picks up the new version"
+                    f"{printable(uri)}: version {etag!r} is no longer current (now {local_etag(st)!r}); the "
+                    "next poll picks up the new version"
                 )
         except BaseException:
             raw.close()
@@ -219,8 +281,10 @@ class LocalStore:
         uri = self.uri(key)
         path = self._path(key)
         parent = os.path.dirname(path)
+        self._contained(key, parent)
         try:
             os.makedirs(parent, exist_ok=True)
+            self._contained(key, parent)
             try:
                 old: os.stat_result | None = os.stat(path)
             except FileNotFoundError:
@@ -264,6 +328,7 @@ class LocalStore:
     def delete(self, key: str) -> None:
         """Delete ``key`` (no error if already gone) and the directories it leaves empty."""
         path = self._path(key)
+        self._contained(key, os.path.dirname(path))  # unlink removes a link itself, not its target
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -287,8 +352,9 @@ class LocalStore:
         """
         self._check_root()
         uri = self.uri(TAGS_FILE)
+        path = self._contained(TAGS_FILE, os.path.join(self.root, TAGS_FILE))
         try:
-            with open(os.path.join(self.root, TAGS_FILE), "rb") as fh:
+            with open(path, "rb") as fh:
                 raw = fh.read()
         except FileNotFoundError:
             return {}
@@ -297,7 +363,7 @@ class LocalStore:
         try:
             tags = json.loads(raw)
         except ValueError as exc:
-            raise ConfigError(f"{uri}: not valid JSON ({exc})") from exc
+            raise ConfigError(f"{printable(uri)}: not valid JSON ({printable(exc, 200)})") from exc
         if not isinstance(tags, dict):
-            raise ConfigError(f"{uri}: must be a JSON object of tag names to values")
+            raise ConfigError(f"{printable(uri)}: must be a JSON object of tag names to values")
         return {str(k): str(v) for k, v in tags.items()}

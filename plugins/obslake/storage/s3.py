@@ -16,6 +16,7 @@ from obslake.exceptions import (
     ObslakeError,
     StorageAccessError,
     StorageUnavailableError,
+    printable,
 )
 from obslake.storage.base import (
     DEFAULT_BUFFER_SIZE,
@@ -131,10 +132,11 @@ def map_s3_error(
     """
     from botocore import exceptions as bce
 
+    uri = printable(uri)  # keys are user data: a newline in one must not forge log lines
     if isinstance(exc, bce.ClientError):
         error = exc.response.get("Error", {}) or {}
-        code = str(error.get("Code", ""))
-        message = error.get("Message") or ""
+        code = printable(error.get("Code", ""), 100)
+        message = printable(error.get("Message") or "", 500)
         status = int((exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
         if code in _CHANGED_CODES or status == 412:
             return ObjectChangedError(
@@ -181,13 +183,15 @@ def map_s3_error(
             f"{uri}: S3 rejected the request ({code or status}: {message}); it needs {permission}"
         )
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.NoRegionError)):
-        return StorageAccessError(f"{uri}: no usable AWS credentials/region ({exc}); {permission} needed")
+        return StorageAccessError(
+            f"{uri}: no usable AWS credentials/region ({printable(exc, 500)}); {permission} needed")
     if isinstance(exc, bce.ParamValidationError):
-        return StorageAccessError(f"{uri}: invalid request parameters ({exc})")
+        return StorageAccessError(f"{uri}: invalid request parameters ({printable(exc, 500)})")
     if isinstance(exc, (bce.BotoCoreError, OSError)):
         # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
         # ResponseStreamingError, IncompleteReadError, raw socket errors...
-        return StorageUnavailableError(f"{uri}: S3 did not answer ({type(exc).__name__}: {exc}); retry later")
+        return StorageUnavailableError(
+            f"{uri}: S3 did not answer ({type(exc).__name__}: {printable(exc, 500)}); retry later")
     return None
 
 

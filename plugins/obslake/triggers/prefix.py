@@ -82,7 +82,9 @@ class NewFilesTrigger(BaseTrigger):
             try:
                 files, total = await asyncio.to_thread(_poll, self.job)
             except Exception as exc:  # reported to the task, which fails or retries
-                yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}",
+                from obslake.exceptions import printable
+
+                yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {printable(exc, 2000)}",
                                     "terminal": _is_terminal(exc)})
                 return
             if files:
