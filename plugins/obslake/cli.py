@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from obslake.config import default_include_dir, load_import_job, load_import_jobs
-from obslake.exceptions import ObslakeError
+from obslake.exceptions import ObslakeError, printable
 
 
 def _jobs_dir(args) -> Path:
@@ -43,6 +43,33 @@ def _store(job):
         return open_store(job.source)
 
 
+def _key_of(store, job, file: str) -> str:
+    """The store key of ``file``: a key as is, or a full URI of an object in the job's bucket/directory.
+
+    For ``file://`` jobs the store's root is the job's source directory, so a full
+    ``file:///abs/path/x.csv`` becomes the path relative to it (and must lie inside it).
+    """
+    if "://" not in file:
+        return file
+    import posixpath
+
+    from obslake.exceptions import printable
+    from obslake.storage.base import parse_uri
+
+    parsed = parse_uri(file)
+    if parsed.scheme != store.scheme or parsed.bucket != store.bucket:
+        where = "directory" if store.scheme == "file" else "bucket"
+        raise ObslakeError(f"{printable(file, 300)} is not in the job's {where} ({job.source}); give a key or a "
+                           "URI under it")
+    if store.scheme != "file":
+        return parsed.prefix
+    root = posixpath.normpath(store.root).rstrip("/") + "/"
+    path = posixpath.normpath(parsed.prefix)
+    if not path.startswith(root):
+        raise ObslakeError(f"{printable(file, 300)} is not under the job's source {job.source}; give a file below it")
+    return path[len(root):]
+
+
 def cmd_validate_config(args) -> int:
     jobs, errors = load_import_jobs(_jobs_dir(args))
     for job in jobs:
@@ -58,12 +85,7 @@ def cmd_dry_run(args) -> int:
     job = _find_job(args, args.job)
     store, prefix = _store(job)
     if args.file:
-        key = args.file
-        if "://" in key:
-            from obslake.storage.base import parse_uri
-
-            key = parse_uri(key).prefix
-        infos = [store.head(key)]
+        infos = [store.head(_key_of(store, job, args.file))]
     else:
         from obslake.lake.catalog import LakeSettings
         from obslake.lake.discovery import find_new_files
@@ -73,13 +95,24 @@ def cmd_dry_run(args) -> int:
         if not infos:
             print(f"{job.name}: no new files under {job.source}")
             return 0
-    failed = 0
+    from obslake.exceptions import TransientError
+    from obslake.lake.catalog import LakeSettings, load_catalog, table_arrow_schema
+
+    table_schema = table_arrow_schema(load_catalog(LakeSettings.from_env()), job.table_identifier)
+    failed = retry = 0
     for info in infos:
-        report = validate_file(job, store, info)
-        print(report.summary())
+        try:
+            report = validate_file(job, store, info, table_schema=table_schema)
+        except TransientError as exc:  # this file only: the others are still checked
+            retry += 1
+            print(f"{printable(store.uri(info.key))}: NOT CHECKED ({printable(exc, 500)}); try again")
+            continue
+        print("\n".join(printable(line) for line in report.summary().splitlines()))
         failed += not report.ok
-    print(f"\n{len(infos) - failed} file(s) valid, {failed} failed (nothing was written)")
-    return 1 if failed else 0
+    checked = len(infos) - retry
+    print(f"\n{checked - failed} file(s) valid, {failed} failed{f', {retry} not checked' if retry else ''} "
+          "(nothing was written)")
+    return 1 if failed or retry else 0
 
 
 def cmd_status(args) -> int:

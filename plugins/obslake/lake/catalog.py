@@ -111,3 +111,16 @@ def retry_on_ddl_race(fn, attempts: int = 5):
 def load_catalog(settings: LakeSettings | None = None) -> "Catalog":
     """The pyiceberg catalog for ``settings`` (default: from the environment), cached per process."""
     return _load_catalog_cached(settings or LakeSettings.from_env())
+
+
+def table_arrow_schema(catalog, ident: tuple[str, str]):
+    """The Arrow schema of an Iceberg table as it is now, or None if the table does not exist yet.
+
+    The dry run compares each file with it (a column type the table cannot take fails there too).
+    """
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        return catalog.load_table(ident).schema().as_arrow()
+    except NoSuchTableError:
+        return None

@@ -32,7 +32,7 @@ class SchemaValidateOperator(BaseOperator):
         """Validate every file, one by one (one bad file never stops the others)."""
         from obslake.connections import store_for
         from obslake.exceptions import TransientError, printable
-        from obslake.lake.catalog import LakeSettings, load_catalog
+        from obslake.lake.catalog import LakeSettings, load_catalog, table_arrow_schema
         from obslake.lake.ledger import Ledger
         from obslake.schema.validate import internal_problem, validate_file
         from obslake.storage.base import ObjectInfo
@@ -41,7 +41,7 @@ class SchemaValidateOperator(BaseOperator):
         store, _ = store_for(job.source, job.conn_id)
         settings = LakeSettings.from_env()
         ledger = Ledger(settings.state_uri)
-        table_schema = _table_schema(load_catalog(settings), job.table_identifier)
+        table_schema = table_arrow_schema(load_catalog(settings), job.table_identifier)
         fingerprint = job.schema_.fingerprint()
         ok: list[dict] = []
         failed = retry = 0
@@ -72,12 +72,3 @@ class SchemaValidateOperator(BaseOperator):
         self.log.info("%d file(s) valid, %d failed validation, %d to retry", len(ok), failed, retry)
         return ok
 
-
-def _table_schema(catalog, ident):
-    """The Arrow schema of the job's table, or None before its first import."""
-    from pyiceberg.exceptions import NoSuchTableError
-
-    try:
-        return catalog.load_table(ident).schema().as_arrow()
-    except NoSuchTableError:
-        return None
