@@ -66,6 +66,8 @@ such files grows with their largest row, never with their size."""
 DEFAULT_BATCH_ROWS = 65_536
 
 # Byte-order marks of the text encodings a CSV must not be in (longest first: UTF-32 LE starts like UTF-16 LE).
+_BINARY_MAGIC = ((b"PAR1", "a Parquet file"), (b"ARROW1", "an Arrow IPC file"), (b"Obj\x01", "an Avro file"),
+                 (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook?)"), (b"\xff\xff\xff\xff", "an Arrow IPC stream"))
 _OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 LE"), (b"\x00\x00\xfe\xff", "UTF-32 BE"),
                (b"\xff\xfe", "UTF-16 LE"), (b"\xfe\xff", "UTF-16 BE"))
 
@@ -111,7 +113,14 @@ _CSV_ROW_RE = re.compile(r"Row #(\d+): ")
 
 
 class _UnsupportedAvroSchema(ValueError):
-    """An Avro writer schema that has no Arrow equivalent (the readers wrap it in FileFormatError)."""
+    """An Avro writer schema that has no Arrow equivalent (the readers wrap it in FileFormatError).
+
+    ``path`` is the field's dotted path where one is known (its first part is the file's column).
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,11 +517,18 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False,
         return {"line": int(row.group(1)) if row else None,
                 "column": names[int(col.group(1))] if col and int(col.group(1)) < len(names) else None}
 
-    bom = _csv_input(f, max_bytes, source).read(4)
+    sample = _csv_input(f, max_bytes, source).read(4096)
     for mark, encoding in _OTHER_BOMS:
-        if bom.startswith(mark):
+        if sample.startswith(mark):
             raise _error(source, "csv", f"{encoding} text (byte-order mark {mark.hex(' ')}), not UTF-8",
                          code="FILE_ENCODING", fix="save the file as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    if sample.count(b"\x00") * 4 > len(sample):  # every other (or every fourth) byte NUL: UTF-16/32 without BOM
+        raise _error(source, "csv", "UTF-16 or UTF-32 text (a NUL byte in every other or fourth byte), not UTF-8",
+                     code="FILE_ENCODING", fix="save the file as UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8)")
+    for magic, what in _BINARY_MAGIC:
+        if sample.startswith(magic):
+            raise _error(source, "csv", f"{what}, not CSV text (magic bytes {magic!r} at byte 0)",
+                         code="FILE_CORRUPT", fix="give the file the extension of its format, or export it as CSV")
     block = CSV_BLOCK_SIZE
     try:
         while True:
@@ -550,8 +566,11 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False,
             raise _error(source, "csv", f"no header row ({size} bytes, empty after decompression)",
                          code="FILE_EMPTY") from exc
         code = _code_for("csv", describe(exc), exc)
+        where = locate(exc)
+        if code == "FILE_ENCODING" and where.get("line") is None:
+            where["line"] = _first_bad_utf8_line(_csv_input(f, max_bytes, source).read(2 * block))
         raise _error(source, "csv", f"unreadable first block ({describe(exc)})", code=code,
-                     fix=_CODE_FIX.get(code), **locate(exc)) from exc
+                     fix=_CODE_FIX.get(code), **where) from exc
 
     def csv_batches(_: int) -> Iterator[pa.RecordBatch]:
         """The file's batches; a row larger than the block restarts with a larger block, skipping the
@@ -566,6 +585,8 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False,
                             skip -= batch.num_rows
                             continue
                         batch, skip = batch.slice(skip), 0
+                    if size_now > CSV_BLOCK_SIZE:  # blocks grew for large rows: hold each row to the limit
+                        _check_row_bytes(batch, source, done)
                     done += batch.num_rows
                     yield batch
                 return
@@ -580,6 +601,36 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False,
         source=source, fmt="csv", schema=schema, batches=csv_batches, describe=describe,
         locate=locate, coalesce=True,
     )
+
+
+def _check_row_bytes(batch: pa.RecordBatch, source: str, rows_before: int) -> None:
+    """Refuse a CSV row over :data:`MAX_CSV_ROW_BYTES` (pyarrow joins a row across two blocks)."""
+    import pyarrow.compute as pc
+
+    total = None
+    for col in batch.columns:
+        if pa.types.is_string(col.type) or pa.types.is_binary(col.type):
+            length = pc.fill_null(pc.binary_length(col), 0).cast(pa.int64())
+            total = length if total is None else pc.add(total, length)
+    if total is None or not len(total):
+        return
+    biggest = pc.max(total).as_py()
+    if biggest > MAX_CSV_ROW_BYTES:
+        row = rows_before + pc.index(total, biggest).as_py() + 1
+        raise FileFormatError(
+            f"{source}: data row {row} holds {biggest:,} bytes, over obslake's limit for one CSV row "
+            f"({MAX_CSV_ROW_BYTES >> 20} MiB); {_CODE_FIX['ROW_TOO_LARGE']}", code="ROW_TOO_LARGE")
+
+
+def _first_bad_utf8_line(head: bytes) -> int | None:
+    """The 1-based line of the first byte of ``head`` that is not UTF-8 (None if it all decodes)."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data" and exc.start >= len(head) - 4:
+            return None  # cut in the middle of a character at the end of the sample
+        return head.count(b"\n", 0, exc.start) + 1
+    return None
 
 
 def _is_straddle(exc: BaseException) -> bool:
@@ -601,11 +652,13 @@ def _open_avro(f: BinaryIO, source: str, size: int) -> _Opened:
     try:
         schema = arrow_schema_for_avro(reader.writer_schema)
     except _UnsupportedAvroSchema as exc:
+        column = re.split(r"[.\[{]", exc.path, maxsplit=1)[0] or None
         raise _error(
             source,
             "avro",
             f"unsupported Avro writer schema: {exc}",
-            fix="write the file with a supported schema",
+            fix="write one type per field (a union only with null), or leave the field out",
+            code="TYPE_UNSUPPORTED" if column else "FILE_CORRUPT", column=column,
         ) from exc
 
     def avro_batches(batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -675,7 +728,7 @@ def _arrow_type_for_avro(avro: Any, named: dict[str, pa.DataType], path: str) ->
         if len(branches) > 1:
             raise _UnsupportedAvroSchema(
                 f"field {path or '<root>'!r} is a union of several non-null types {branches!r} "
-                "(only [\"null\", T] unions are supported)"
+                "(only [\"null\", T] unions are supported)", path
             )
         arrow_type, _ = _arrow_type_for_avro(branches[0], named, path)
         return arrow_type, nullable

@@ -172,10 +172,11 @@ class TraceMapper:
         return pa.RecordBatch.from_arrays([out[k] for k in names], names=names), problems
 
 
-def make_mapper(job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime, fmt: str):
+def make_mapper(job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime, fmt: str,
+                table_schema: pa.Schema | None = None):
     """The mapper for a job's kind: model files (BatchMapper) or trace files (TraceMapper)."""
     if job.kind.is_trace:
         return TraceMapper(job, declared, source, ingested_at, fmt)
     from obslake.schema.mapping import BatchMapper
 
-    return BatchMapper(job, declared, source, ingested_at, fmt)
+    return BatchMapper(job, declared, source, ingested_at, fmt, table_schema=table_schema)

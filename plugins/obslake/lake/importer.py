@@ -54,7 +54,7 @@ from obslake.formats import format_for_key, read_batches, read_schema
 from obslake.lake.ledger import Ledger
 from obslake.fabric.trace_import import make_mapper
 from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, RecordErrors, check_table_types
-from obslake.schema.validate import internal_problem
+from obslake.schema.validate import error_code, internal_problem
 from obslake.storage.base import ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
@@ -603,8 +603,7 @@ def _failure_code(exc: TerminalError) -> str:
     """The README code of a terminal error: a record error's first problem, else the error's own code."""
     if isinstance(exc, RecordErrors) and exc.problems:
         return exc.problems[0].code
-    return exc.code or {"FileFormatError": "FILE_CORRUPT", "SchemaMismatchError": "TYPE_MISMATCH"}.get(
-        type(exc).__name__, "FILE_ERROR")
+    return error_code(exc)
 
 
 def import_file(
@@ -698,9 +697,11 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
     data_files: list = []
     io = None
     try:
+        table = _load_table(catalog, job.table_identifier)
+        table_schema = table.schema().as_arrow() if table is not None else None
         with store.open(info.key, etag=info.etag) as f:
             mapper = make_mapper(job, read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes), uri,
-                                 ingested_at, fmt)
+                                 ingested_at, fmt, table_schema=table_schema)
             batches = read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv",
                                    max_bytes=job.max_file_bytes)
 
@@ -730,7 +731,6 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
             if first is None:  # a header (schema) and no rows: FILE_EMPTY, as validate_file reports it
                 raise FileFormatError(f"{uri}: the file has a header but no data rows; upload the complete file with "
                                       "at least one data row", code="FILE_EMPTY")
-            table = _load_table(catalog, job.table_identifier)
             if table is not None:
                 done = find_committed(table, uri, info.etag)
                 if done is not None:
@@ -741,7 +741,7 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
                                           snapshot_id=done.snapshot_id, fingerprint=fingerprint)
                     return ImportResult(uri, info.etag, "already-imported", rows, table_name, done.snapshot_id,
                                         seconds=time.monotonic() - started)
-                check_table_types(first.schema, table.schema().as_arrow(), uri)
+                check_table_types(first.schema, table_schema, uri)
             # table creation and new columns are staged in the transaction that commits the data
             tx = _begin(catalog, job, table, first.schema)
             io = tx._table.io

@@ -15,9 +15,11 @@ a code.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
+import unicodedata
 
 import numpy as np
 import pyarrow as pa
@@ -108,7 +110,7 @@ def _normalise_type(t: pa.DataType) -> pa.DataType | None:
         return pa.float32()
     if pa.types.is_timestamp(t) and (t.unit != "us" or t.tz not in (None, "UTC")):
         return pa.timestamp("us", tz=None if t.tz is None else "UTC")
-    if pa.types.is_decimal256(t) and t.precision <= 38:
+    if (pa.types.is_decimal256(t) and t.precision <= 38) or pa.types.is_decimal32(t) or pa.types.is_decimal64(t):
         return pa.decimal128(t.precision, t.scale)
     if pa.types.is_date64(t):
         return pa.date32()
@@ -127,7 +129,7 @@ def _value_type(t: pa.DataType) -> pa.DataType:
 
 def _storable(t: pa.DataType) -> bool:
     """True for the scalar Arrow types an Iceberg table stores as they are (after :func:`_normalise_type`)."""
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         return t == pa.uuid()
     return (pa.types.is_boolean(t) or t in (pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.date32(),
                                              pa.time64("us"), pa.string(), pa.binary())
@@ -309,10 +311,36 @@ def _is_stringy(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
+def _plain_type(t: pa.DataType) -> pa.DataType:
+    """The logical type of a column's values: dictionary and run-end encodings, view layouts and
+    extension types (but uuid, which Iceberg stores) stripped to the plain type they hold."""
+    if pa.types.is_dictionary(t):
+        return _plain_type(t.value_type)
+    if pa.types.is_run_end_encoded(t):
+        return _plain_type(t.value_type)
+    if isinstance(t, pa.BaseExtensionType) and t != pa.uuid():
+        return _plain_type(t.storage_type)
+    if pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_binary_view(t):
+        return pa.binary()
+    return t
+
+
 def _decode(arr: pa.Array) -> pa.Array:
+    """``arr`` in the plain layout of :func:`_plain_type` (compute kernels exist for every one of them)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    return arr.dictionary_decode() if pa.types.is_dictionary(arr.type) else arr
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        return _decode(arr.dictionary_decode())
+    if pa.types.is_run_end_encoded(t):
+        return _decode(pc.run_end_decode(arr))
+    if isinstance(t, pa.BaseExtensionType) and t != pa.uuid():
+        return _decode(arr.storage)
+    if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+        return arr.cast(_plain_type(t))
+    return arr
 
 
 class _DuplicateIds:
@@ -429,7 +457,7 @@ class BatchMapper:
     """
 
     def __init__(self, job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime,
-                 fmt: str = "parquet"):
+                 fmt: str = "parquet", table_schema: pa.Schema | None = None):
         self.job = job
         m: SchemaMapping = job.schema_
         self.mapping = m
@@ -441,13 +469,14 @@ class BatchMapper:
         self.required = ({g[0] for g in REQUIREMENTS[job.model.type].all_of if len(g) == 1}
                          if job.kind == JobKind.predictions else set())
         names = declared.names
-        dupes = sorted({n for n in names if names.count(n) > 1 and n.strip()})  # blank names: _check_names
+        counts = collections.Counter(names)
+        dupes = sorted(n for n, k in counts.items() if k > 1 and n.strip())  # blank names: _check_names
         if dupes:
             raise SchemaMismatchError(
                 f"{source}: duplicate column name(s) {[printable(d) for d in dupes]}; rename them so every column "
                 "name is unique", code="DUPLICATE_COLUMN", column=dupes[0])
         overrides = {c: pa.type_for_alias(t) for c, t in m.column_types.items()}
-        self.declared = {f.name: overrides.get(f.name, f.type) for f in declared}
+        self.declared = {f.name: overrides.get(f.name, _plain_type(f.type)) for f in declared}
         roles = m.role_columns()
         needed = dict(roles)
         for name, emb in m.embedding_features.items():
@@ -493,9 +522,18 @@ class BatchMapper:
             self.features = [c for c in names if c not in claimed]
         stored = self.features + self.tags + self.shap
         used = [*needed.values(), *(c for _, cols in self.score_maps.values() for c in cols), *stored]
-        self.dropped = [c for c in names if c not in set(used) and c not in set(m.exclude)]
+        self._ints_as_double: set[str] = set()  # CSV features of whole numbers read as double
+        if self.is_csv:
+            self._csv_feature_types(table_schema)
+        used_set, excluded = set(used), set(m.exclude)
+        self.dropped = [c for c in names if c not in used_set and c not in excluded]
         self._check_names(names, stored, used, set(needed) | set(self.score_maps))
         for col in self.features + self.tags:
+            if pa.types.is_union(self.declared[col]):
+                raise SchemaMismatchError(
+                    f"{source}: column {col!r} is {self.declared[col]}, a union of types, which an Iceberg table "
+                    "cannot store; write one type per column or list it under `schema.exclude`",
+                    code="TYPE_UNSUPPORTED", column=col)
             if _is_nested(self.declared[col]):
                 raise SchemaMismatchError(
                     f"{source}: column {col!r} is {self.declared[col]}, but features and tags must be scalars "
@@ -518,10 +556,39 @@ class BatchMapper:
                     "unions to one type) or list the column under `schema.exclude`", code="TYPE_UNSUPPORTED",
                     column=col)
         self._epoch_unit: str | None = None
+        self._lines_before = 0  # CSV: line breaks inside quoted values of the rows before this batch
+        self._shift = np.zeros(0, dtype=np.int64)
         self._emb_len: dict[str, int] = {}
         self._dups = _DuplicateIds()
 
     # -- file-level checks -------------------------------------------------------------------------
+    def _csv_feature_types(self, table_schema: pa.Schema | None) -> None:
+        """The types CSV feature and tag cells are cast to (CSV has none of its own).
+
+        ``schema.column_types`` first; then, for a column the table already has and whose inferred type
+        widens into the table's, the table's type: the text is cast to it directly (``007`` stays
+        ``007`` in a string column, ``100`` is 100.0 in a double column); an incompatible one is a
+        ``TYPE_MISMATCH``. A new column takes pyarrow's inference from the file's first block, except
+        that whole numbers in a feature are read as double: CSV cannot tell ``100`` from ``100.0``
+        (pyarrow writes whole doubles without ``.0``), and an integer column created by one CSV file
+        could never take the doubles of the next file or of a Parquet file (Iceberg cannot widen
+        long to double). Integers up to 2**53 are exact; declare ``schema.column_types`` to keep
+        integers (or larger ones as string).
+        """
+        for col in self.features + self.tags + self.shap:
+            if col in self.mapping.column_types:
+                continue
+            idx = table_schema.get_field_index(col) if table_schema is not None else -1
+            if idx >= 0:
+                want = _canonical(table_schema.field(idx).type)
+                if not pa.types.is_nested(want) and _widens(_canonical(self.declared[col]), want):
+                    if pa.types.is_integer(self.declared[col]) and pa.types.is_floating(want):
+                        self._ints_as_double.add(col)
+                    self.declared[col] = want  # else: TYPE_MISMATCH, as for typed formats
+            elif col not in self.tags and pa.types.is_integer(self.declared[col]):
+                self.declared[col] = pa.float64()
+                self._ints_as_double.add(col)
+
     def _check_names(self, names: list[str], stored: list[str], used: list[str], canonical: set[str]) -> None:
         """Column names that cannot be stored, repeated (also ignoring case) or taken by obslake's columns."""
         src = self.source
@@ -533,11 +600,14 @@ class BatchMapper:
                 "drop the index column: df.to_csv(path, index=False) / df.to_parquet(path, index=False)",
                 code="COLUMN_NAME_INVALID", column=bad[0])
         by_lower: dict[str, str] = {}
-        wanted = {c.casefold() for c in used}  # a column read (mapped or stored) and any other of its name
+        def fold(name: str) -> str:  # equal for SQL engines and for people: case, composed/decomposed accents
+            return unicodedata.normalize("NFC", name).casefold()
+
+        wanted = {fold(c) for c in used}  # a column read (mapped or stored) and any other of its name
         for c in names:
-            if c.casefold() not in wanted:
+            if fold(c) not in wanted:
                 continue
-            other = by_lower.setdefault(c.casefold(), c)
+            other = by_lower.setdefault(fold(c), c)
             if other != c:
                 raise SchemaMismatchError(
                     f"{src}: columns {printable(other)!r} and {printable(c)!r} differ only in case; SQL engines "
@@ -616,13 +686,26 @@ class BatchMapper:
                         raise bad(key, c, self.declared[c], "a number (one column per class)")
 
     # -- record checks -----------------------------------------------------------------------------
+    def _count_lines(self, batch: pa.RecordBatch) -> None:
+        """CSV: per row, how many line breaks inside quoted values precede it (so ``line`` is physical)."""
+        per_row = None
+        for col in batch.columns:
+            if _is_stringy(col.type):
+                n = pc.fill_null(pc.count_substring(col, "\n"), 0)
+                per_row = n if per_row is None else pc.add(per_row, n)
+        counts = (per_row.to_numpy(zero_copy_only=False).astype(np.int64) if per_row is not None
+                  else np.zeros(batch.num_rows, dtype=np.int64))
+        self._shift = self._lines_before + np.cumsum(counts) - counts
+        self._lines_before += int(counts.sum())
+
     def _problem(self, problems: list[Problem], code: str, message: str, fix: str, row_index: int,
                  first_row: int, column: str | None, value: object = None) -> None:
         if len(problems) >= MAX_PROBLEMS * 10:
             return
         row = first_row + row_index
         problems.append(Problem(code, message, self.source, fix, row=row, column=column,
-                                value=None if value is None else _short(value), line=row + 1 if self.is_csv else None))
+                                value=None if value is None else _short(value),
+                                line=row + 1 + int(self._shift[row_index]) if self.is_csv else None))
 
     def _bad_rows(self, mask: pa.Array) -> list[int]:
         return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
@@ -733,7 +816,7 @@ class BatchMapper:
         elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
             integral = pa.types.is_integer(t)
             num = pc.cast(arr, pa.int64() if integral else pa.float64(), safe=False)
-            if integral and pa.types.is_unsigned_integer(t):  # above 2**63 - 1: out of range, not wrapped
+            if t == pa.uint64():  # above 2**63 - 1: out of range, not wrapped
                 num = pc.if_else(pc.greater(arr, pa.scalar(2**63 - 1, t)), pa.scalar(-(2**63), pa.int64()), num)
             if not integral:
                 finite = pc.is_finite(num)
@@ -915,6 +998,13 @@ class BatchMapper:
                                       f"the same type, or declare it: schema.column_types: {{{col}: string}}",
                                       i, first_row, col, v)
                 arr = pa.array(values, declared)
+            if col in self._ints_as_double:  # a whole number a double cannot hold exactly (from 2**53 on)
+                whole = pc.match_substring_regex(batch.column(col), r"^\s*[+-]?[0-9]+\s*$")
+                for i in self._bad_rows(pc.and_(whole, pc.greater_equal(pc.abs(arr), 2.0**53))):
+                    self._problem(problems, "VALUE_OUT_OF_RANGE", f"{what} value is a whole number from 2**53 on, "
+                                  "which a double (whole numbers in CSV features are doubles) cannot hold exactly",
+                                  f"declare it: schema.column_types: {{{col}: int64}} (or string)", i, first_row,
+                                  col, batch.column(col)[i].as_py())
         elif not self.is_csv and arr.type != declared and col in self.mapping.column_types:
             cast, bad = _cast_located(arr, declared)
             for i in bad:
@@ -957,6 +1047,8 @@ class BatchMapper:
             SchemaMismatchError: a whole column has an impossible type (e.g. a struct for a score).
         """
         problems: list[Problem] = []
+        if self.is_csv:
+            self._count_lines(batch)
         r = self.roles
         out: dict[str, pa.Array] = {}
         out["prediction_id"] = self._ids(batch.column(r["prediction_id"]), r["prediction_id"], first_row, problems)

@@ -89,16 +89,21 @@ class ValidationReport:
                 "bad_rows": self.bad_rows, "problems": [p.to_dict() for p in self.problems], "notes": self.notes}
 
 
+def error_code(exc: TerminalError) -> str:
+    """The README code of a terminal error: its own ``code``, else the one its class stands for."""
+    return getattr(exc, "code", None) or {
+        "FileFormatError": "FILE_CORRUPT", "SchemaMismatchError": "TYPE_MISMATCH",
+        "StorageAccessError": "ACCESS_DENIED", "BucketOwnershipError": "BUCKET_NOT_OWNED",
+    }.get(type(exc).__name__, "INTERNAL_ERROR")
+
+
 def file_problem(uri: str, exc: TerminalError) -> Problem:
     """A whole-file problem from a terminal error (its ``code``, else one derived from its class).
 
     Located where the error says where: ``column`` (a mapped column that is missing, of the wrong type, ...)
     and, for CSV, ``line`` (the data row is ``line - 1``, exact without quoted values spanning lines).
     """
-    code = getattr(exc, "code", None) or {
-        "FileFormatError": "FILE_CORRUPT", "SchemaMismatchError": "TYPE_MISMATCH",
-        "StorageAccessError": "ACCESS_DENIED", "BucketOwnershipError": "BUCKET_NOT_OWNED",
-    }.get(type(exc).__name__, "FILE_ERROR")
+    code = error_code(exc)
     line, column = getattr(exc, "line", None), getattr(exc, "column", None)
     message = str(exc).removeprefix(f"{uri}: ")  # Problem.__str__ names the file already
     return Problem(code, message, uri, FILE_FIX.get(code, "see the message"),
@@ -130,7 +135,8 @@ def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch
                                 code="FORMAT_NOT_ALLOWED")
         now = dt.datetime.now(dt.timezone.utc)
         with store.open(info.key, etag=info.etag) as f:
-            mapper = make_mapper(job, read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes), uri, now, fmt)
+            mapper = make_mapper(job, read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes), uri, now, fmt,
+                                 table_schema=table_schema)
             dropped = getattr(mapper, "dropped", [])
             if dropped:
                 report.notes.append(
