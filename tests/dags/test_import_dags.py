@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from lake_fixtures import inference_rows, to_bytes
+from lake_fixtures import inference_rows, own_bucket_for_airflow, to_bytes
 
 PROJECT = Path(__file__).resolve().parents[2]
 HEAVY = ("boto3", "botocore", "pyiceberg", "pyarrow", "fastavro", "google.cloud", "airflow.providers.amazon",
@@ -159,12 +159,7 @@ def test_dag_file_imports_no_provider_sdk_at_top_level(tmp_path):
 @pytest.fixture
 def s3_job(tmp_path, monkeypatch, s3_client, s3_bucket, moto_server, lake, airflow_db):
     """A job on a moto bucket tagged with the right key, with its Airflow connection and Variable."""
-    key = "k-" + os.urandom(8).hex()
-    s3_client.put_bucket_tagging(Bucket=s3_bucket, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": key}]})
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}))
-    monkeypatch.setenv("AIRFLOW_VAR_OBSLAKE_TEST_KEY", key)
+    own_bucket_for_airflow(monkeypatch, s3_client, s3_bucket, moto_server, "obslake_test_key")
     jobs = tmp_path / "include" / "import_jobs"
     jobs.mkdir(parents=True)
 

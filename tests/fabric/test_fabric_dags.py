@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import textwrap
 
 import pytest
 
 from fabric_helpers import NOW, annotations_table, duckdb_connection, spans_table
-from lake_fixtures import to_bytes
+from lake_fixtures import own_bucket_for_airflow, to_bytes
 from obslake.config import ImportJob, load_connectors
 from obslake.lake.importer import import_file
 from obslake.storage import open_store
@@ -68,12 +67,7 @@ def test_fabric_dag_run_exports_to_s3_and_a_second_connector_keeps_its_own_names
         tmp_path, monkeypatch, lake, s3_client, s3_bucket, moto_server, airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
-    key = "k-" + os.urandom(6).hex()
-    s3_client.put_bucket_tagging(Bucket=s3_bucket, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": key}]})
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}))
-    monkeypatch.setenv("AIRFLOW_VAR_OBSLAKE_TEST_KEY", key)
+    own_bucket_for_airflow(monkeypatch, s3_client, s3_bucket, moto_server, "obslake_test_key")
     store, _ = open_store(f"s3://{s3_bucket}/", s3_client=s3_client)
     spans_job = ImportJob.model_validate({"name": "t_spans", "source": f"s3://{s3_bucket}/in/spans/", "kind": "spans",
                                           "trace_project": "rag-app", "ingestion_key_variable": "k"})

@@ -6,9 +6,6 @@ may stay pending, and a fresh good file must import in the next run (no defect p
 
 from __future__ import annotations
 
-import json
-import os
-import textwrap
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -16,7 +13,7 @@ import pytest
 import yaml
 
 from corpus import BASE_SCHEMAS, defects, good_table
-from lake_fixtures import to_bytes
+from lake_fixtures import own_bucket_for_airflow, to_bytes
 
 PROJECT = Path(__file__).resolve().parents[2]
 FORMATS = ("parquet", "csv", "avro", "arrow")
@@ -37,12 +34,7 @@ def _base_job_defects():
 
 @pytest.fixture
 def poison_job(tmp_path, monkeypatch, s3_client, s3_bucket, moto_server, lake, airflow_db):
-    key = "k-" + os.urandom(8).hex()
-    s3_client.put_bucket_tagging(Bucket=s3_bucket, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": key}]})
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}))
-    monkeypatch.setenv("AIRFLOW_VAR_OBSLAKE_POISON_KEY", key)
+    own_bucket_for_airflow(monkeypatch, s3_client, s3_bucket, moto_server, "obslake_poison_key")
     jobs = tmp_path / "include" / "import_jobs"
     jobs.mkdir(parents=True)
     job = {"name": "poison", "source": f"s3://{s3_bucket}/in/", "ingestion_key_variable": "obslake_poison_key",

@@ -405,7 +405,7 @@ def _athena(*, location, namespace, project, delta, cols) -> str:
         "is needed); Athena reads the schema from that metadata. Treat the table as read-only: an",
         "Athena write would move metadata_location off latest.metadata.json. Run once:",
         "",
-        f"  aws glue create-table --region <aws_region> --database-name <glue_database> \\",
+        "  aws glue create-table --region <aws_region> --database-name <glue_database> \\",
         f"    --table-input '{json.dumps(table_input, separators=(',', ':'))}'",
         "",
         "(Alternatively pyiceberg: load_catalog('glue', type='glue').register_table(",

@@ -1015,7 +1015,7 @@ class BatchMapper:
         if _is_stringy(arr.type):
             for i in self._bad_rows(pc.greater(pc.utf8_length(arr), MAX_VALUE_CHARS)):
                 self._problem(problems, "VALUE_TOO_LONG", f"{what} value has more than {MAX_VALUE_CHARS:,} characters",
-                              f"shorten it, or list the column under schema.exclude", i, first_row, col,
+                              "shorten it, or list the column under schema.exclude", i, first_row, col,
                               arr[i].as_py())
         target = _normalise_type(arr.type)
         out, bad = _cast_located(arr, target) if target is not None else (arr, [])
