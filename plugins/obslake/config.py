@@ -801,22 +801,28 @@ def load_import_jobs(directory: str | Path) -> tuple[list[ImportJob], list[Confi
     Iceberg table (:func:`table_collisions`), and two files defining one job name, are errors too.
     """
     directory = Path(directory)
-    loaded: list[tuple[Path, ImportJob]] = []
-    errors: list[ConfigError] = []
     if not directory.is_dir():
-        return [], errors
-    for path in _yaml_files(directory):
-        try:
-            loaded.append((path, load_import_job(path, include_dir=directory.parent)))
-        except Exception as exc:  # load_import_job raises ConfigError only; belt and braces
-            err = exc if isinstance(exc, ConfigError) else ConfigError(
-                f"{_where(path)}: cannot load ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})")
-            err.path = path  # type: ignore[attr-defined]
-            errors.append(err)
+        return [], []
+    loaded, errors = _load_each(directory, lambda path: load_import_job(path, include_dir=directory.parent))
     refused = _duplicate_names(loaded, "job")
     refused.update({p: e for p, e in table_collisions(loaded).items() if p not in refused})
     errors.extend(refused.values())
     return [job for path, job in loaded if path not in refused], errors
+
+
+def _load_each(directory: Path, load) -> tuple[list[tuple[Path, Any]], list[ConfigError]]:
+    """``load`` every YAML file of ``directory``; a file that fails, whatever it raises, is one error."""
+    loaded: list[tuple[Path, Any]] = []
+    errors: list[ConfigError] = []
+    for path in _yaml_files(directory):
+        try:
+            loaded.append((path, load(path)))
+        except Exception as exc:  # the loaders raise ConfigError only; belt and braces
+            err = exc if isinstance(exc, ConfigError) else ConfigError(
+                f"{_where(path)}: cannot load ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})")
+            err.path = path  # type: ignore[attr-defined]
+            errors.append(err)
+    return loaded, errors
 
 
 def default_include_dir() -> Path:
@@ -959,17 +965,7 @@ def load_connectors(directory: str | Path) -> tuple[list[Connector], list[Config
     a prefix of the other's: their projects' files could collide.
     """
     directory = Path(directory)
-    loaded: list[tuple[Path, Connector]] = []
-    errors: list[ConfigError] = []
-    if directory.is_dir():
-        for path in _yaml_files(directory):
-            try:
-                loaded.append((path, load_connector(path)))
-            except Exception as exc:  # load_connector raises ConfigError only; belt and braces
-                err = exc if isinstance(exc, ConfigError) else ConfigError(
-                    f"{_where(path)}: cannot load ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})")
-                err.path = path  # type: ignore[attr-defined]
-                errors.append(err)
+    loaded, errors = _load_each(directory, load_connector) if directory.is_dir() else ([], [])
     duplicates = _duplicate_names(loaded, "connector")
     errors.extend(duplicates.values())
     loaded = [(p, c) for p, c in loaded if p not in duplicates]
