@@ -169,7 +169,9 @@ def cmd_fabric_sync(args) -> int:
 
     conn = _connector(args)
     catalog = fabric_catalog(storage_properties_from_env(conn.storage))
-    source = make_source(conn.source, catalog)
+    from obslake.connections import connection_uri
+
+    source = make_source(conn.source, catalog, connection_uri)
     for project in [args.project] if args.project else conn.projects:
         r = ProjectExporter(conn, project, catalog).sync(source)
         print(f"{project}: {r.mode}: {r.rows} row(s) in {r.partitions} partition(s) -> {r.location} "

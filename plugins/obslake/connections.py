@@ -12,6 +12,13 @@ from obslake.storage import ObjectStore, open_store, parse_uri
 DEFAULT_CONN = {"s3": "aws_default", "gs": "google_cloud_default"}
 
 
+def connection_uri(conn_id: str) -> str:
+    """The URI of an Airflow connection (e.g. a Phoenix database), from Airflow's secrets."""
+    from airflow.sdk import BaseHook
+
+    return BaseHook.get_connection(conn_id).get_uri()
+
+
 def store_for(uri: str, conn_id: str | None = None) -> tuple[ObjectStore, str]:
     """(store, prefix) for ``uri``, with credentials and endpoint from the Airflow connection.
 

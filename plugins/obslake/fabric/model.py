@@ -22,38 +22,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import pyarrow as pa
 
-TS = pa.timestamp("us", tz="UTC")
-
-SPAN_SCHEMA = pa.schema([
-    ("span_id", pa.string()),
-    ("trace_id", pa.string()),
-    ("parent_id", pa.string()),
-    ("name", pa.string()),
-    ("span_kind", pa.string()),
-    ("start_time", TS),
-    ("end_time", TS),
-    ("status_code", pa.string()),
-    ("status_message", pa.string()),
-    ("attributes", pa.string()),  # JSON object (nested OpenInference attributes, as Phoenix stores them)
-    ("events", pa.string()),  # JSON array
-    ("cumulative_error_count", pa.int64()),
-    ("cumulative_llm_token_count_prompt", pa.int64()),
-    ("cumulative_llm_token_count_completion", pa.int64()),
-    ("trace_start_time", TS),
-    ("trace_end_time", TS),
-    ("changed_at", TS),  # when the source last changed this span (ingest/update time, never event time)
-])
-
-ANNOTATION_SCHEMA = pa.schema([
-    ("span_id", pa.string()),
-    ("name", pa.string()),
-    ("label", pa.string()),
-    ("score", pa.float64()),
-    ("explanation", pa.string()),
-    ("annotator_kind", pa.string()),  # LLM | CODE | HUMAN
-    ("identifier", pa.string()),  # "" when none
-    ("updated_at", TS),
-])
+from obslake.schema.traces import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS  # noqa: E402,F401 (the shapes sources produce)
 
 # OpenInference attribute keys flattened into their own columns (`attributes.<key>`); the rest stay in JSON.
 FLAT_ATTRIBUTES: dict[str, pa.DataType] = {

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from obslake.config import TraceSourceConfig
+from obslake.exceptions import ConfigError
 from obslake.fabric.model import TraceSource
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
 
-def make_source(cfg: TraceSourceConfig, catalog: "Catalog") -> TraceSource:
+def make_source(cfg: TraceSourceConfig, catalog: "Catalog",
+                connection_uri: Callable[[str], str] | None = None) -> TraceSource:
     """``lake`` → :class:`~obslake.fabric.lake_source.LakeTraceSource`; ``phoenix`` → PhoenixSource.
 
-    A Phoenix ``conn_id`` is resolved through Airflow (the connection's URI), so the database
-    password stays in Airflow's secrets.
+    A Phoenix ``conn_id`` is resolved by ``connection_uri`` (the Airflow wrappers pass
+    :func:`obslake.connections.connection_uri`, so the database password stays in Airflow's secrets).
     """
     if cfg.type == "lake":
         from obslake.fabric.lake_source import LakeTraceSource
@@ -25,7 +27,8 @@ def make_source(cfg: TraceSourceConfig, catalog: "Catalog") -> TraceSource:
 
     uri = cfg.uri
     if uri is None:
-        from airflow.sdk import BaseHook
-
-        uri = BaseHook.get_connection(cfg.conn_id).get_uri()
+        if connection_uri is None:
+            raise ConfigError(f"the phoenix source uses conn_id {cfg.conn_id!r}, an Airflow connection: run the sync "
+                              "in Airflow, or give the database as `uri:`")
+        uri = connection_uri(cfg.conn_id)
     return PhoenixSource(uri)

@@ -52,8 +52,8 @@ from obslake.exceptions import (
 )
 from obslake.formats import format_for_key, read_batches, read_schema
 from obslake.lake.ledger import Ledger
-from obslake.fabric.trace_import import make_mapper
 from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, RecordErrors, check_table_types
+from obslake.schema.traces import make_mapper
 from obslake.schema.validate import error_code, internal_problem
 from obslake.storage.base import ObjectInfo, ObjectStore
 

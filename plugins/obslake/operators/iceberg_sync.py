@@ -73,7 +73,7 @@ class IcebergSyncOperator(BaseOperator):
 
     def _fabric(self, context) -> dict:
         from obslake.config import Connector
-        from obslake.connections import iceberg_storage_properties
+        from obslake.connections import connection_uri, iceberg_storage_properties
         from obslake.fabric.export import ProjectExporter
         from obslake.fabric.io import fabric_catalog
         from obslake.fabric.sources import make_source
@@ -92,5 +92,5 @@ class IcebergSyncOperator(BaseOperator):
         with airflow_errors():
             catalog = fabric_catalog(iceberg_storage_properties(conn.storage, conn.conn_id))
             result = ProjectExporter(conn, self.project, catalog).sync(
-                make_source(conn.source, catalog), window=window, sync_id=context.get("run_id"))
+                make_source(conn.source, catalog, connection_uri), window=window, sync_id=context.get("run_id"))
         return result.to_dict()

@@ -21,13 +21,18 @@ import datetime as dt
 import json
 import unicodedata
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obslake.config import ImportJob, JobKind, SchemaMapping
+from obslake.schema.types import JobKind, SchemaMapping
 from obslake.exceptions import SchemaMismatchError, printable
 from obslake.schema.model_types import REQUIREMENTS, label_kind
+
+if TYPE_CHECKING:  # the job is read for its mapping, model and kind; the configuration layer sits above
+    from obslake.config import ImportJob
 
 LINEAGE_COLUMNS = ("_source_file", "_source_row", "_ingested_at")
 PARTITION_COLUMN = "date"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from obslake.config import JobKind, ModelType, SchemaMapping
+from obslake.schema.types import JobKind, ModelType, SchemaMapping
 
 
 @dataclasses.dataclass(frozen=True)

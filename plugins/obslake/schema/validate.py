@@ -5,20 +5,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 
-from obslake.config import ImportJob, OnError
 from obslake.exceptions import TerminalError, TransientError, printable
 from obslake.formats import format_for_key, read_batches, read_schema
 from obslake.schema.mapping import MAX_PROBLEMS, Problem, bad_row_indices, check_table_types
+from obslake.schema.traces import make_mapper
+from obslake.schema.types import OnError
 from obslake.storage.base import ObjectInfo, ObjectStore
 
+if TYPE_CHECKING:
+    from obslake.config import ImportJob
 
-def make_mapper(*args, **kwargs):
-    """The mapper for the job's kind (imported lazily: obslake.fabric imports this package)."""
-    from obslake.fabric.trace_import import make_mapper as _make
 
-    return _make(*args, **kwargs)
 
 FILE_FIX = {
     "FILE_EMPTY": "upload the complete file (was the upload interrupted?) with at least one data row",

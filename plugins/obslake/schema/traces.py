@@ -1,7 +1,7 @@
 """Tracing import jobs: files of spans or annotations into the lake's own trace tables.
 
 A ``kind: spans`` job maps files whose columns are OpenInference spans — our names
-(:data:`~obslake.fabric.model.SPAN_SCHEMA`) or Phoenix's export names (``context.span_id``,
+(:data:`SPAN_SCHEMA`) or Phoenix's export names (``context.span_id``,
 ``context.trace_id``, ``attributes.<key>`` columns, which are folded into the ``attributes`` JSON) —
 into ``<trace_space>.<project>__spans``. A ``kind: annotations`` job maps ``span_id, name, label,
 score, explanation, annotator_kind, identifier, updated_at`` into ``<trace_space>.<project>__annotations``.
@@ -16,10 +16,48 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obslake.config import ImportJob, JobKind
+from typing import TYPE_CHECKING
+
 from obslake.exceptions import SchemaMismatchError
-from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS
-from obslake.schema.mapping import LINEAGE_COLUMNS, PARTITION_COLUMN, Problem, _decode, parse_ts_text_cells
+from obslake.schema.mapping import LINEAGE_COLUMNS, PARTITION_COLUMN, TS_TYPE, BatchMapper, Problem, _decode, parse_ts_text_cells
+from obslake.schema.types import JobKind
+
+if TYPE_CHECKING:
+    from obslake.config import ImportJob
+
+TS = TS_TYPE  # UTC microseconds, as every obslake timestamp
+
+SPAN_SCHEMA = pa.schema([
+    ("span_id", pa.string()),
+    ("trace_id", pa.string()),
+    ("parent_id", pa.string()),
+    ("name", pa.string()),
+    ("span_kind", pa.string()),
+    ("start_time", TS),
+    ("end_time", TS),
+    ("status_code", pa.string()),
+    ("status_message", pa.string()),
+    ("attributes", pa.string()),  # JSON object (nested OpenInference attributes, as Phoenix stores them)
+    ("events", pa.string()),  # JSON array
+    ("cumulative_error_count", pa.int64()),
+    ("cumulative_llm_token_count_prompt", pa.int64()),
+    ("cumulative_llm_token_count_completion", pa.int64()),
+    ("trace_start_time", TS),
+    ("trace_end_time", TS),
+    ("changed_at", TS),  # when the source last changed this span (ingest/update time, never event time)
+])
+
+ANNOTATION_SCHEMA = pa.schema([
+    ("span_id", pa.string()),
+    ("name", pa.string()),
+    ("label", pa.string()),
+    ("score", pa.float64()),
+    ("explanation", pa.string()),
+    ("annotator_kind", pa.string()),  # LLM | CODE | HUMAN
+    ("identifier", pa.string()),  # "" when none
+    ("updated_at", TS),
+])
+
 
 ALIASES = {
     "context.span_id": "span_id", "context.trace_id": "trace_id", "parent_span_id": "parent_id",
@@ -177,6 +215,4 @@ def make_mapper(job: ImportJob, declared: pa.Schema, source: str, ingested_at: d
     """The mapper for a job's kind: model files (BatchMapper) or trace files (TraceMapper)."""
     if job.kind.is_trace:
         return TraceMapper(job, declared, source, ingested_at, fmt)
-    from obslake.schema.mapping import BatchMapper
-
     return BatchMapper(job, declared, source, ingested_at, fmt, table_schema=table_schema)

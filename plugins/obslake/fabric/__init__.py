@@ -1,0 +1,1 @@
+"""Data Fabric: LLM trace projects exported to a customer's bucket as Iceberg (and Delta) tables."""
