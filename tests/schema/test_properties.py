@@ -1689,6 +1689,13 @@ EPOCH_NS_INT = _one("parquet", ts=Col(TS, pa.int64(), ((NOW_US - DAY_US) * 1000 
 NULL_SCORE = Scenario((FileCase("parquet", tuple(_base(3)[:3] + [Col(SCORE, pa.float64(), (0.5, None, 0.25))])),))
 CSV_NAN_TS = _one("csv", ts=Col(TS, pa.string(), (_ts_text(NOW_US - DAY_US, 0), "nan", _ts_text(NOW_US - DAY_US, 1))))
 CASE_DUPLICATE_ID = _one("parquet", Col("Prediction_ID", pa.string(), ("x", "y", "z")))
+# found by a 3,000-example run: CSV text of a ns timestamp into a table column of µs timestamps
+NS_TEXT_INTO_TS_TAG = Scenario((
+    FileCase("parquet", tuple(_base(3, id_prefix="a")[:4] + [Col(TAG, pa.timestamp("us", "UTC"),
+                                                                (NOW_US - DAY_US, None, NOW_US - 2 * DAY_US))])),
+    FileCase("csv", tuple(_base(3, id_prefix="b")[:4] + [Col(TAG, pa.timestamp("ns", "UTC"),
+                                                            ((NOW_US - DAY_US) * 1000 + 789, None, 0))])),
+))
 TYPE_CONFLICT = Scenario((
     FileCase("parquet", tuple(_base(3, id_prefix="a") + [Col("feature_x", pa.float64(), (0.5, 1.5, 2.5))])),
     FileCase("csv", tuple(_base(3, id_prefix="b") + [Col("feature_x", pa.string(), ("x", "y", "z")),
@@ -1716,6 +1723,7 @@ def test_known_crashers_import_exactly_or_fail_with_a_code(runner):
     @example(scenario=CSV_NAN_TS)
     @example(scenario=CASE_DUPLICATE_ID)
     @example(scenario=TYPE_CONFLICT)
+    @example(scenario=NS_TEXT_INTO_TS_TAG)
     @given(scenario=scenarios)
     def run(scenario):
         runner.run(scenario)

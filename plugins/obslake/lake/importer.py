@@ -52,7 +52,7 @@ from obslake.exceptions import (
 )
 from obslake.formats import format_for_key, read_batches, read_schema
 from obslake.lake.ledger import Ledger
-from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, RecordErrors, check_table_types
+from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, TS_TYPE, RecordErrors, check_table_types
 from obslake.schema.traces import make_mapper
 from obslake.schema.validate import error_code, internal_problem
 from obslake.storage.base import ObjectInfo, ObjectStore
@@ -520,7 +520,7 @@ class TooManyBadRowsError(TerminalError):
 
 QUARANTINE_SCHEMA = pa.schema([
     ("_source_file", pa.string()), ("_source_etag", pa.string()), ("_source_row", pa.int64()),
-    ("_ingested_at", pa.timestamp("us", tz="UTC")), ("error_codes", pa.string()), ("errors", pa.string()),
+    ("_ingested_at", TS_TYPE), ("error_codes", pa.string()), ("errors", pa.string()),
     ("record", pa.string()),
 ])
 

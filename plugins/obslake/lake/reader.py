@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obslake.exceptions import SchemaMismatchError
+from obslake.schema.mapping import LINEAGE_COLUMNS, TS_TYPE
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 ACTUALS_SUFFIX = "__actuals"
 VIEW_SUFFIX = "__with_actuals"
 KEY_COLUMN = "prediction_id"
-LINEAGE_COLUMNS = ("_source_file", "_source_row", "_ingested_at")
 #: Columns of an actuals table that are bookkeeping, not actuals (never joined onto predictions).
 NON_ACTUAL_COLUMNS = frozenset({KEY_COLUMN, "prediction_timestamp", "date", *LINEAGE_COLUMNS})
 #: Tie-break order of "latest wins" (shared by :func:`latest_per_prediction` and :func:`view_ddl`).
@@ -39,7 +39,7 @@ DEFAULT_ACTUAL_COLUMNS = ("actual_label", "actual_score")
 ENGINES = ("duckdb", "trino", "spark", "snowflake", "bigquery")
 _ENGINE_ALIASES = {"athena": "trino", "presto": "trino", "databricks": "spark"}
 
-_TS = pa.timestamp("us", tz="UTC")
+_TS = TS_TYPE
 _EMPTY_ACTUALS_SCHEMA = pa.schema([
     pa.field(KEY_COLUMN, pa.string()),
     pa.field("prediction_timestamp", _TS),

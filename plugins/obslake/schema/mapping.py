@@ -142,6 +142,16 @@ def _storable(t: pa.DataType) -> bool:
             or (pa.types.is_timestamp(t) and t.unit == "us" and t.tz in (None, "UTC")))
 
 
+def _cast_text(text: pa.Array, target: pa.DataType) -> pa.Array:
+    """CSV text to ``target``; timestamp text with more than 6 fractional digits is truncated to µs."""
+    try:
+        return text.cast(target)
+    except pa.ArrowInvalid:
+        if not (pa.types.is_timestamp(target) and target.unit != "ns"):
+            raise
+        return _cast_truncating(text.cast(pa.timestamp("ns", tz=target.tz)), target)
+
+
 def _epoch_us(when: dt.datetime) -> int:
     """Microseconds since the epoch of an aware datetime (exact)."""
     delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -990,12 +1000,12 @@ class BatchMapper:
             declared = declared.value_type
         if self.is_csv and _is_stringy(arr.type) and not _is_stringy(declared):
             try:
-                arr = arr.cast(declared)
+                arr = _cast_text(arr, declared)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 values = []
                 for i, v in enumerate(arr.to_pylist()):
                     try:
-                        values.append(None if v is None else pa.scalar(v).cast(declared).as_py())
+                        values.append(None if v is None else _cast_text(pa.array([v], pa.string()), declared)[0].as_py())
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                         values.append(None)
                         self._problem(problems, "CAST_FAILED", f"{what} value does not fit the column's type {declared} "
