@@ -853,6 +853,8 @@ class Text(M):
         try:
             if self.kind == "bool":
                 return s.lower() in (("true", "1") if self.value else ("false", "0"))
+            if self.kind == "date":  # README: a date into a string column is its ISO text
+                return s == (dt.date(1970, 1, 1) + dt.timedelta(days=self.value)).isoformat()
             if self.kind == "int":
                 return int(s) == self.value
             if self.kind == "decimal":
@@ -1081,9 +1083,10 @@ def feature_expectation(c: Src, e: Expect, table_type: str | None, *, is_csv: bo
             else:
                 out.append(Is(None) if v is None else Is(("f", float(v))))
         return out
-    if ff[0] in ("i", "f", "dec", "bool") and tf[0] == "string":
-        e.events.append("widening number/bool -> string")
-        k = "float32" if ff == ("f", 32) else {"i": "int", "f": "float", "dec": "decimal", "bool": "bool"}[ff[0]]
+    if ff[0] in ("i", "f", "dec", "bool", "date") and tf[0] == "string":
+        e.events.append("widening number/bool/date -> string")
+        k = "float32" if ff == ("f", 32) else {"i": "int", "f": "float", "dec": "decimal", "bool": "bool",
+                                                 "date": "date"}[ff[0]]
         return [Is(None) if v is None else Text(k, v) for v in c.values]
     if tf[0] in _CLEAR_MISMATCH.get(ff[0], set()):
         e.events.append("type conflict with the table")
@@ -1696,6 +1699,11 @@ NS_TEXT_INTO_TS_TAG = Scenario((
     FileCase("csv", tuple(_base(3, id_prefix="b")[:4] + [Col(TAG, pa.timestamp("ns", "UTC"),
                                                             ((NOW_US - DAY_US) * 1000 + 789, None, 0))])),
 ))
+# found by a 3,000-example run (an oracle gap): a date into an existing string column is its ISO text
+DATE_INTO_STRING_TAG = Scenario((
+    FileCase("parquet", tuple(_base(1, id_prefix="a"))),
+    FileCase("parquet", tuple(_base(1, id_prefix="b")[:4] + [Col(TAG, pa.date64(), (0,))])),
+))
 TYPE_CONFLICT = Scenario((
     FileCase("parquet", tuple(_base(3, id_prefix="a") + [Col("feature_x", pa.float64(), (0.5, 1.5, 2.5))])),
     FileCase("csv", tuple(_base(3, id_prefix="b") + [Col("feature_x", pa.string(), ("x", "y", "z")),
@@ -1724,6 +1732,7 @@ def test_known_crashers_import_exactly_or_fail_with_a_code(runner):
     @example(scenario=CASE_DUPLICATE_ID)
     @example(scenario=TYPE_CONFLICT)
     @example(scenario=NS_TEXT_INTO_TS_TAG)
+    @example(scenario=DATE_INTO_STRING_TAG)
     @given(scenario=scenarios)
     def run(scenario):
         runner.run(scenario)
