@@ -3,11 +3,14 @@
 import json
 import sys
 
+import fault_points
+
 from obslake.config import Connector
 from obslake.fabric.export import ProjectExporter
 from obslake.fabric.io import fabric_catalog, storage_properties_from_env
 from obslake.fabric.lake_source import LakeTraceSource
 
+fault_points.install_from_env()
 args = json.loads(sys.argv[1])
 conn = Connector.model_validate(args["connector"])
 catalog = fabric_catalog(storage_properties_from_env(conn.storage))

@@ -153,7 +153,7 @@ def test_kill_9_during_a_sync_then_rerun_gives_exactly_the_source(fabric, lake, 
     put("spans", spans_table(specs[20:]))
     put("annotations", annotations_table([{"span_id": "k3", "name": "qa", "label": "bad", "score": 0.0}]))
     env = {**os.environ, **lake.env, "OBSLAKE_S3_ENDPOINT_URL": moto_server, "OBSLAKE_FAULT_AT": fault,
-           "PYTHONPATH": str(Path(__file__).parent)}
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parent.parent)])}
     payload = json.dumps({"connector": conn.model_dump(mode="json"), "project": "rag-app"})
     worker = Path(__file__).with_name("fabric_worker.py")
     crashed = subprocess.run([sys.executable, str(worker), payload], env=env, capture_output=True, text=True,

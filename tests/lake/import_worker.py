@@ -8,6 +8,8 @@ result per file on stdout.
 import json
 import sys
 
+import fault_points
+
 from obslake.config import ImportJob
 from obslake.lake.catalog import LakeSettings, load_catalog
 from obslake.lake.importer import import_file
@@ -18,6 +20,7 @@ from obslake.storage.s3 import make_s3_client
 
 
 def main() -> None:
+    fault_points.install_from_env()
     args = json.loads(sys.argv[1])
     job = ImportJob.model_validate(args["job"])
     client = make_s3_client(endpoint_url=args["endpoint"]) if args.get("endpoint") else None

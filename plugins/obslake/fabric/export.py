@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obslake import faults
 from obslake.config import Connector, _ident
 from obslake.fabric.lake_source import cursor_json
 from obslake.fabric.model import FLAT_ATTRIBUTES, TS, ChangeBatch, TraceSource
@@ -252,9 +251,7 @@ class ProjectExporter:
                  PROP_SOURCE: f"{source.name}:{self.project}", PROP_SYNC: sync_id}
         if window:
             props[PROP_CURSOR] = cursor_json(self.last_cursor())  # a backfill never moves the cursor
-        faults.checkpoint("fabric-after-write")
         table = self._commit(table, data_files, replaced, props)
-        faults.checkpoint("fabric-after-commit")
         write_pointers(table)
         if "delta" in self.connector.formats:
             from obslake.fabric.delta import files_from_iceberg, sync_delta_log

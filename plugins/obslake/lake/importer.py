@@ -38,7 +38,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from obslake import faults
 from obslake.config import ImportJob, OnError
 from obslake.exceptions import (
     CommitConflictError,
@@ -752,7 +751,6 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
                         if not mapped.num_rows:
                             continue
                         chunk_done = writer.add(_conform(mapped, target, uri))
-                        faults.checkpoint("during-read")
                         if chunk_done:
                             log.info("%s: %d rows read, written or being written", printable(uri), writer.rows)
                     data_files, total = writer.finish(), writer.rows
@@ -762,7 +760,6 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
             raise TooManyBadRowsError(
                 f"{uri}: {counts['bad']} of {counts['read']} rows are bad, over max_bad_fraction="
                 f"{job.max_bad_fraction:g} (on_error: skip_rows); fix the file or raise the threshold")
-        faults.checkpoint("after-write")
         quarantine.commit(catalog)
         replace = table is not None and _has_earlier_version(table, uri)
         props = {PROP_SOURCE_FILE: uri, PROP_SOURCE_ETAG: info.etag, PROP_JOB: job.name, PROP_ROWS: str(total)}
@@ -777,7 +774,6 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
         if io is not None and data_files:
             _delete_quietly(io, data_files)
         raise
-    faults.checkpoint("after-commit")
     snapshot_id = snap.snapshot_id if snap is not None else None
     rows = int(snap.summary.get(PROP_ROWS, total)) if snap is not None else total
     ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=snapshot_id,
