@@ -304,8 +304,11 @@ def parse_ts_text_cells(text: pa.Array) -> tuple[pa.Array, list[int]]:
 def _parse_ts_text(text: pa.Array) -> pa.Array | None:
     """RFC 3339 / ISO 8601 text to UTC timestamps (no offset = UTC), or None if any value fails.
 
-    More than 6 fractional digits (nanoseconds, as pandas and Arrow write them) are truncated to µs.
+    More than 6 fractional digits (nanoseconds, as pandas and Arrow write them) are truncated to µs,
+    in the text itself, so the whole µs range parses (a nanosecond parse stops at 1677 and 2262).
     """
+    if pc.any(pc.match_substring_regex(text, r"\.[0-9]{7,}")).as_py():
+        text = pc.replace_substring_regex(text, r"(\.[0-9]{6})[0-9]+", r"\1")
     for unit in ("us", "ns"):
         try:
             return _cast_truncating(text.cast(pa.timestamp(unit, tz="UTC")), TS_TYPE)
