@@ -1707,6 +1707,8 @@ DATE_INTO_STRING_TAG = Scenario((
 # found by a 3,000-example run: ns-precision text of a timestamp outside the ns range (1677) is still text
 # that parses (out of range, not unparseable)
 CSV_TS_NS_MIN_TEXT = _one("csv", ts=Col(TS, pa.timestamp("ns", "UTC"), (-(2**63),)))
+# found by a 3,000-example run: a CSV feature cell " 1" is the number 1, as pyarrow's CSV reader reads it
+CSV_PADDED_WHOLE_NUMBER = _one("csv", Col("feature_", pa.string(), (None, None, " 1")))
 TYPE_CONFLICT = Scenario((
     FileCase("parquet", tuple(_base(3, id_prefix="a") + [Col("feature_x", pa.float64(), (0.5, 1.5, 2.5))])),
     FileCase("csv", tuple(_base(3, id_prefix="b") + [Col("feature_x", pa.string(), ("x", "y", "z")),
@@ -1737,6 +1739,7 @@ def test_known_crashers_import_exactly_or_fail_with_a_code(runner):
     @example(scenario=NS_TEXT_INTO_TS_TAG)
     @example(scenario=DATE_INTO_STRING_TAG)
     @example(scenario=CSV_TS_NS_MIN_TEXT)
+    @example(scenario=CSV_PADDED_WHOLE_NUMBER)
     @given(scenario=scenarios)
     def run(scenario):
         runner.run(scenario)

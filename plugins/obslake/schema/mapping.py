@@ -143,7 +143,9 @@ def _storable(t: pa.DataType) -> bool:
 
 
 def _cast_text(text: pa.Array, target: pa.DataType) -> pa.Array:
-    """CSV text to ``target``; timestamp text with more than 6 fractional digits is truncated to µs."""
+    """CSV text to ``target`` as pyarrow's CSV reader converts it: surrounding spaces ignored (`` 1`` is
+    1), timestamp text with more than 6 fractional digits truncated to µs."""
+    text = pc.utf8_trim_whitespace(text)
     try:
         return text.cast(target)
     except pa.ArrowInvalid:
