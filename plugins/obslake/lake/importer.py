@@ -149,16 +149,20 @@ def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) ->
     Imports do not call this: they create the table in the transaction of their first commit, so a
     file that fails never leaves a table (or a column) behind.
     """
+    return _load_or_create(catalog, job.table_identifier, lambda: _table_definition(catalog, job, arrow_schema))
+
+
+def _load_or_create(catalog: "Catalog", ident: tuple[str, str], definition) -> "Table":
+    """Load a table, or create it (namespace too) from ``definition()``, tolerating a parallel creator."""
     from pyiceberg.exceptions import TableAlreadyExistsError
     from sqlalchemy.exc import IntegrityError
 
-    ident = job.table_identifier
     table = _load_table(catalog, ident)
     if table is not None:
         return table
     _ensure_namespace(catalog, ident[0])
     try:
-        return catalog.create_table(ident, **_table_definition(catalog, job, arrow_schema))
+        return catalog.create_table(ident, **definition())
     except (TableAlreadyExistsError, IntegrityError):  # a parallel task created it first
         return catalog.load_table(ident)
 
@@ -548,21 +552,8 @@ class _Quarantine:
         """Append the bad rows to ``<table>__quarantine`` exactly once per file version."""
         if not self.rows:
             return
-        from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
-        from sqlalchemy.exc import IntegrityError
-
         ident = self.job.quarantine_table_identifier
-        try:
-            table = catalog.load_table(ident)
-        except NoSuchTableError:
-            try:
-                catalog.create_namespace(ident[0])
-            except (NamespaceAlreadyExistsError, IntegrityError):
-                pass
-            try:
-                table = catalog.create_table(ident, schema=QUARANTINE_SCHEMA)
-            except (TableAlreadyExistsError, IntegrityError):
-                table = catalog.load_table(ident)
+        table = _load_or_create(catalog, ident, lambda: {"schema": QUARANTINE_SCHEMA})
         if find_committed(table, self.uri, self.etag) is not None:
             return
         props = {PROP_SOURCE_FILE: self.uri, PROP_SOURCE_ETAG: self.etag, PROP_JOB: self.job.name,
