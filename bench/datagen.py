@@ -73,7 +73,7 @@ def write_csv(path: str, n_rows: int) -> None:
 def write_avro(path: str, n_rows: int) -> None:
     import fastavro
 
-    from obslake.formats import avro_schema_for_arrow
+    from obslake_demo.writers import avro_schema_for_arrow
 
     parsed = fastavro.parse_schema(avro_schema_for_arrow(schema()))
     records = (r for t in chunks(n_rows, chunk=50_000) for r in t.to_pylist())

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pytest
 
 from obslake.config import ImportJob
-from obslake.formats import write_table
 from obslake.lake.catalog import LakeSettings, load_catalog
 from obslake.lake.ledger import Ledger
+from obslake_demo.writers import write_table
 
 PG_ADMIN_URI = os.environ.get("OBSLAKE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 

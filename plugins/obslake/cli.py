@@ -206,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "demo":
-            from obslake.demo import run_demo
-
+            try:  # the demo kit is a separate package (not the product): imported only here, only for `demo`
+                from obslake_demo.demo import run_demo
+            except ImportError as exc:
+                print(f"error: `obslake demo` needs the demo kit (package obslake_demo, plugins/obslake_demo in the "
+                      f"source tree) and the `local` extra; in the source tree run ./run demo, or pip install "
+                      f"'.[local]' ({type(exc).__name__}: {exc})", file=sys.stderr)
+                return 2
             return run_demo(args.workdir)
         if args.cmd == "fabric":
             return {"ddl": cmd_fabric_ddl, "sync": cmd_fabric_sync}[args.fabric_cmd](args)

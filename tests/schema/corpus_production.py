@@ -167,7 +167,7 @@ def _avro(schema: dict, records: list[dict], codec: str = "null") -> bytes:
 
 
 def _avro_schema(t: pa.Table) -> dict:
-    from obslake.formats import avro_schema_for_arrow
+    from obslake_demo.writers import avro_schema_for_arrow
 
     return avro_schema_for_arrow(t.schema)
 

@@ -28,12 +28,12 @@ import pytest
 
 from lake_fixtures import Lake
 from obslake.config import ImportJob, load_import_job
-from obslake.formats import write_table
 from obslake.lake.catalog import LakeSettings
 from obslake.lake.importer import import_file
 from obslake.schema.validate import validate_file
 from obslake.storage import open_store
 from obslake.storage.s3 import make_s3_client
+from obslake_demo.writers import write_table
 
 N = 50
 BATCH_ROWS = 16  # several batches per file, as for large files (Arrow batches are sliced)

@@ -2,7 +2,7 @@
 
 Each example is a *scenario*: one to three random files of a ``score_categorical`` model, written as
 Parquet (pyarrow), CSV (pyarrow.csv, or pandas ``to_csv`` with and without its index), Avro (fastavro,
-via ``obslake.formats.write_table``) or Arrow IPC (file and stream), put on a ``file://`` store and
+via ``obslake_demo.writers.write_table``) or Arrow IPC (file and stream), put on a ``file://`` store and
 imported in order into one model table on an SQLite catalog. The files' columns have random Arrow
 types (integers of every width with their extremes, floats with NaN/inf/-0.0/subnormals, decimal128
 and decimal256, arbitrary unicode text, huge cells, binary, bools, dates, timestamps of every unit and
@@ -72,10 +72,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, reject, settings
 from hypothesis import strategies as st
 
-from obslake.formats import write_table
 from obslake.lake.importer import import_file
 from obslake.schema.validate import validate_file
 from obslake.storage import open_store
+from obslake_demo.writers import write_table
 
 EXAMPLES = int(os.environ.get("OBSLAKE_PROPERTY_EXAMPLES", "150"))
 SHRINK = os.environ.get("OBSLAKE_PROPERTY_SHRINK", "1") != "0"

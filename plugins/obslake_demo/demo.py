@@ -1,4 +1,4 @@
-"""`obslake demo`: a whole import on this machine, with nothing to configure.
+"""`obslake demo` (``./run demo``): a whole import on this machine, with nothing to configure.
 
 1. Starts a real S3 endpoint on 127.0.0.1 (moto server) and creates a bucket tagged
    ``arize-ingestion-key``.
@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-PROJECT = Path(__file__).resolve().parents[2]
+from obslake_demo.writers import write_table
+
+PROJECT = Path(__file__).resolve().parents[2]  # the repository root (plugins/obslake_demo/demo.py): dags/, include/
 BUCKET = "obslake-demo"
 PREFIX = "click-thru-rate/production/v1/"
 KEY_VARIABLE = "obslake_demo_ingestion_key"
@@ -71,8 +73,6 @@ def inference_table(n: int, day: dt.date, seed: int, *, id_prefix: str = "") -> 
 
 def demo_files(today: dt.date) -> dict[str, bytes]:
     """Key → bytes of the example files (nested folders, every format, one bad file)."""
-    from obslake.formats import write_table
-
     days = [today - dt.timedelta(days=d) for d in (3, 2, 1)]
     files: dict[str, tuple[pa.Table, str]] = {
         f"{days[0]:%Y/%m/%d}/part-000.parquet": (inference_table(4000, days[0], 1), "parquet"),
@@ -175,8 +175,6 @@ def _demo_body(workdir: Path, endpoint: str, key: str, t0: float) -> int:
     _expect(workdir, succeeded=5, failed=1)
 
     changed = f"{(today - dt.timedelta(days=2)):%Y/%m/%d}/predictions.csv"
-    from obslake.formats import write_table
-
     buf = io.BytesIO()
     write_table(inference_table(2600, today - dt.timedelta(days=2), 3, id_prefix="v2-"), "csv", buf)
     store.write(PREFIX + changed, buf.getvalue())
@@ -226,8 +224,6 @@ def trace_files(today: dt.date, seed: int = 7) -> tuple[pa.Table, pa.Table]:
 
 
 def _fabric_demo(store, endpoint: str, today: dt.date) -> None:
-    from obslake.formats import write_table
-
     spans, anns = trace_files(today)
     for kind, table, fmt in (("spans", spans, "parquet"), ("annotations", anns, "csv")):
         buf = io.BytesIO()
