@@ -46,7 +46,7 @@ def install(point: str) -> None:
     from obslake.lake import importer
 
     if point == "during-read":
-        importer._DataFileWriter.add = _after(importer._DataFileWriter.add)
+        importer.DataFileWriter.add = _after(importer.DataFileWriter.add)
     elif point == "after-write":
         importer._Quarantine.commit = _before(importer._Quarantine.commit)
     elif point == "after-commit":

@@ -44,7 +44,7 @@ def test_a_file_failing_transiently_shows_its_last_error_and_attempts(lake, s3_c
     def catalog_down(*args, **kwargs):  # the catalog database does not answer
         raise sa.exc.OperationalError("SELECT 1", {}, Exception("could not connect to server: Connection refused"))
 
-    monkeypatch.setattr(importer, "_load_table", catalog_down)
+    monkeypatch.setattr(importer, "load_table", catalog_down)
     for _ in range(3):
         with pytest.raises(TransientError, match="Connection refused"):
             import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger)

@@ -36,8 +36,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obslake.config import Connector, _ident
+from obslake.exceptions import CommitConflictError
 from obslake.fabric.lake_source import cursor_json
 from obslake.fabric.model import FLAT_ATTRIBUTES, TS, ChangeBatch, TraceSource
+from obslake.lake.iceberg import (
+    DEFAULT_TABLE_PROPERTIES,
+    commit_with_retry,
+    evolve,
+    identity_spec,
+    iceberg_schema,
+    load_or_create,
+    load_table,
+    read_data_files,
+    write_data_files,
+)
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -53,7 +65,7 @@ PROP_SYNC = "obslake.fabric.sync-id"
 EVAL_KINDS = ("LLM", "CODE")
 EVAL_FIELDS = (("label", pa.string()), ("score", pa.float64()), ("explanation", pa.string()))
 HUMAN_FIELDS = EVAL_FIELDS + (("annotator_kind", pa.string()), ("identifier", pa.string()), ("updated_at", TS))
-COMMIT_ATTEMPTS = 8
+PARTITIONS = ["date", "hour"]
 
 
 def _column_name(name: str) -> str:
@@ -141,18 +153,6 @@ class SyncResult:
         return dataclasses.asdict(self)
 
 
-def _partition_spec(schema):
-    from pyiceberg.partitioning import PartitionField, PartitionSpec
-    from pyiceberg.transforms import IdentityTransform
-
-    return PartitionSpec(
-        PartitionField(source_id=schema.find_field("date").field_id, field_id=1000, transform=IdentityTransform(),
-                       name="date"),
-        PartitionField(source_id=schema.find_field("hour").field_id, field_id=1001, transform=IdentityTransform(),
-                       name="hour"),
-    )
-
-
 class ProjectExporter:
     """Syncs one project of one connector (see the module docstring).
 
@@ -173,14 +173,9 @@ class ProjectExporter:
         tag = hashlib.sha256(self.location.encode()).hexdigest()[:8]
         self.identifier = (_ident(f"fabric__{connector.name}"), _ident(f"{project}__{tag}"))
 
-    def table(self) -> "Table | None":
+    def table(self) -> Table | None:
         """The project's table, or None before the first sync."""
-        from pyiceberg.exceptions import NoSuchTableError
-
-        try:
-            return self.catalog.load_table(self.identifier)
-        except NoSuchTableError:
-            return None
+        return load_table(self.catalog, self.identifier)
 
     def last_cursor(self) -> dict | None:
         """The cursor stored by the last completed sync (None: never synced)."""
@@ -192,32 +187,21 @@ class ProjectExporter:
             snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
         return None
 
-    def _create(self, schema: pa.Schema) -> "Table":
-        from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
-        from pyiceberg.schema import assign_fresh_schema_ids
-        from sqlalchemy.exc import IntegrityError
+    def _create(self, schema: pa.Schema) -> Table:
+        def definition() -> dict:
+            ischema = iceberg_schema(schema)
+            props = {**DEFAULT_TABLE_PROPERTIES, "obslake.fabric.connector": self.connector.name,
+                     "obslake.fabric.project": self.project, "format-version": "2"}
+            return {"schema": ischema, "location": self.location, "partition_spec": identity_spec(ischema, PARTITIONS),
+                    "properties": props}
 
-        try:
-            self.catalog.create_namespace(self.identifier[0])
-        except (NamespaceAlreadyExistsError, IntegrityError):
-            pass
-        ischema = assign_fresh_schema_ids(self.catalog._convert_schema_if_needed(schema))
-        props = {"write.parquet.compression-codec": "zstd", "obslake.fabric.connector": self.connector.name,
-                 "obslake.fabric.project": self.project, "format-version": "2"}
-        try:
-            return self.catalog.create_table(self.identifier, schema=ischema, location=self.location,
-                                             partition_spec=_partition_spec(ischema), properties=props)
-        except (TableAlreadyExistsError, IntegrityError):
-            return self.catalog.load_table(self.identifier)
+        return load_or_create(self.catalog, self.identifier, definition)
 
     @staticmethod
-    def _evolve(table: "Table", schema: pa.Schema) -> "Table":
-        have = set(table.schema().as_arrow().names)
-        new = [f for f in schema if f.name not in have]
-        if new:
-            with table.update_schema() as upd:
-                upd.union_by_name(pa.schema(new))
-            log.info("%s: added column(s) %s", table.name(), [f.name for f in new])
+    def _evolve(table: Table, schema: pa.Schema) -> Table:
+        added = evolve(table, table.schema().as_arrow(), schema)
+        if added:
+            log.info("%s: added column(s) %s", table.name(), added)
         return table
 
     @staticmethod
@@ -256,7 +240,7 @@ class ProjectExporter:
         if "delta" in self.connector.formats:
             from obslake.fabric.delta import files_from_iceberg, sync_delta_log
 
-            sync_delta_log(self.location, table.schema().as_arrow(), ["date", "hour"], files_from_iceberg(table),
+            sync_delta_log(self.location, table.schema().as_arrow(), PARTITIONS, files_from_iceberg(table),
                            storage_options=delta_storage_options(table))
         snap = table.current_snapshot()
         result = SyncResult(self.project, ".".join(self.identifier), self.location, rows, parts,
@@ -267,10 +251,8 @@ class ProjectExporter:
         return result
 
     @staticmethod
-    def _write_files(table: "Table", rows: pa.Table, write_uuid, counter) -> list:
-        from obslake.lake.write import write_data_files
-
-        return write_data_files(table, rows, write_uuid, counter)
+    def _write_files(table: Table, rows: pa.Table, write_uuid: uuid.UUID, counter: itertools.count[int]) -> list:
+        return write_data_files(table.metadata, table.io, rows, write_uuid, counter)
 
     def _write_full(self, table, batches, synced_at):
         data_files: list = []
@@ -313,7 +295,7 @@ class ProjectExporter:
         old_files = self._files_in_partitions(table, parts)
         phases["plan"] = time.monotonic() - clock
         clock = time.monotonic()
-        existing = self._read_files(table, old_files)
+        existing = read_data_files(table, old_files)
         phases["read"] = time.monotonic() - clock
         clock = time.monotonic()
         keep = existing.filter(pc.invert(pc.is_in(existing["span_id"], new["span_id"])))
@@ -326,14 +308,14 @@ class ProjectExporter:
         return table, data_files, new.num_rows, len(parts), old_files
 
     @staticmethod
-    def _files_in_partitions(table: "Table", parts: set[tuple[int, int]]) -> list:
+    def _files_in_partitions(table: Table, parts: set[tuple[int, int]]) -> list:
         """The live data files whose ``(date, hour)`` partition (days since epoch, hour) is in ``parts``."""
         snap = table.current_snapshot()
         if snap is None:
             return []
         spec = table.spec()
         names = [f.name for f in spec.fields]
-        if names != ["date", "hour"]:
+        if names != PARTITIONS:
             raise ValueError(f"{table.name()}: unexpected partition spec {names}; expected date, hour")
         days = {d for d, _ in parts}
         found = []
@@ -349,47 +331,35 @@ class ProjectExporter:
                     found.append(entry.data_file)
         return found
 
-    @staticmethod
-    def _read_files(table: "Table", data_files: list) -> pa.Table:
-        """The rows of ``data_files`` in the table's current schema (older files gain null columns)."""
-        from pyiceberg.expressions import AlwaysTrue
-        from pyiceberg.io.pyarrow import ArrowScan
-        from pyiceberg.table import FileScanTask
+    def _commit(self, table: Table, data_files: list, replaced: list | None, props: dict) -> Table:
+        from pyiceberg.exceptions import ValidationException
 
-        scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
-        return scan.to_table([FileScanTask(f) for f in data_files])
-
-    def _commit(self, table: "Table", data_files: list, replaced: list | None, props: dict) -> "Table":
-        from pyiceberg.exceptions import CommitFailedException, ValidationException
-
-        from obslake.exceptions import CommitConflictError
-
-        for attempt in range(COMMIT_ATTEMPTS):
-            try:
-                tx = table.transaction()
-                if replaced:  # one OVERWRITE snapshot: the old files of the touched partitions out, the new in
-                    with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
-                        for f in replaced:
-                            ow.delete_data_file(f)
-                        for f in data_files:
-                            ow.append_data_file(f)
-                else:
-                    with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
-                        for f in data_files:
-                            append.append_data_file(f)
-                return tx.commit_transaction()
-            except ValidationException as exc:
-                # a concurrent commit removed a file we rewrote: our merge is stale, the sync must rerun
-                raise CommitConflictError(f"{self.location}: the table changed during the sync ({exc}); retry") from exc
-            except CommitFailedException:
+        def attempt(n: int) -> Table:
+            if n:
                 # a single writer per connector is guaranteed by max_active_runs=1; a conflict means a
-                # manual run raced us: an overwrite whose files are gone fails validation above
-                time.sleep(0.2 * (attempt + 1))
+                # manual run raced us: an overwrite whose files are gone fails validation below
                 table.refresh()
-        raise CommitConflictError(f"{self.location}: fabric commit kept conflicting; retry")
+            tx = table.transaction()
+            if replaced:  # one OVERWRITE snapshot: the old files of the touched partitions out, the new in
+                with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
+                    for f in replaced:
+                        ow.delete_data_file(f)
+                    for f in data_files:
+                        ow.append_data_file(f)
+            else:
+                with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+                    for f in data_files:
+                        append.append_data_file(f)
+            return tx.commit_transaction()
+
+        try:
+            return commit_with_retry(attempt, what=self.location)
+        except ValidationException as exc:
+            # a concurrent commit removed a file we rewrote: our merge is stale, the sync must rerun
+            raise CommitConflictError(f"{self.location}: the table changed during the sync ({exc}); retry") from exc
 
 
-def write_pointers(table: "Table") -> None:
+def write_pointers(table: Table) -> None:
     """``metadata/latest.metadata.json`` = the current metadata; ``v<N>.metadata.json`` + ``version-hint.text``.
 
     Note:
@@ -408,7 +378,7 @@ def write_pointers(table: "Table") -> None:
             out.write(payload)
 
 
-def delta_storage_options(table: "Table") -> dict | None:
+def delta_storage_options(table: Table) -> dict | None:
     """deltalake storage options matching the table's FileIO properties (S3 endpoint/credentials)."""
     p = table.io.properties
     if not table.location().startswith("s3://"):

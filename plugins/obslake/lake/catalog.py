@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from obslake.exceptions import ConfigError
+from obslake.lake.iceberg import load_table, retry_on_ddl_race
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -90,24 +91,6 @@ def _load_catalog_cached(settings: LakeSettings) -> "Catalog":
     return retry_on_ddl_race(lambda: _load(CATALOG_NAME, **settings.properties))
 
 
-def retry_on_ddl_race(fn, attempts: int = 5):
-    """Call ``fn``; retry when concurrent processes race to create the same tables (CREATE IF NOT EXISTS
-    is not atomic on Postgres: the loser gets a unique violation on pg_type)."""
-    import random
-    import time
-
-    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except (IntegrityError, ProgrammingError, OperationalError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
 def load_catalog(settings: LakeSettings | None = None) -> "Catalog":
     """The pyiceberg catalog for ``settings`` (default: from the environment), cached per process."""
     return _load_catalog_cached(settings or LakeSettings.from_env())
@@ -118,9 +101,5 @@ def table_arrow_schema(catalog, ident: tuple[str, str]):
 
     The dry run compares each file with it (a column type the table cannot take fails there too).
     """
-    from pyiceberg.exceptions import NoSuchTableError
-
-    try:
-        return catalog.load_table(ident).schema().as_arrow()
-    except NoSuchTableError:
-        return None
+    table = load_table(catalog, ident)
+    return table.schema().as_arrow() if table is not None else None

@@ -8,7 +8,7 @@ The recipe (one Iceberg transaction per file):
    and the ledger update): the ledger is repaired from the snapshot summary, nothing is appended.
 3. The file is streamed in record batches, mapped (:class:`~obslake.schema.mapping.BatchMapper`) and
    written as Parquet data files in chunks of bounded size, each on a background thread while the
-   next one is read (:class:`_DataFileWriter`) — memory does not grow with the file.
+   next one is read (:class:`~obslake.lake.iceberg.DataFileWriter`) — memory does not grow with the file.
 4. One transaction deletes the rows of any earlier version of the same key (the file changed) and
    appends the new data files, with the source key and etag in the snapshot properties. A commit
    conflict refreshes the table and retries with the same data files.
@@ -24,19 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import itertools
 import json
 import logging
-import random
 import time
-import uuid
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from obslake.config import ImportJob, OnError
 from obslake.exceptions import (
@@ -50,8 +46,30 @@ from obslake.exceptions import (
     printable,
 )
 from obslake.formats import format_for_key, read_batches, read_schema
+from obslake.lake.iceberg import (
+    CHUNK_ROWS,
+    DEFAULT_TABLE_PROPERTIES,
+    DataFileWriter,
+    begin,
+    commit_with_retry,
+    delete_quietly,
+    identity_spec,
+    iceberg_schema,
+    load_or_create,
+    load_table,
+    same_field_ids,
+    snapshot_lineage,
+    transaction_io,
+)
 from obslake.lake.ledger import Ledger
-from obslake.schema.mapping import MAX_PROBLEMS, PARTITION_COLUMN, TS_TYPE, RecordErrors, check_table_types
+from obslake.schema.mapping import (
+    LINEAGE_COLUMNS,
+    MAX_PROBLEMS,
+    PARTITION_COLUMN,
+    TS_TYPE,
+    RecordErrors,
+    check_table_types,
+)
 from obslake.schema.traces import make_mapper
 from obslake.schema.validate import error_code, internal_problem
 from obslake.storage.base import ObjectInfo, ObjectStore
@@ -59,7 +77,7 @@ from obslake.storage.base import ObjectInfo, ObjectStore
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
     from pyiceberg.manifest import DataFile
-    from pyiceberg.table import Table
+    from pyiceberg.table import Table, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +85,6 @@ PROP_SOURCE_FILE = "obslake.source-file"
 PROP_SOURCE_ETAG = "obslake.source-etag"
 PROP_JOB = "obslake.job"
 PROP_ROWS = "obslake.rows"
-COMMIT_ATTEMPTS = 12
-CHUNK_ROWS = 1_000_000
-CHUNK_BYTES = 64 * 1024**2
-DICTIONARY_SAMPLE_ROWS = 10_000
 
 
 class FileTooLargeError(TerminalError):
@@ -98,93 +112,44 @@ class ImportResult:
         return dataclasses.asdict(self)
 
 
-# -- table management ------------------------------------------------------------------------------
-def _table_definition(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) -> dict:
-    """Schema (fresh ids), partition spec (identity on ``date``) and properties of a new model table."""
-    from pyiceberg.partitioning import PartitionField, PartitionSpec
-    from pyiceberg.schema import assign_fresh_schema_ids
-    from pyiceberg.transforms import IdentityTransform
 
-    schema = assign_fresh_schema_ids(catalog._convert_schema_if_needed(arrow_schema))
-    spec = PartitionSpec(
-        PartitionField(
-            source_id=schema.find_field(PARTITION_COLUMN).field_id, field_id=1000,
-            transform=IdentityTransform(), name=PARTITION_COLUMN,
-        )
-    )
+# -- table management ------------------------------------------------------------------------------
+def _table_definition(job: ImportJob, arrow_schema: pa.Schema) -> dict[str, Any]:
+    """Schema (fresh ids), partition spec (identity on ``date``) and properties of a new model table."""
+    schema = iceberg_schema(arrow_schema)
     model = {"obslake.model.space": job.model.space, "obslake.model.name": job.model.name,
              "obslake.model.environment": job.model.environment.value} if job.model else {}
     properties = {
+        **DEFAULT_TABLE_PROPERTIES,
         **model,
         "obslake.job.kind": job.kind.value,
         # full (untruncated) bounds let a replace drop whole files by metadata alone
-        "write.metadata.metrics.column._source_file": "full",
-        "write.parquet.compression-codec": "zstd",
+        f"write.metadata.metrics.column.{LINEAGE_COLUMNS[0]}": "full",
     }
-    return {"schema": schema, "partition_spec": spec, "properties": properties}
+    return {"schema": schema, "partition_spec": identity_spec(schema, [PARTITION_COLUMN]), "properties": properties}
 
 
-def _ensure_namespace(catalog: "Catalog", namespace: str) -> None:
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError
-    from sqlalchemy.exc import IntegrityError
-
-    try:
-        catalog.create_namespace(namespace)
-    except (NamespaceAlreadyExistsError, IntegrityError):  # SQL catalogs report a lost race as IntegrityError
-        pass
-
-
-def _load_table(catalog: "Catalog", ident: tuple[str, str]) -> "Table | None":
-    from pyiceberg.exceptions import NoSuchTableError
-
-    try:
-        return catalog.load_table(ident)
-    except NoSuchTableError:
-        return None
-
-
-def ensure_table(catalog: "Catalog", job: ImportJob, arrow_schema: pa.Schema) -> "Table":
+def ensure_table(catalog: Catalog, job: ImportJob, arrow_schema: pa.Schema) -> Table:
     """Load the model's table, creating it (partitioned by ``date``) on first use.
 
     Imports do not call this: they create the table in the transaction of their first commit, so a
     file that fails never leaves a table (or a column) behind.
     """
-    return _load_or_create(catalog, job.table_identifier, lambda: _table_definition(catalog, job, arrow_schema))
+    return load_or_create(catalog, job.table_identifier, lambda: _table_definition(job, arrow_schema))
 
 
-def _load_or_create(catalog: "Catalog", ident: tuple[str, str], definition) -> "Table":
-    """Load a table, or create it (namespace too) from ``definition()``, tolerating a parallel creator."""
-    from pyiceberg.exceptions import TableAlreadyExistsError
-    from sqlalchemy.exc import IntegrityError
-
-    table = _load_table(catalog, ident)
-    if table is not None:
-        return table
-    _ensure_namespace(catalog, ident[0])
-    try:
-        return catalog.create_table(ident, **definition())
-    except (TableAlreadyExistsError, IntegrityError):  # a parallel task created it first
-        return catalog.load_table(ident)
-
-
-def _lineage(table: "Table") -> Iterator:
-    snap = table.current_snapshot()
-    while snap is not None:
-        yield snap
-        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
-
-
-def find_committed(table: "Table", uri: str, etag: str):
+def find_committed(table: Table, uri: str, etag: str) -> Any:
     """The snapshot in the current lineage that committed this file version, or None."""
-    for snap in _lineage(table):
+    for snap in snapshot_lineage(table):
         s = snap.summary
         if s is not None and s.get(PROP_SOURCE_FILE) == uri and s.get(PROP_SOURCE_ETAG) == etag:
             return snap
     return None
 
 
-def _has_earlier_version(table: "Table", uri: str) -> bool:
-    return any(s.summary is not None and s.summary.get(PROP_SOURCE_FILE) == uri for s in _lineage(table))
+def _has_earlier_version(table: Table, uri: str) -> bool:
+    return any(s.summary is not None and s.summary.get(PROP_SOURCE_FILE) == uri for s in snapshot_lineage(table))
+
 
 
 def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str) -> pa.RecordBatch:
@@ -209,228 +174,6 @@ def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str) -> pa.RecordBat
     return pa.RecordBatch.from_arrays(arrays, schema=target)
 
 
-# -- the import -------------------------------------------------------------------------------------
-def _partition_tasks(metadata, df: pa.Table, write_uuid: uuid.UUID, counter) -> list | None:
-    """pyiceberg write tasks for ``df``, one per ``date`` partition (and target file size), or None.
-
-    The same tasks as pyiceberg's ``_dataframe_to_data_files`` makes for a table partitioned by
-    ``identity(date)`` (the spec :func:`ensure_table` creates), split more cheaply: one vectorised
-    ``filter`` per distinct date instead of a group-by and an Acero filter plan per partition (which
-    cost as much as writing). None for any other spec: the caller uses pyiceberg's own split.
-    """
-    from pyiceberg.io.pyarrow import bin_pack_arrow_table, pyarrow_to_schema
-    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
-    from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE, TableProperties, WriteTask
-    from pyiceberg.transforms import IdentityTransform
-    from pyiceberg.utils.config import Config
-    from pyiceberg.utils.properties import property_as_int
-
-    spec, schema = metadata.spec(), metadata.schema()
-    if (len(spec.fields) != 1 or not isinstance(spec.fields[0].transform, IdentityTransform)
-            or schema.find_column_name(spec.fields[0].source_id) != PARTITION_COLUMN
-            or PARTITION_COLUMN not in df.column_names):
-        return None
-    target_file_size = property_as_int(metadata.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
-                                       TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
-    task_schema = pyarrow_to_schema(
-        df.schema, name_mapping=schema.name_mapping,
-        downcast_ns_timestamp_to_us=Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False,
-        format_version=metadata.format_version,
-    )
-    dates = df[PARTITION_COLUMN]
-    values = pc.unique(dates)
-    tasks = []
-    for value in values:
-        if len(values) == 1:
-            part = df
-        else:
-            part = df.filter(pc.equal(dates, value) if value.is_valid else pc.is_null(dates))
-        key = PartitionKey(field_values=[PartitionFieldValue(field=spec.fields[0], value=value.as_py())],
-                           partition_spec=spec, schema=schema)
-        for batches in bin_pack_arrow_table(part, target_file_size):
-            tasks.append(WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches,
-                                   partition_key=key, schema=task_schema))
-    return tasks
-
-
-def _dictionary_columns(df: pa.Table) -> list[str]:
-    """The Parquet columns of ``df`` to dictionary-encode: all but the mostly-distinct primitive ones.
-
-    Arrow's Parquet writer dictionary-encodes every column until its dictionary outgrows the page
-    limit (``write.parquet.dict-size-bytes``, 2 MiB). For a column of mostly distinct values - float
-    features, ids, timestamps, ``_source_row`` - that is wasted work (most of the write time of a
-    typical inference file) and makes the file larger than plain encoding under zstd. So a top-level
-    primitive column more than half distinct in its first :data:`DICTIONARY_SAMPLE_ROWS` rows is
-    written plain; the others (tags, labels, ``date``, the lineage constants, nested columns' leaves)
-    keep dictionary encoding. Only the encoding differs: values and statistics are the same.
-    """
-    sample = df.slice(0, DICTIONARY_SAMPLE_ROWS)
-    out: list[str] = []
-    for field, col in zip(sample.schema, sample.columns):
-        if pa.types.is_nested(field.type):
-            out.extend(_leaf_paths(field.name, field.type))
-            continue
-        valid = len(col) - col.null_count
-        try:
-            mostly_distinct = valid > 0 and pc.count_distinct(col).as_py() * 2 > valid
-        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # a type without a hash kernel
-            mostly_distinct = False
-        if not mostly_distinct:
-            out.append(field.name)
-    return out
-
-
-def _leaf_paths(path: str, t: pa.DataType) -> list[str]:
-    """The Parquet leaf column paths of an Arrow field (as pyarrow names them, compliant nested types)."""
-    if pa.types.is_struct(t):
-        return [leaf for f in t for leaf in _leaf_paths(f"{path}.{f.name}", f.type)]
-    if pa.types.is_map(t):
-        return (_leaf_paths(f"{path}.key_value.key", t.key_type)
-                + _leaf_paths(f"{path}.key_value.value", t.item_type))
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        return _leaf_paths(f"{path}.list.element", t.value_type)
-    return [path]
-
-
-def _write_data_file(metadata, io, locations, task) -> "DataFile":
-    """Write one pyiceberg ``WriteTask`` as a Parquet data file; its DataFile (with column metrics).
-
-    The same file pyiceberg's ``write_file`` writes (schema with field ids, the table's Parquet
-    properties and metrics modes), except that only :func:`_dictionary_columns` are dictionary-encoded.
-    """
-    from pyiceberg.io.fileformat import FileFormatFactory
-    from pyiceberg.io.pyarrow import (
-        _get_parquet_writer_kwargs,
-        _to_requested_schema,
-        compute_statistics_plan,
-        data_file_statistics_from_parquet_metadata,
-        parquet_path_to_id_mapping,
-    )
-    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-    from pyiceberg.schema import sanitize_column_names
-    from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE, TableProperties
-    from pyiceberg.typedef import Record
-    from pyiceberg.utils.config import Config
-    from pyiceberg.utils.properties import property_as_int
-
-    file_schema = sanitize_column_names(metadata.schema())
-    downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
-    format_model = FileFormatFactory.get(FileFormat.PARQUET)
-    df = pa.Table.from_batches([
-        _to_requested_schema(requested_schema=file_schema, file_schema=task.schema, batch=batch,
-                             downcast_ns_timestamp_to_us=downcast, include_field_ids=True, format_model=format_model)
-        for batch in task.record_batches
-    ])
-    file_path = locations.new_data_location(data_file_name=task.generate_data_file_filename("parquet"),
-                                            partition_key=task.partition_key)
-    row_group_size = property_as_int(metadata.properties, TableProperties.PARQUET_ROW_GROUP_LIMIT,
-                                     TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT)
-    out = io.new_output(file_path)
-    with out.create(overwrite=True) as fos:
-        with pq.ParquetWriter(fos, schema=df.schema, store_decimal_as_integer=True,
-                              use_dictionary=_dictionary_columns(df),
-                              **_get_parquet_writer_kwargs(metadata.properties)) as writer:
-            writer.write(df, row_group_size=row_group_size)
-    statistics = data_file_statistics_from_parquet_metadata(
-        parquet_metadata=writer.writer.metadata,
-        stats_columns=compute_statistics_plan(file_schema, metadata.properties),
-        parquet_column_mapping=parquet_path_to_id_mapping(file_schema),
-    )
-    return DataFile.from_args(
-        content=DataFileContent.DATA, file_path=file_path, file_format=FileFormat.PARQUET,
-        partition=task.partition_key.partition if task.partition_key else Record(),
-        file_size_in_bytes=len(out), sort_order_id=None, spec_id=metadata.default_spec_id, equality_ids=None,
-        key_metadata=None, **statistics.to_serialized_dict(),
-    )
-
-
-def _write_chunk(metadata, io, batches: list[pa.RecordBatch], write_uuid: uuid.UUID, counter) -> list:
-    """Write ``batches`` as Parquet data files (one per partition and target file size); their DataFiles.
-
-    The files of a chunk are written in parallel on pyiceberg's executor, as pyiceberg does.
-    """
-    from pyiceberg.io.pyarrow import _dataframe_to_data_files
-    from pyiceberg.table.locations import load_location_provider
-    from pyiceberg.utils.concurrent import ExecutorFactory
-
-    df = pa.Table.from_batches(batches)
-    tasks = _partition_tasks(metadata, df, write_uuid, counter)
-    if tasks is None:
-        return list(_dataframe_to_data_files(table_metadata=metadata, df=df, io=io,
-                                             write_uuid=write_uuid, counter=counter))
-    locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
-    write = functools.partial(_write_data_file, metadata, io, locations)
-    return list(ExecutorFactory.get_or_create().map(write, tasks))
-
-
-class _DataFileWriter:
-    """Writes the mapped rows of one file as Iceberg data files, overlapping writing with reading.
-
-    :meth:`add` buffers batches; every ``chunk_rows`` rows or :data:`CHUNK_BYTES` bytes the buffer (a
-    *chunk*) goes to a background thread, which splits it by partition and writes the Parquet data
-    files while the caller reads and maps the next chunk. At most one chunk is being written at a
-    time, so memory stays bounded by about two chunks whatever the file's size.
-
-    Use it as a context manager: leaving the block (normally or by an exception) waits for the chunk
-    in flight, so no data file is still being written after ``import_file`` returns. An error of the
-    background write is raised by the next :meth:`add` or by :meth:`finish`.
-    """
-
-    def __init__(self, metadata, io, chunk_rows: int):
-        self.metadata, self.io, self.chunk_rows = metadata, io, chunk_rows
-        self.write_uuid, self.counter = uuid.uuid4(), itertools.count(0)
-        self.data_files: list = []
-        self.rows = 0
-        self._buffer: list[pa.RecordBatch] = []
-        self._buffered_rows = self._buffered_bytes = 0
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="obslake-write")
-        self._in_flight: Future | None = None
-
-    def __enter__(self) -> "_DataFileWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._in_flight is not None:
-            wait([self._in_flight])  # its error, if any, was raised already or is moot after another error
-        self._pool.shutdown(wait=True)
-
-    def add(self, batch: pa.RecordBatch) -> bool:
-        """Buffer one batch; True if that completed a chunk (now being written)."""
-        self._buffer.append(batch)
-        self._buffered_rows += batch.num_rows
-        self._buffered_bytes += batch.nbytes
-        self.rows += batch.num_rows
-        if self._buffered_rows >= self.chunk_rows or self._buffered_bytes >= CHUNK_BYTES:
-            self._flush()
-            return True
-        return False
-
-    def finish(self) -> list:
-        """Write what is buffered, wait for all writes; the DataFiles of the whole file."""
-        self._flush()
-        self._collect()
-        return self.data_files
-
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        chunk, self._buffer, self._buffered_rows, self._buffered_bytes = self._buffer, [], 0, 0
-        self._collect()  # one chunk in flight at most
-        self._in_flight = self._pool.submit(self._write, chunk)
-
-    def _write(self, chunk: list[pa.RecordBatch]) -> list:
-        """Write one chunk (background thread); its DataFiles."""
-        data_files = _write_chunk(self.metadata, self.io, chunk, self.write_uuid, self.counter)
-        chunk.clear()
-        # hand the chunk's freed memory back to the OS now rather than leave it to the allocator
-        # (~50 MB less peak RSS importing a 2 GB CSV)
-        pa.default_memory_pool().release_unused()
-        return data_files
-
-    def _collect(self) -> None:
-        if self._in_flight is not None:
-            future, self._in_flight = self._in_flight, None
-            self.data_files.extend(future.result())
 
 
 class _SchemaRace(Exception):
@@ -438,39 +181,15 @@ class _SchemaRace(Exception):
     match: the file must be written again (rare: two files adding different columns at the same time)."""
 
 
-def _begin(catalog: "Catalog", job: ImportJob, table: "Table | None", arrow_schema: pa.Schema):
-    """A transaction that creates the table, or adds the file's new columns to it, with nothing committed.
-
-    The data files are written against ``tx.table_metadata`` and appended in the same transaction,
-    so the table (and any column) exists only if the file's data is committed.
-    """
-    if table is None:
-        _ensure_namespace(catalog, job.table_identifier[0])
-        return catalog.create_table_transaction(job.table_identifier,
-                                                **_table_definition(catalog, job, arrow_schema))
-    tx = table.transaction()
-    current = set(table.schema().as_arrow().names)
-    new = [f for f in arrow_schema if f.name not in current]
-    if new:
-        with tx.update_schema() as upd:
-            upd.union_by_name(pa.schema(new))
-    return tx
 
 
-def _same_field_ids(written, now) -> bool:
-    """True if every column of the written files has the same field id and type in ``now``."""
-    for field in written.fields:
-        try:
-            other = now.find_field(field.name)
-        except ValueError:
-            return False
-        if other.field_id != field.field_id or other.field_type != field.field_type:
-            return False
-    return True
+def _begin(catalog: Catalog, job: ImportJob, table: Table | None, arrow_schema: pa.Schema) -> Transaction:
+    """The file's transaction: creates the table or adds the file's new columns, committing nothing."""
+    return begin(catalog, job.table_identifier, table, arrow_schema, lambda: _table_definition(job, arrow_schema))
 
 
-def _commit(catalog: "Catalog", job: ImportJob, tx, arrow_schema: pa.Schema, uri: str, etag: str,
-            data_files: list, props: dict[str, str], replace: bool):
+def _commit(catalog: Catalog, job: ImportJob, tx: Transaction, arrow_schema: pa.Schema, uri: str, etag: str,
+            data_files: list[DataFile], props: dict[str, str], replace: bool) -> tuple[Table, Any, bool]:
     """Commit the file's transaction (table creation / new columns, replace, append), retrying conflicts.
 
     Returns:
@@ -478,41 +197,35 @@ def _commit(catalog: "Catalog", job: ImportJob, tx, arrow_schema: pa.Schema, uri
 
     Raises:
         _SchemaRace: the written files no longer match the table's field ids; write them again.
-        CommitConflictError: still conflicting after :data:`COMMIT_ATTEMPTS` attempts (transient).
+        CommitConflictError: still conflicting after :data:`~obslake.lake.iceberg.COMMIT_ATTEMPTS` attempts.
     """
-    from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
     from pyiceberg.expressions import EqualTo
-    from sqlalchemy.exc import IntegrityError
 
     written = tx.table_metadata.schema()
-    for attempt in range(COMMIT_ATTEMPTS):
-        if attempt:
+    state = {"tx": tx, "replace": replace}
+
+    def attempt(n: int) -> tuple[Table, Any, bool]:
+        if n:  # a conflict: start again from the table as it is now
             table = catalog.load_table(job.table_identifier)
             done = find_committed(table, uri, etag)
             if done is not None:
                 return table, done, False
-            replace = replace or _has_earlier_version(table, uri)
-            tx = _begin(catalog, job, table, arrow_schema)
-            if not _same_field_ids(written, tx.table_metadata.schema()):
+            state["replace"] = state["replace"] or _has_earlier_version(table, uri)
+            state["tx"] = _begin(catalog, job, table, arrow_schema)
+            if not same_field_ids(written, state["tx"].table_metadata.schema()):
                 raise _SchemaRace(f"{uri}: the table's schema changed while the file was written")
-        try:
-            if replace:
-                tx.delete(EqualTo("_source_file", uri), snapshot_properties={PROP_JOB: props[PROP_JOB]})
-            if data_files or replace:
-                with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
-                    for df in data_files:
-                        append.append_data_file(df)
-            table = tx.commit_transaction()
-            return table, find_committed(table, uri, etag), replace
-        except (CommitFailedException, TableAlreadyExistsError, IntegrityError) as exc:
-            wait = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
-            log.info("%s: commit conflict (%s); retrying in %.2fs", printable(uri), printable(exc, 200), wait)
-            time.sleep(wait)
-        except Exception as exc:  # sqlite "database is locked" and friends
-            if "locked" not in str(exc).lower():
-                raise
-            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
-    raise CommitConflictError(f"{uri}: commit kept conflicting after {COMMIT_ATTEMPTS} attempts; retry the task")
+        tx = state["tx"]
+        if state["replace"]:
+            tx.delete(EqualTo(LINEAGE_COLUMNS[0], uri), snapshot_properties={PROP_JOB: props[PROP_JOB]})
+        if data_files or state["replace"]:
+            with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+                for df in data_files:
+                    append.append_data_file(df)
+        table = tx.commit_transaction()
+        return table, find_committed(table, uri, etag), bool(state["replace"])
+
+    return commit_with_retry(attempt, what=uri)
+
 
 
 class TooManyBadRowsError(TerminalError):
@@ -548,30 +261,26 @@ class _Quarantine:
             })
         return set(by_row)
 
-    def commit(self, catalog: "Catalog") -> None:
+    def commit(self, catalog: Catalog) -> None:
         """Append the bad rows to ``<table>__quarantine`` exactly once per file version."""
         if not self.rows:
             return
         ident = self.job.quarantine_table_identifier
-        table = _load_or_create(catalog, ident, lambda: {"schema": QUARANTINE_SCHEMA})
-        if find_committed(table, self.uri, self.etag) is not None:
-            return
+        table = load_or_create(catalog, ident, lambda: {"schema": QUARANTINE_SCHEMA,
+                                                        "properties": DEFAULT_TABLE_PROPERTIES})
         props = {PROP_SOURCE_FILE: self.uri, PROP_SOURCE_ETAG: self.etag, PROP_JOB: self.job.name,
                  PROP_ROWS: str(len(self.rows))}
         data = pa.Table.from_pylist(self.rows, QUARANTINE_SCHEMA)
-        from pyiceberg.exceptions import CommitFailedException
 
-        for attempt in range(COMMIT_ATTEMPTS):
-            try:
-                table.append(data, snapshot_properties=props)
-                log.info("%s: %d bad row(s) kept in %s", self.uri, len(self.rows), ".".join(ident))
-                return
-            except CommitFailedException:
+        def attempt(n: int) -> None:
+            if n:
                 table.refresh()
-                if find_committed(table, self.uri, self.etag) is not None:
-                    return
-                time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
-        raise CommitConflictError(f"{self.uri}: quarantine commit kept conflicting; retry the task")
+            if find_committed(table, self.uri, self.etag) is not None:
+                return
+            table.append(data, snapshot_properties=props)
+            log.info("%s: %d bad row(s) kept in %s", self.uri, len(self.rows), ".".join(ident))
+
+        commit_with_retry(attempt, what=f"{self.uri} (quarantine)")
 
 
 SCHEMA_RACE_ATTEMPTS = 3
@@ -601,7 +310,7 @@ def import_file(
     store: ObjectStore,
     info: ObjectInfo,
     *,
-    catalog: "Catalog",
+    catalog: Catalog,
     ledger: Ledger,
     batch_rows: int = 65_536,
     chunk_rows: int = CHUNK_ROWS,
@@ -650,7 +359,7 @@ def import_file(
 
 
 def _import(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str, table_name: str, fingerprint: str,
-            started: float, *, catalog: "Catalog", ledger: Ledger, batch_rows: int, chunk_rows: int) -> ImportResult:
+            started: float, *, catalog: Catalog, ledger: Ledger, batch_rows: int, chunk_rows: int) -> ImportResult:
     if info.size > job.max_file_bytes:
         raise FileTooLargeError(
             f"{uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,}); split the "
@@ -669,17 +378,9 @@ def _import(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str, tabl
     raise CommitConflictError(f"{uri}: the table's schema kept changing while the file was written; retry the task")
 
 
-def _delete_quietly(io, data_files: list) -> None:
-    """Remove data files no snapshot will reference (best effort: orphan removal catches the rest)."""
-    for df in data_files:
-        try:
-            io.delete(df.file_path)
-        except Exception:  # noqa: BLE001
-            log.debug("could not delete unreferenced data file %s", df.file_path)
-
 
 def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str, fmt: str, table_name: str,
-                 fingerprint: str, started: float, *, catalog: "Catalog", ledger: Ledger, batch_rows: int,
+                 fingerprint: str, started: float, *, catalog: Catalog, ledger: Ledger, batch_rows: int,
                  chunk_rows: int) -> ImportResult:
     ingested_at = dt.datetime.now(dt.timezone.utc)
     quarantine = _Quarantine(job, uri, info.etag, ingested_at)
@@ -687,7 +388,7 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
     data_files: list = []
     io = None
     try:
-        table = _load_table(catalog, job.table_identifier)
+        table = load_table(catalog, job.table_identifier)
         table_schema = table.schema().as_arrow() if table is not None else None
         with store.open(info.key, etag=info.etag) as f:
             mapper = make_mapper(job, read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes), uri,
@@ -734,9 +435,9 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
                 check_table_types(first.schema, table_schema, uri)
             # table creation and new columns are staged in the transaction that commits the data
             tx = _begin(catalog, job, table, first.schema)
-            io = tx._table.io
+            io = transaction_io(tx)
             target = tx.table_metadata.schema().as_arrow()
-            with _DataFileWriter(tx.table_metadata, io, chunk_rows) as writer:
+            with DataFileWriter(tx.table_metadata, io, chunk_rows) as writer:
                 try:
                     for mapped in itertools.chain([first], stream):
                         if not mapped.num_rows:
@@ -763,7 +464,7 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
         data_files = []  # committed: referenced by the table now
     except BaseException:
         if io is not None and data_files:
-            _delete_quietly(io, data_files)
+            delete_quietly(io, data_files)
         raise
     snapshot_id = snap.snapshot_id if snap is not None else None
     rows = int(snap.summary.get(PROP_ROWS, total)) if snap is not None else total

@@ -64,7 +64,7 @@ def _engine(uri: str) -> sa.Engine:
     else:
         kwargs["pool_pre_ping"] = True
     engine = sa.create_engine(uri, **kwargs)
-    from obslake.lake.catalog import retry_on_ddl_race
+    from obslake.lake.iceberg import retry_on_ddl_race
 
     retry_on_ddl_race(lambda: metadata.create_all(engine, checkfirst=True))
     _add_missing_columns(engine)

@@ -1,22 +1,30 @@
-"""The importer's data-file writer: the same files as pyiceberg's writer, cheaper encoding, background errors."""
+"""The one Parquet write path (obslake.lake.iceberg): the same files as pyiceberg's writer, cheaper encoding,
+split by identity partitions in one sort, background errors."""
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import math
 import io
 import itertools
 import uuid
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.transforms import IdentityTransform
 
 from obslake.exceptions import StorageUnavailableError
 
 from lake_fixtures import inference_rows, to_bytes
-from obslake.lake import importer
-from obslake.lake.importer import _conform, _dictionary_columns, _leaf_paths, _write_chunk, ensure_table, import_file
+from obslake.lake import iceberg
+from obslake.lake.iceberg import _dictionary_columns, _leaf_paths, iceberg_schema, write_data_files
+from obslake.lake.importer import _conform, ensure_table, import_file
 from obslake.storage.local import LocalStore
 
 STATS = ("record_count", "value_counts", "null_value_counts", "nan_value_counts", "lower_bounds", "upper_bounds",
@@ -50,7 +58,7 @@ def test_data_files_match_pyicebergs(lake, make_job):
     table = ensure_table(lake.catalog, make_job("file:///in/"), mapped.schema)
     target = table.schema().as_arrow()
     batches = [_conform(b, target, "u") for b in mapped.to_batches(7_000)]
-    ours = _write_chunk(table.metadata, table.io, batches, uuid.uuid4(), itertools.count())
+    ours = write_data_files(table.metadata, table.io, pa.Table.from_batches(batches), uuid.uuid4(), itertools.count())
     theirs = list(_dataframe_to_data_files(table_metadata=table.metadata, df=pa.Table.from_batches(batches),
                                            io=table.io, write_uuid=uuid.uuid4(), counter=itertools.count()))
     assert len(ours) == len(theirs) >= 3
@@ -102,7 +110,7 @@ def test_a_failed_background_write_fails_the_import(lake, make_job, tmp_path, mo
         calls.append(1)
         raise OSError("disk full")
 
-    monkeypatch.setattr(importer, "_write_chunk", failing)
+    monkeypatch.setattr(iceberg, "write_data_files", failing)
     with pytest.raises(StorageUnavailableError, match="disk full"):  # the warehouse's OSError: transient
         import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger, batch_rows=10, chunk_rows=10)
     assert calls == [1]  # the error stops the import at the next chunk
@@ -113,3 +121,95 @@ def test_a_failed_background_write_fails_the_import(lake, make_job, tmp_path, mo
     assert (result.status, result.rows) == ("imported", 50)
     data = lake.catalog.load_table(job.table_identifier).scan().to_arrow()
     assert sorted(data["_source_row"].to_pylist()) == list(range(1, 51))
+
+
+# -- the split by identity partitions: one sort, contiguous slices ---------------------------------------
+def _table(tmp_path, schema: pa.Schema, fields: list[tuple[str, object]]):
+    cat = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh")
+    cat.create_namespace("ns")
+    ischema = iceberg_schema(schema)
+    spec = PartitionSpec(*[PartitionField(source_id=ischema.find_field(name).field_id, field_id=1000 + i,
+                                          transform=tr, name=f"{name}_p" if not isinstance(tr, IdentityTransform) else name)
+                           for i, (name, tr) in enumerate(fields)])
+    return cat.create_table(("ns", "t"), schema=ischema, partition_spec=spec)
+
+
+def _rows() -> pa.Table:
+    days = [dt.date(2026, 1, 1) + dt.timedelta(days=i % 3) for i in range(30)]
+    return pa.table({
+        "id": pa.array([f"s{i:03d}" for i in range(30)]),
+        "date": pa.array(days, pa.date32()),
+        "hour": pa.array([None if i == 7 else i % 2 for i in range(30)], pa.int32()),
+        "ts": pa.array([dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=i) for i in range(30)],
+                       pa.timestamp("us", tz="UTC")),
+    })
+
+
+def test_one_file_per_partition_and_every_row_back(tmp_path):
+    rows = _rows()
+    table = _table(tmp_path, rows.schema, [("date", IdentityTransform()), ("hour", IdentityTransform())])
+    files = write_data_files(table.metadata, table.io, rows.take(pa.array(list(reversed(range(30))))))
+    # 3 days x hours {0, 1} = 6 partitions, plus (2026-01-02, null) for row 7
+    assert len(files) == 7
+    assert sum(f.record_count for f in files) == 30
+    with table.transaction() as tx, tx.update_snapshot().fast_append() as app:
+        for f in files:
+            app.append_data_file(f)
+    table.refresh()
+    back = table.scan().to_arrow().sort_by("id")
+    assert back.to_pylist() == rows.sort_by("id").to_pylist()
+    # every file holds only rows of the partition it is registered under
+    for f in files:
+        got = table.scan(row_filter=f"date = '{dt.date(1970, 1, 1) + dt.timedelta(days=f.partition[0])}'"
+                         if isinstance(f.partition[0], int) else f"date = '{f.partition[0]}'").to_arrow()
+        part = got.filter(pc.is_null(got["hour"])) if f.partition[1] is None else got.filter(
+            pc.equal(got["hour"], f.partition[1]))
+        assert part.num_rows == f.record_count
+
+
+def test_unpartitioned_falls_back_to_pyiceberg(tmp_path):
+    rows = _rows()
+    table = _table(tmp_path, rows.schema, [])
+    files = write_data_files(table.metadata, table.io, rows)
+    assert len(files) == 1 and files[0].record_count == 30
+
+
+def test_empty_rows_write_nothing(tmp_path):
+    rows = _rows()
+    table = _table(tmp_path, rows.schema, [("date", IdentityTransform())])
+    assert write_data_files(table.metadata, table.io, rows.slice(0, 0)) == []
+
+
+# -- the pyiceberg boundary -------------------------------------------------------------------------------
+def _private_names_used(path: Path) -> set[str]:
+    """Private names one module takes from elsewhere: ``from pyiceberg… import _x``, and ``obj._x`` reads
+    where ``obj`` is not ``self``/``cls`` and the module defines no ``_x`` itself."""
+    tree = ast.parse(path.read_text())
+    own = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            own.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            own.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            own.add(node.attr)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pyiceberg"):
+            found |= {a.name for a in node.names if a.name.startswith("_")}
+        elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+              and node.attr not in own and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+            found.add(node.attr)
+    return found
+
+
+def test_pyiceberg_private_apis_only_in_the_iceberg_module():
+    """pyiceberg's private names (imported, or read off its objects) appear in lake/iceberg.py only."""
+    import obslake
+
+    root = Path(obslake.__file__).parent
+    used = {str(p.relative_to(root)): _private_names_used(p) for p in root.rglob("*.py")}
+    # the check sees the uses it allows
+    assert {"_convert_schema_if_needed", "_table", "_dataframe_to_data_files", "_to_requested_schema"} <= used.pop(
+        "lake/iceberg.py")
+    assert {path: sorted(names) for path, names in used.items() if names} == {}
