@@ -74,7 +74,7 @@ def main() -> None:
 
         from obslake.airflow_support import job_to_dict
         from obslake.config import ImportJob
-        from obslake.connections import store_for
+        from obslake.hooks import store_for
         from obslake.lake.catalog import LakeSettings, load_catalog
         from obslake.lake.importer import import_file
         from obslake.lake.ledger import Ledger

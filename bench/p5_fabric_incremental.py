@@ -142,7 +142,7 @@ def main() -> None:
         os.environ.pop(k, None)
     from obslake.config import Connector, ImportJob
     from obslake.fabric.export import ProjectExporter
-    from obslake.fabric.io import fabric_catalog, storage_properties_from_env
+    from obslake.storage.credentials import StorageCredentials
     from obslake.fabric.lake_source import LakeTraceSource
     from obslake.lake.catalog import LakeSettings, load_catalog
     from obslake.lake.importer import import_file
@@ -182,7 +182,7 @@ def main() -> None:
             storage = f"file://{d}/exports{n}"
             conn = Connector.model_validate({"name": "bench", "source": {"type": "lake"}, "projects": ["big"],
                                              "storage": storage, "namespace": "ml", "ingestion_key_variable": "k"})
-            fcat = fabric_catalog(storage_properties_from_env(storage), settings)
+            fcat = load_catalog(settings, StorageCredentials.from_env(storage))
             return lambda: ProjectExporter(conn, "big", fcat), fcat
 
         fulls = []

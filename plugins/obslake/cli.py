@@ -36,7 +36,7 @@ def _store(job):
     from obslake.storage import open_store
 
     try:
-        from obslake.connections import store_for
+        from obslake.hooks import store_for
 
         return store_for(job.source, job.conn_id)
     except ImportError:
@@ -164,12 +164,13 @@ def cmd_fabric_ddl(args) -> int:
 def cmd_fabric_sync(args) -> int:
     """Run a connector's sync outside Airflow (storage credentials from the environment)."""
     from obslake.fabric.export import ProjectExporter
-    from obslake.fabric.io import fabric_catalog, storage_properties_from_env
+    from obslake.lake.catalog import load_catalog
+    from obslake.storage.credentials import StorageCredentials
     from obslake.fabric.sources import make_source
 
     conn = _connector(args)
-    catalog = fabric_catalog(storage_properties_from_env(conn.storage))
-    from obslake.connections import connection_uri
+    catalog = load_catalog(storage=StorageCredentials.from_env(conn.storage))
+    from obslake.hooks import connection_uri
 
     source = make_source(conn.source, catalog, connection_uri)
     for project in [args.project] if args.project else conn.projects:

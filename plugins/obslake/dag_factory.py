@@ -42,7 +42,7 @@ def build_import_dag(job: ImportJob) -> Any:
     from airflow.sdk import DAG
 
     from obslake.airflow_support import job_to_dict
-    from obslake.operators.iceberg_sync import IcebergSyncOperator
+    from obslake.operators.iceberg_sync import IcebergImportOperator
     from obslake.operators.schema_validate import SchemaValidateOperator
     from obslake.operators.tag_verify import TagVerifyOperator
     from obslake.sensors.prefix import S3KeyPrefixSensor
@@ -80,7 +80,7 @@ def build_import_dag(job: ImportJob) -> Any:
             key_variable=job.ingestion_key_variable, tag_name=job.tag_name,
         )
         valid = SchemaValidateOperator(task_id="validate_files", job=job_dict, files=files.output)
-        imported = IcebergSyncOperator.partial(task_id="import_file", job=job_dict).expand(file=valid.output)
+        imported = IcebergImportOperator.partial(task_id="import_file", job=job_dict).expand(file=valid.output)
         files >> verify >> valid >> imported
     return dag
 
@@ -163,7 +163,7 @@ def build_fabric_dag(connector) -> Any:
     """The DAG ``obslake_fabric__<connector>``: verify bucket → permission probe → sync each project (mapped)."""
     from airflow.sdk import DAG
 
-    from obslake.operators.iceberg_sync import IcebergSyncOperator
+    from obslake.operators.iceberg_sync import IcebergExportOperator
     from obslake.operators.storage_probe import StorageProbeOperator
     from obslake.operators.tag_verify import TagVerifyOperator
 
@@ -189,8 +189,7 @@ def build_fabric_dag(connector) -> Any:
                                    conn_id=connector.conn_id, key_variable=connector.ingestion_key_variable,
                                    tag_name=connector.tag_name)
         probe = StorageProbeOperator(task_id="probe_permissions", uri=connector.root, conn_id=connector.conn_id)
-        sync = IcebergSyncOperator.partial(task_id="sync_project", mode="fabric",
-                                           connector=connector.model_dump(mode="json")).expand(
+        sync = IcebergExportOperator.partial(task_id="sync_project", connector=connector.model_dump(mode="json")).expand(
             project=list(connector.projects))
         verify >> probe >> sync
     return dag

@@ -7,12 +7,13 @@ import fault_points
 
 from obslake.config import Connector
 from obslake.fabric.export import ProjectExporter
-from obslake.fabric.io import fabric_catalog, storage_properties_from_env
+from obslake.lake.catalog import load_catalog
+from obslake.storage.credentials import StorageCredentials
 from obslake.fabric.lake_source import LakeTraceSource
 
 fault_points.install_from_env()
 args = json.loads(sys.argv[1])
 conn = Connector.model_validate(args["connector"])
-catalog = fabric_catalog(storage_properties_from_env(conn.storage))
+catalog = load_catalog(storage=StorageCredentials.from_env(conn.storage))
 result = ProjectExporter(conn, args["project"], catalog).sync(LakeTraceSource(catalog, "traces"))
 print(json.dumps(result.to_dict()))

@@ -15,13 +15,13 @@ from pyiceberg.schema import Schema
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import DateType, DoubleType, IntegerType, LongType, NestedField, StringType, TimestamptzType
 
+from obslake.storage.credentials import StorageCredentials
 from obslake.fabric.delta import (
     DataFileInfo,
     DeltaLogError,
     delta_column_name,
     files_from_iceberg,
     identity_partition_columns,
-    s3_storage_options,
     sync_delta_log,
     sync_from_iceberg,
 )
@@ -208,14 +208,6 @@ def test_first_sync_of_an_empty_table_and_rejections(tmp_path):
     assert DeltaTable(location).version() == 0
 
 
-def test_s3_storage_options():
-    options = s3_storage_options("http://127.0.0.1:9000", access_key_id="k", secret_access_key="s")
-    assert options == {"AWS_REGION": "us-east-1", "conditional_put": "etag", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-                       "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
-    unsafe = s3_storage_options(allow_unsafe_rename=True)
-    assert unsafe == {"AWS_REGION": "us-east-1", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
-
-
 def test_sync_on_s3(tmp_path, moto_server, s3_client, s3_bucket):
     catalog = SqlCatalog(
         "s3", uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"s3://{s3_bucket}/warehouse",
@@ -223,7 +215,8 @@ def test_sync_on_s3(tmp_path, moto_server, s3_client, s3_bucket):
            "s3.region": "us-east-1"},
     )
     location = f"s3://{s3_bucket}/fabric/proj"
-    options = s3_storage_options(moto_server, access_key_id="testing", secret_access_key="testing")
+    options = StorageCredentials("s3", endpoint=moto_server, access_key_id="testing",
+                                 secret_access_key="testing").delta_options()
     table = make_table(catalog, location)
     table.append(rows(table, [("a", T1, "x"), ("b", T2, None), ("c", T3, "z")]))
     assert sync_from_iceberg(table, options) == 0

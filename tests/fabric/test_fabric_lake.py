@@ -11,7 +11,8 @@ from fabric_helpers import NOW, annotations_table, duckdb_connection, spans_tabl
 from lake_fixtures import to_bytes
 from obslake.config import Connector, ImportJob
 from obslake.fabric.export import PROP_CURSOR, PROP_WATERMARK, ProjectExporter
-from obslake.fabric.io import fabric_catalog, storage_properties_from_env
+from obslake.lake.catalog import load_catalog
+from obslake.storage.credentials import StorageCredentials
 from obslake.fabric.lake_source import LakeTraceSource
 from obslake.lake.importer import import_file
 from obslake.storage import open_store
@@ -27,7 +28,7 @@ def fabric(lake, s3_client, s3_bucket, moto_server, monkeypatch):
     conn = Connector.model_validate({"name": "prod", "source": {"type": "lake"}, "projects": ["rag-app"],
                                      "storage": f"s3://{s3_bucket}/exports", "namespace": "ml",
                                      "ingestion_key_variable": "k", "overlap_seconds": 5})
-    catalog = fabric_catalog(storage_properties_from_env(conn.storage), lake.settings)
+    catalog = load_catalog(lake.settings, StorageCredentials.from_env(conn.storage))
     n = {"i": 0}
 
     def put(kind, table, fmt="parquet"):

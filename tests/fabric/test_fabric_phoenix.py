@@ -12,7 +12,8 @@ import pytest
 from fabric_helpers import duckdb_connection
 from obslake.config import Connector
 from obslake.fabric.export import ProjectExporter
-from obslake.fabric.io import fabric_catalog, storage_properties_from_env
+from obslake.lake.catalog import load_catalog
+from obslake.storage.credentials import StorageCredentials
 from obslake.fabric.phoenix import PhoenixSource
 from phoenix_server import annotate, new_trace_id, phoenix_server, send_spans  # noqa: F401 (fixture)
 
@@ -52,7 +53,7 @@ def test_phoenix_to_s3_and_gcs(phoenix_server, lake, s3_client, s3_bucket, moto_
 
     # S3, Iceberg + Delta
     s3_conn = _connector(f"s3://{s3_bucket}/exports", ("iceberg", "delta"))
-    s3_cat = fabric_catalog(storage_properties_from_env(s3_conn.storage), lake.settings)
+    s3_cat = load_catalog(lake.settings, StorageCredentials.from_env(s3_conn.storage))
     s3_exp = ProjectExporter(s3_conn, project, s3_cat)
     first = s3_exp.sync(source)
     assert first.rows == 6 and first.mode == "full"
@@ -91,7 +92,7 @@ def test_phoenix_to_s3_and_gcs(phoenix_server, lake, s3_client, s3_bucket, moto_
     # GCS (emulator): same source, another bucket; read back through the catalog
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_client._connection.API_BASE_URL)
     gs_conn = _connector(f"gs://{gcs_bucket}/exports", name="phx_gcs")
-    gs_cat = fabric_catalog(storage_properties_from_env(gs_conn.storage), lake.settings)
+    gs_cat = load_catalog(lake.settings, StorageCredentials.from_env(gs_conn.storage))
     gs_exp = ProjectExporter(gs_conn, project, gs_cat)
     assert gs_exp.sync(source).rows == 6
     data = gs_exp.table().scan().to_arrow()

@@ -89,56 +89,6 @@ def delta_column_name(name: str) -> str:
     return make_compatible_name(name)
 
 
-def s3_storage_options(
-    endpoint_url: str | None = None,
-    region: str = "us-east-1",
-    access_key_id: str | None = None,
-    secret_access_key: str | None = None,
-    session_token: str | None = None,
-    *,
-    allow_unsafe_rename: bool = False,
-) -> dict[str, str]:
-    """``storage_options`` for delta-rs on S3 or an S3-compatible store (MinIO, moto).
-
-    Commits are made safe against concurrent writers by S3 conditional writes (``PutObject`` with
-    ``If-None-Match: *`` on ``_delta_log/<version>.json``), which AWS S3 supports since 2024 and
-    delta-rs 1.x uses without a DynamoDB lock; ``conditional_put`` is set explicitly so a change of
-    the library default cannot silently turn it off.
-
-    Args:
-        endpoint_url: A custom endpoint such as ``http://127.0.0.1:5000``; ``None`` for AWS. An
-            ``http://`` endpoint also sets ``AWS_ALLOW_HTTP``.
-        region: The bucket region.
-        access_key_id: Explicit credentials; ``None`` leaves delta-rs to its default chain
-            (environment, web identity, instance metadata).
-        secret_access_key: See ``access_key_id``.
-        session_token: Token of temporary credentials.
-        allow_unsafe_rename: Only for stores without conditional writes: sets
-            ``AWS_S3_ALLOW_UNSAFE_RENAME=true``. A commit then checks for the next log file and
-            writes it in two steps, so two simultaneous writers could both write version N and one
-            commit would be lost. Acceptable only while a single writer per table is guaranteed (the
-            export DAG runs with ``max_active_runs=1``, one task per project).
-
-    Returns:
-        The options dict for ``deltalake.DeltaTable`` / :func:`sync_delta_log`.
-    """
-    options = {"AWS_REGION": region, "conditional_put": "etag"}
-    if endpoint_url:
-        options["AWS_ENDPOINT_URL"] = endpoint_url
-        if endpoint_url.startswith("http://"):
-            options["AWS_ALLOW_HTTP"] = "true"
-    if access_key_id is not None:
-        options["AWS_ACCESS_KEY_ID"] = access_key_id
-    if secret_access_key is not None:
-        options["AWS_SECRET_ACCESS_KEY"] = secret_access_key
-    if session_token is not None:
-        options["AWS_SESSION_TOKEN"] = session_token
-    if allow_unsafe_rename:
-        options.pop("conditional_put")
-        options["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
-    return options
-
-
 def sync_delta_log(
     location: str,
     schema: pa.Schema,
@@ -164,7 +114,7 @@ def sync_delta_log(
             nullable.
         partition_by: The identity-partition source columns (Iceberg names), e.g. ``["date", "hour"]``.
         files_now: The data files of the Iceberg snapshot to mirror (:func:`files_from_iceberg`).
-        storage_options: delta-rs object store options (:func:`s3_storage_options` for S3).
+        storage_options: delta-rs object store options (:meth:`obslake.storage.credentials.StorageCredentials.delta_options`).
 
     Returns:
         The Delta version after the sync, or ``None`` when nothing had to be committed.
@@ -343,7 +293,7 @@ def sync_from_iceberg(table: Table, storage_options: dict[str, str] | None = Non
 
     Args:
         table: The pyiceberg ``Table`` right after the export's Iceberg commit.
-        storage_options: delta-rs object store options (:func:`s3_storage_options` for S3).
+        storage_options: delta-rs object store options (:meth:`obslake.storage.credentials.StorageCredentials.delta_options`).
 
     Returns:
         The new Delta version, or ``None`` when the log already matched.

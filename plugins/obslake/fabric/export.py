@@ -39,6 +39,7 @@ from obslake.config import Connector, _ident
 from obslake.exceptions import CommitConflictError
 from obslake.fabric.lake_source import cursor_json
 from obslake.fabric.model import FLAT_ATTRIBUTES, TS, ChangeBatch, TraceSource
+from obslake.storage.credentials import StorageCredentials
 from obslake.lake.iceberg import (
     DEFAULT_TABLE_PROPERTIES,
     commit_with_retry,
@@ -160,7 +161,7 @@ class ProjectExporter:
         connector: the connector (storage, namespace, formats, overlap).
         project: the project name (a validated path segment).
         catalog: a catalog whose FileIO can write the connector's storage
-            (:func:`obslake.fabric.io.fabric_catalog`).
+            (:func:`obslake.lake.catalog.load_catalog` with the connector's storage).
     """
 
     def __init__(self, connector: Connector, project: str, catalog: "Catalog"):
@@ -378,18 +379,7 @@ def write_pointers(table: Table) -> None:
             out.write(payload)
 
 
-def delta_storage_options(table: Table) -> dict | None:
-    """deltalake storage options matching the table's FileIO properties (S3 endpoint/credentials)."""
-    p = table.io.properties
-    if not table.location().startswith("s3://"):
-        return None
-    opts = {"AWS_REGION": p.get("s3.region", "us-east-1"), "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
-    if p.get("s3.endpoint"):
-        opts["AWS_ENDPOINT_URL"] = p["s3.endpoint"]
-        opts["AWS_ALLOW_HTTP"] = "true"
-    if p.get("s3.access-key-id"):
-        opts["AWS_ACCESS_KEY_ID"] = p["s3.access-key-id"]
-        opts["AWS_SECRET_ACCESS_KEY"] = p.get("s3.secret-access-key", "")
-    if p.get("s3.session-token"):
-        opts["AWS_SESSION_TOKEN"] = p["s3.session-token"]
-    return opts
+def delta_storage_options(table: Table) -> dict[str, str] | None:
+    """delta-rs storage options for the table's location, from the credentials its FileIO writes with."""
+    scheme = table.location().split("://", 1)[0]
+    return StorageCredentials.from_fileio_properties(scheme, table.io.properties).delta_options()

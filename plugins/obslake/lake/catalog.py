@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from obslake.exceptions import ConfigError
-from obslake.lake.iceberg import load_table, retry_on_ddl_race
+from obslake.lake.iceberg import STORE_FILE_IO, load_table, retry_on_ddl_race
+from obslake.storage.credentials import StorageCredentials
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyiceberg.catalog import Catalog
 
 CATALOG_NAME = "obslake"
@@ -84,19 +86,29 @@ class LakeSettings:
         return cls(ctype, tuple(sorted(props.items())), state_uri)
 
 
-@lru_cache(maxsize=8)
-def _load_catalog_cached(settings: LakeSettings) -> "Catalog":
+@lru_cache(maxsize=16)
+def _load_catalog_cached(settings: LakeSettings, storage_properties: tuple[tuple[str, str], ...] | None) -> Catalog:
     from pyiceberg.catalog import load_catalog as _load
 
-    return retry_on_ddl_race(lambda: _load(CATALOG_NAME, **settings.properties))
+    props = settings.properties
+    if storage_properties is not None:
+        props = {**props, **dict(storage_properties), "py-io-impl": STORE_FILE_IO}
+    return retry_on_ddl_race(lambda: _load(CATALOG_NAME, **props))
 
 
-def load_catalog(settings: LakeSettings | None = None) -> "Catalog":
-    """The pyiceberg catalog for ``settings`` (default: from the environment), cached per process."""
-    return _load_catalog_cached(settings or LakeSettings.from_env())
+def load_catalog(settings: LakeSettings | None = None, storage: StorageCredentials | None = None) -> Catalog:
+    """The pyiceberg catalog for ``settings`` (default: from the environment), cached per process.
+
+    Args:
+        settings: where the catalog and the warehouse are.
+        storage: the credentials of a customer's bucket that tables of this catalog are written to (Data
+            Fabric exports); their FileIO properties join the catalog's (never the table metadata).
+    """
+    props = tuple(sorted(storage.fileio_properties().items())) if storage is not None else None
+    return _load_catalog_cached(settings or LakeSettings.from_env(), props)
 
 
-def table_arrow_schema(catalog, ident: tuple[str, str]):
+def table_arrow_schema(catalog: Catalog, ident: tuple[str, str]) -> pa.Schema | None:
     """The Arrow schema of an Iceberg table as it is now, or None if the table does not exist yet.
 
     The dry run compares each file with it (a column type the table cannot take fails there too).

@@ -521,3 +521,36 @@ def snapshot_lineage(table: Table) -> Iterator[Any]:
     while snap is not None:
         yield snap
         snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+
+
+# -- FileIO ------------------------------------------------------------------------------------------
+def _store_file_io() -> type:
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    from obslake.storage.arrowfs import gcs_filesystem
+    from obslake.storage.credentials import StorageCredentials
+
+    class StoreFileIO(PyArrowFileIO):
+        """PyArrowFileIO whose ``gs://`` filesystem goes through obslake's GCS store (:mod:`obslake.storage.arrowfs`)."""
+
+        # PyArrowFileIO binds ``fs_by_scheme = lru_cache(self._initialize_fs)`` per instance: override the latter
+        def _initialize_fs(self, scheme: str, netloc: str | None = None) -> Any:
+            if scheme in ("gs", "gcs"):
+                return gcs_filesystem(StorageCredentials.from_fileio_properties("gs", self.properties))
+            return super()._initialize_fs(scheme, netloc)
+
+    StoreFileIO.__module__ = __name__
+    return StoreFileIO
+
+
+def __getattr__(name: str) -> Any:
+    # pyiceberg loads ``py-io-impl`` by import path; the class is built on first use (pyiceberg imported lazily)
+    if name == "StoreFileIO":
+        cls = _store_file_io()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
+
+
+STORE_FILE_IO = f"{__name__}.StoreFileIO"
+"""The ``py-io-impl`` catalog property of catalogs that write a customer's bucket."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
 from obslake.airflow_support import job_from_dict, job_to_dict
+from obslake.hooks import ObslakeHook
 
 
 class SchemaValidateOperator(BaseOperator):
@@ -25,23 +27,27 @@ class SchemaValidateOperator(BaseOperator):
 
     def __init__(self, *, job: dict, files: Any, **kwargs: Any):
         super().__init__(**kwargs)
-        self.job = job_to_dict(job_from_dict(job))
+        job_obj = job_from_dict(job)
+        self.job = job_to_dict(job_obj)
         self.files = files
+        self.conn_id = job_obj.conn_id
+
+    @cached_property
+    def hook(self) -> ObslakeHook:
+        """The lake and the job's bucket."""
+        return ObslakeHook(self.conn_id)
 
     def execute(self, context) -> list[dict]:
         """Validate every file, one by one (one bad file never stops the others)."""
-        from obslake.connections import store_for
         from obslake.exceptions import TransientError, printable
-        from obslake.lake.catalog import LakeSettings, load_catalog, table_arrow_schema
-        from obslake.lake.ledger import Ledger
+        from obslake.lake.catalog import table_arrow_schema
         from obslake.schema.validate import internal_problem, validate_file
         from obslake.storage.base import ObjectInfo
 
         job = job_from_dict(self.job)
-        store, _ = store_for(job.source, job.conn_id)
-        settings = LakeSettings.from_env()
-        ledger = Ledger(settings.state_uri)
-        table_schema = table_arrow_schema(load_catalog(settings), job.table_identifier)
+        store, _ = self.hook.store(job.source)
+        ledger = self.hook.ledger
+        table_schema = table_arrow_schema(self.hook.catalog, job.table_identifier)
         fingerprint = job.schema_.fingerprint()
         ok: list[dict] = []
         failed = retry = 0

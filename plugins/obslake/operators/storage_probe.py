@@ -7,6 +7,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from obslake.airflow_support import airflow_errors
+from obslake.hooks import ObslakeHook
 
 
 class StorageProbeOperator(BaseOperator):
@@ -27,9 +28,8 @@ class StorageProbeOperator(BaseOperator):
 
     def execute(self, context) -> str:
         """Raise ``AirflowFailException`` naming the missing permission."""
-        from obslake.connections import store_for
         from obslake.fabric.probe import probe_storage
 
         with airflow_errors():
-            store, prefix = store_for(self.uri.rstrip("/") + "/", self.conn_id)
+            store, prefix = ObslakeHook(self.conn_id).store(self.uri.rstrip("/") + "/")
             return probe_storage(store, prefix)

@@ -7,6 +7,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from obslake.airflow_support import airflow_errors
+from obslake.hooks import ObslakeHook
 from obslake.config import DEFAULT_TAG_NAME
 
 
@@ -39,7 +40,6 @@ class TagVerifyOperator(BaseOperator):
         from airflow.sdk import Variable
         from airflow.sdk.exceptions import AirflowFailException
 
-        from obslake.connections import store_for
         from obslake.ownership import verify_bucket_ownership
 
         key = Variable.get(self.key_variable, default=None)
@@ -49,5 +49,5 @@ class TagVerifyOperator(BaseOperator):
                 f"airflow variables set {self.key_variable} <your-ingestion-key>  (or store it in your secrets backend)"
             )
         with airflow_errors():
-            store, _ = store_for(self.source, self.conn_id)
+            store, _ = ObslakeHook(self.conn_id).store(self.source)
             verify_bucket_ownership(store, self.tag_name, key, f"Airflow Variable {self.key_variable!r}")

@@ -43,15 +43,14 @@ class S3KeyPrefixSensor(BaseSensorOperator):
 
     def poke(self, context) -> PokeReturnValue:
         """List the prefix once; done when there is at least one new version."""
-        from obslake.connections import store_for
-        from obslake.lake.catalog import LakeSettings
+        from obslake.hooks import ObslakeHook
         from obslake.lake.discovery import find_new_files
-        from obslake.lake.ledger import Ledger
 
         job = self._job()
+        hook = ObslakeHook(job.conn_id)
         with airflow_errors():
-            store, prefix = store_for(job.source, job.conn_id)
-            new, _ = find_new_files(job, store, prefix, Ledger(LakeSettings.from_env().state_uri))
+            store, prefix = hook.store(job.source)
+            new, _ = find_new_files(job, store, prefix, hook.ledger)
         return PokeReturnValue(is_done=bool(new), xcom_value=[o.to_dict() for o in new])
 
     def execute(self, context) -> Any:

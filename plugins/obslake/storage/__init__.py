@@ -14,21 +14,17 @@ import os
 from typing import Any
 
 from obslake.storage.base import ObjectInfo, ObjectReader, ObjectStore, StorageURI, parse_uri
+from obslake.storage.credentials import StorageCredentials
 
 __all__ = [
     "ObjectInfo",
     "ObjectReader",
     "ObjectStore",
+    "StorageCredentials",
     "StorageURI",
     "open_store",
     "parse_uri",
 ]
-
-
-def _emulator_endpoint(host: str) -> str:
-    """``STORAGE_EMULATOR_HOST`` may be ``host:port`` or a full ``http://host:port`` URL."""
-    host = host.strip().rstrip("/")
-    return host if "://" in host else f"http://{host}"
 
 
 def open_store(uri: str, *, s3_client: Any = None, gcs_client: Any = None) -> tuple[ObjectStore, str]:
@@ -36,12 +32,12 @@ def open_store(uri: str, *, s3_client: Any = None, gcs_client: Any = None) -> tu
 
     Args:
         uri: ``s3://bucket/prefix/``, ``gs://bucket/prefix/`` or ``file:///abs/path/``.
-        s3_client: The boto3 S3 client to use. If ``None``, one is built with
-            :func:`~obslake.storage.s3.make_s3_client` from ``OBSLAKE_S3_ENDPOINT_URL`` (optional)
-            and ``AWS_DEFAULT_REGION`` (default ``us-east-1``), credentials from boto3's chain.
-        gcs_client: The ``google.cloud.storage.Client`` to use. If ``None``, one is built with
-            :func:`~obslake.storage.gcs.make_gcs_client`: against ``STORAGE_EMULATOR_HOST``
-            (anonymously) when that is set, else Google with Application Default Credentials.
+        s3_client: The boto3 S3 client to use. If ``None``, one is built from the environment
+            (:meth:`~obslake.storage.credentials.StorageCredentials.from_env`: ``OBSLAKE_S3_ENDPOINT_URL``,
+            ``AWS_DEFAULT_REGION`` (default ``us-east-1``), credentials from boto3's chain).
+        gcs_client: The ``google.cloud.storage.Client`` to use. If ``None``, one is built from the
+            environment: against ``STORAGE_EMULATOR_HOST`` (anonymously) when that is set, else Google
+            with Application Default Credentials.
 
     Returns:
         ``(store, prefix)``. For ``file://`` URIs the root is the directory the URI names (when it
@@ -54,24 +50,16 @@ def open_store(uri: str, *, s3_client: Any = None, gcs_client: Any = None) -> tu
     """
     parsed = parse_uri(uri)
     if parsed.scheme == "s3":
-        from obslake.storage.s3 import S3Store, make_s3_client
+        from obslake.storage.s3 import S3Store
 
         if s3_client is None:
-            s3_client = make_s3_client(
-                endpoint_url=os.environ.get("OBSLAKE_S3_ENDPOINT_URL") or None,
-                region_name=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            )
+            s3_client = StorageCredentials.from_env("s3").s3_client()
         return S3Store(parsed.bucket, s3_client), parsed.prefix
     if parsed.scheme == "gs":
-        from obslake.storage.gcs import GCSStore, make_gcs_client
+        from obslake.storage.gcs import GCSStore
 
         if gcs_client is None:
-            emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-            if emulator:
-                gcs_client = make_gcs_client(api_endpoint=_emulator_endpoint(emulator), anonymous=True)
-            else:
-                project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "obslake-local"
-                gcs_client = make_gcs_client(project=project)
+            gcs_client = StorageCredentials.from_env("gs").gcs_client()
         return GCSStore(parsed.bucket, gcs_client), parsed.prefix
 
     from obslake.storage.local import LocalStore

@@ -15,7 +15,7 @@ import boto3  # noqa: F401,E402
 import google.cloud.storage  # noqa: F401,E402
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: F401,E402
 
-import obslake.connections  # noqa: F401,E402
+import obslake.hooks  # noqa: F401,E402
 import obslake.lake.discovery  # noqa: F401,E402
 import obslake.storage.gcs  # noqa: F401,E402
 import obslake.storage.s3  # noqa: F401,E402
@@ -32,7 +32,7 @@ def _cached_store(source: str, conn_id: str | None):
     Building a boto3/GCS client parses large JSON models while holding the GIL (0.2-0.3 s here),
     which would stall every trigger sharing the event loop on every poll.
     """
-    from obslake.connections import store_for
+    from obslake.hooks import store_for
 
     now = time.monotonic()
     with _stores_lock:

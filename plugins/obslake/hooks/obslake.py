@@ -1,0 +1,155 @@
+"""ObslakeHook: what obslake's operators, sensors and triggers get from Airflow, in one place.
+
+The only code of the package that reads Airflow Connections:
+
+* :func:`credentials_for` turns a bucket's connection into
+  :class:`~obslake.storage.credentials.StorageCredentials`, which translates them once per I/O library
+  (pyiceberg FileIO properties, delta-rs options);
+* :func:`store_for` gives the :class:`~obslake.storage.ObjectStore` of a URI, with every S3/GCS call
+  through the provider's hook client (``S3Hook``, ``GCSHook``), so assumed roles and refreshed tokens
+  work as in any Airflow task;
+* :class:`ObslakeHook` bundles them with the lake: settings, catalog, ledger.
+
+Provider imports happen inside the functions, so importing this module costs no more than ``airflow.sdk``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from obslake.storage import ObjectStore, open_store, parse_uri
+from obslake.storage.credentials import StorageCredentials, emulator_url
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+    from obslake.lake.catalog import LakeSettings
+    from obslake.lake.ledger import Ledger
+
+DEFAULT_CONN = {"s3": "aws_default", "gs": "google_cloud_default"}
+
+
+def connection_uri(conn_id: str) -> str:
+    """The URI of an Airflow connection (e.g. a Phoenix database), from Airflow's secrets."""
+    return BaseHook.get_connection(conn_id).get_uri()
+
+
+def _gcs_emulator(conn_id: str) -> str | None:
+    """The ``api_endpoint`` extra of a GCS connection, or ``STORAGE_EMULATOR_HOST`` (an emulator: anonymous)."""
+    endpoint = None
+    try:
+        endpoint = BaseHook.get_connection(conn_id).extra_dejson.get("api_endpoint")
+    except Exception:  # noqa: BLE001 - no such connection: fall back to the environment / ADC
+        endpoint = None
+    endpoint = endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
+    return emulator_url(endpoint) if endpoint else None
+
+
+def credentials_for(uri: str, conn_id: str | None = None) -> StorageCredentials:
+    """How to reach ``uri``'s bucket with the Airflow connection ``conn_id`` (default per scheme).
+
+    S3: ``S3Hook`` credentials (possibly of an assumed role), region and ``endpoint_url``. GCS: an
+    ``api_endpoint`` extra (emulator) or an OAuth2 token and project from ``GCSHook``. ``file://``: none.
+    """
+    parsed = parse_uri(uri)
+    if parsed.scheme == "file":
+        return StorageCredentials("file")
+    conn_id = conn_id or DEFAULT_CONN[parsed.scheme]
+    if parsed.scheme == "s3":
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        hook = S3Hook(aws_conn_id=conn_id)
+        creds = hook.get_credentials()
+        return StorageCredentials("s3", endpoint=hook.conn_config.get_service_endpoint_url("s3") or None,
+                                  region=hook.conn_region_name or "us-east-1", access_key_id=creds.access_key,
+                                  secret_access_key=creds.secret_key, session_token=creds.token or None)
+    endpoint = _gcs_emulator(conn_id)
+    if endpoint:
+        return StorageCredentials("gs", endpoint=endpoint)
+    from airflow.providers.google.cloud.hooks.gcs import GCSHook
+    from google.auth.transport.requests import Request
+
+    gcreds, project = GCSHook(gcp_conn_id=conn_id).get_credentials_and_project_id()
+    gcreds.refresh(Request())
+    return StorageCredentials("gs", gcs_token=gcreds.token, gcs_project=project or None)
+
+
+def store_for(uri: str, conn_id: str | None = None) -> tuple[ObjectStore, str]:
+    """(store, prefix) for ``uri``, its requests made by the provider hook's client.
+
+    ``s3://``: ``S3Hook(aws_conn_id)`` (its ``endpoint_url``/``region_name`` extras are honoured).
+    ``gs://``: ``GCSHook(gcp_conn_id)``; a connection extra ``api_endpoint`` (or the
+    ``STORAGE_EMULATOR_HOST`` variable) selects an emulator with anonymous credentials.
+    ``file://``: no connection.
+    """
+    parsed = parse_uri(uri)
+    if parsed.scheme == "file":
+        return open_store(uri)
+    conn_id = conn_id or DEFAULT_CONN[parsed.scheme]
+    client: Any
+    if parsed.scheme == "s3":
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return open_store(uri, s3_client=S3Hook(aws_conn_id=conn_id).get_conn())
+    endpoint = _gcs_emulator(conn_id)
+    if endpoint:
+        client = StorageCredentials("gs", endpoint=endpoint).gcs_client()
+    else:
+        from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+        client = GCSHook(gcp_conn_id=conn_id).get_conn()
+    return open_store(uri, gcs_client=client)
+
+
+class ObslakeHook(BaseHook):
+    """The lake and one bucket, as the Airflow wrappers need them (one per task; cheap to build).
+
+    Args:
+        conn_id: the Airflow connection of the bucket (``aws_default`` / ``google_cloud_default`` by scheme
+            when None).
+
+    The lake's settings come from the ``OBSLAKE_*`` environment (:meth:`LakeSettings.from_env`); catalog and
+    ledger are built on first use and cached by the process, as pyiceberg's catalogs are.
+    """
+
+    conn_name_attr = "conn_id"
+    hook_name = "obslake"
+
+    def __init__(self, conn_id: str | None = None):
+        super().__init__()
+        self.conn_id = conn_id
+
+    @cached_property
+    def settings(self) -> LakeSettings:
+        """Where the catalog, the warehouse and the ledger are."""
+        from obslake.lake.catalog import LakeSettings
+
+        return LakeSettings.from_env()
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        """The lake's Iceberg catalog (model tables, trace tables)."""
+        from obslake.lake.catalog import load_catalog
+
+        return load_catalog(self.settings)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        """The import ledger."""
+        from obslake.lake.ledger import Ledger
+
+        return Ledger(self.settings.state_uri)
+
+    def store(self, uri: str) -> tuple[ObjectStore, str]:
+        """(store, prefix) of ``uri`` through this hook's connection (:func:`store_for`)."""
+        return store_for(uri, self.conn_id)
+
+    def export_catalog(self, uri: str) -> Catalog:
+        """The lake's catalog with a FileIO that writes ``uri``'s bucket with this hook's connection."""
+        from obslake.lake.catalog import load_catalog
+
+        return load_catalog(self.settings, credentials_for(uri, self.conn_id))
