@@ -102,19 +102,21 @@ def _excerpt(text: str, line: int, column: int) -> str:
 
 
 def _yaml_syntax_error(where: str, text: str, exc: yaml.YAMLError) -> ConfigError:
+    position: tuple[int, int] | None  # (line, column), 0-based; None when YAML gives no mark
     if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (a control character)
         before = _LINE_BREAK_RE.split(text[: exc.position])
-        line, column = len(before) - 1, len(before[-1])
+        position = (len(before) - 1, len(before[-1]))
         char = chr(exc.character) if isinstance(exc.character, int) else exc.character
         problem = f"'{printable(char)}': {exc.reason}"
     else:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line, column = (mark.line, mark.column) if mark is not None else (None, None)
+        position = (mark.line, mark.column) if mark is not None else None
         problem = " ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
         problem = problem or str(exc).split("\n")[0]
     problem = printable(problem, EXCERPT_CHARS)
-    if line is None:
+    if position is None:
         return ConfigError(f"{where}: cannot read YAML: {problem}; fix the YAML syntax")
+    line, column = position
     excerpt = _excerpt(text, line, column)
     return ConfigError(
         f"{where}: cannot read YAML at line {line + 1}, column {column + 1}: {problem}"
@@ -317,15 +319,17 @@ class ImportJob(_Strict):
         """(namespace, table) of the job's Iceberg table."""
         if self.kind.is_trace:
             return (_ident(self.trace_space), _ident(f"{self.trace_project}__{self.kind.value}"))
-        base = f"{self.model.name}__{self.model.environment.value}"
+        model = _job_model(self)
+        base = f"{model.name}__{model.environment.value}"
         if self.kind == JobKind.actuals:
             base += "__actuals"
-        return (_ident(self.model.space), _ident(base))
+        return (_ident(model.space), _ident(base))
 
     @property
     def predictions_table_identifier(self) -> tuple[str, str]:  # noqa: D102 (predictions/actuals jobs only)
         """(namespace, table) of the model's predictions (the same as ``table_identifier`` for predictions)."""
-        return (_ident(self.model.space), _ident(f"{self.model.name}__{self.model.environment.value}"))
+        model = _job_model(self)
+        return (_ident(model.space), _ident(f"{model.name}__{model.environment.value}"))
 
     @property
     def quarantine_table_identifier(self) -> tuple[str, str]:
@@ -344,6 +348,14 @@ class ImportJob(_Strict):
             raise ValueError("`model` is required (space, name, type, environment)")
         check_mapping(self.model.type, self.kind, self.schema_)
         return self
+
+
+def _job_model(job: ImportJob) -> ModelRef:
+    """The model of a predictions/actuals job (the validator requires it; trace jobs have none)."""
+    if job.model is None:
+        raise ConfigError(f"job {_q(job.name)}: a {job.kind.value} job has no `model` (space, name, type, "
+                          "environment)")
+    return job.model
 
 
 def _ident(value: str) -> str:
@@ -443,13 +455,15 @@ def _model_identity(job: ImportJob) -> tuple[str, ...]:
     """What makes two jobs feed the same table legitimately: the same model (or trace project), exactly."""
     if job.kind.is_trace:
         return ("traces", job.trace_space, job.trace_project or "")
-    return ("model", job.model.space, job.model.name, job.model.environment.value)
+    model = _job_model(job)
+    return ("model", model.space, model.name, model.environment.value)
 
 
 def _describe_owner(job: ImportJob) -> str:
     if job.kind.is_trace:
         return f"trace project {_q(job.trace_project)} (trace_space {_q(job.trace_space)})"
-    return f"model {_q(job.model.space + '/' + job.model.name)} ({job.model.environment.value})"
+    model = _job_model(job)
+    return f"model {_q(model.space + '/' + model.name)} ({model.environment.value})"
 
 
 def table_collisions(loaded: list[tuple[Path, ImportJob]]) -> dict[Path, ConfigError]:

@@ -459,7 +459,10 @@ def _duckdb(*, location, namespace, project, delta, cols) -> str:
             out += [f"LOAD {_sql_str(paths['httpfs'])};"]
         else:
             out += ["INSTALL httpfs;", "LOAD httpfs;"]
-        bucket_scope = re.match(r"^[a-z0-9]+://[^/]+", location).group(0)
+        bucket_match = re.match(r"^[a-z0-9]+://[^/]+", location)
+        if bucket_match is None:  # table_location already rejects these
+            raise ValueError(f"no bucket in {location!r}")
+        bucket_scope = bucket_match.group(0)
         if scheme == "s3":
             out += ["CREATE OR REPLACE SECRET arize_data_fabric (",
                     "  TYPE S3,",

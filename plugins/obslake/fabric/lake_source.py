@@ -15,6 +15,7 @@ from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS, ChangeBatch
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
+    from pyiceberg.expressions import BooleanExpression
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ class LakeTraceSource:
     def changes(self, project: str, cursor: dict | None, *, overlap: dt.timedelta,
                 batch_spans: int = 50_000) -> Changes:
         """See :class:`~obslake.fabric.model.TraceSource` (``overlap`` is not needed by this source)."""
+        # pyiceberg's In(term, values) is positional at runtime (SetPredicate.__init__), but mypy sees
+        # only the keyword-only __init__ that pydantic's dataclass_transform synthesises for it: hence
+        # the type: ignore on each In(...) below
         from pyiceberg.expressions import AlwaysTrue, In
 
         spans_t, ann_t = self._table(project, "spans"), self._table(project, "annotations")
@@ -96,9 +100,12 @@ class LakeTraceSource:
 
         marks = [m for m in (snap_time(spans_t), snap_time(ann_t)) if m is not None]
         high = max(marks) if marks else None
-        window = None
+        window: tuple[dt.datetime, dt.datetime] | None = None
         if cursor and cursor.get("window"):
-            window = tuple(dt.datetime.fromisoformat(w) for w in cursor["window"])
+            bounds = tuple(dt.datetime.fromisoformat(w) for w in cursor["window"])
+            if len(bounds) != 2:
+                raise ValueError(f"a window cursor is [start, end], got {cursor['window']!r}")
+            window = (bounds[0], bounds[1])
             new_cursor = dict(cursor)
         else:
             new_cursor = {"spans_snapshot": snap_id(spans_t), "annotations_snapshot": snap_id(ann_t)}
@@ -111,22 +118,24 @@ class LakeTraceSource:
             if span_files is None or ann_files is None:
                 log.warning("%s: the cursor snapshot is no longer in the trace tables' history; exporting all", project)
                 full = True
+        span_filter: BooleanExpression
         if full:
             span_filter = AlwaysTrue()
         else:
             traces: set[str] = set()
             if span_files:
-                traces |= set(spans_t.scan(row_filter=In("_source_file", span_files),
+                traces |= set(spans_t.scan(row_filter=In("_source_file", span_files),  # type: ignore[call-arg, arg-type]
                                            selected_fields=("trace_id",)).to_arrow()["trace_id"].to_pylist())
             if ann_files:
-                ann_spans = set(ann_t.scan(row_filter=In("_source_file", ann_files),
+                ann_spans = set(ann_t.scan(row_filter=In("_source_file", ann_files),  # type: ignore[call-arg, arg-type]
                                            selected_fields=("span_id",)).to_arrow()["span_id"].to_pylist())
                 if ann_spans:
-                    rows = spans_t.scan(row_filter=In("span_id", ann_spans), selected_fields=("trace_id",)).to_arrow()
+                    rows = spans_t.scan(row_filter=In("span_id", ann_spans),  # type: ignore[call-arg, arg-type]
+                                        selected_fields=("trace_id",)).to_arrow()
                     traces |= set(rows["trace_id"].to_pylist())
             if not traces:
                 return Changes(iter(()), new_cursor, high)
-            span_filter = In("trace_id", traces)
+            span_filter = In("trace_id", traces)  # type: ignore[call-arg, arg-type]
 
         def batches() -> Iterator[ChangeBatch]:
             spans = spans_t.scan(row_filter=span_filter).to_arrow()
@@ -140,7 +149,7 @@ class LakeTraceSource:
             spans = spans.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA).sort_by("start_time")
             ann = pa.Table.from_batches([], ANNOTATION_SCHEMA)
             if ann_t is not None and ann_t.current_snapshot() is not None:
-                filt = AlwaysTrue() if full else In("span_id", set(spans["span_id"].to_pylist()))
+                filt = AlwaysTrue() if full else In("span_id", set(spans["span_id"].to_pylist()))  # type: ignore[call-arg, arg-type]
                 ann = ann_t.scan(row_filter=filt).to_arrow()
                 ann = latest_by(ann, ["span_id", "name", "identifier"], ["updated_at", "_ingested_at"])
                 ann = ann.select(ANNOTATION_SCHEMA.names).cast(ANNOTATION_SCHEMA)

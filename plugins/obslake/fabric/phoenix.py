@@ -198,13 +198,13 @@ class _Seen:
     def of(cls, anns: list[_Ann], start: dt.datetime, end: dt.datetime) -> "_Seen":
         window = sorted((a for a in anns if start <= a.updated_at <= end), key=lambda a: a.updated_at, reverse=True)
         kept: list[_Ann] = []
-        since = None
+        since: dt.datetime | None = None
         for i, a in enumerate(window):
             if i >= SEEN_CAP and a.updated_at != window[i - 1].updated_at:
                 break  # keep whole timestamps: ``since`` must cover every annotation at or after it
             kept.append(a)
             since = a.updated_at
-        if len(kept) > SEEN_CAP:  # one timestamp holds too many: keep those after it only
+        if since is not None and len(kept) > SEEN_CAP:  # one timestamp holds too many: keep those after it only
             kept = [a for a in kept if a.updated_at > since]
             since = min((a.updated_at for a in kept), default=None)
         if since is not None and len(kept) == len(window):
@@ -358,35 +358,39 @@ class PhoenixSource:
     # -- planning --------------------------------------------------------------------------------
     def _plan(self, conn: sa.Connection, project: str, cursor: dict | None, overlap: dt.timedelta) -> "_Plan":
         t = self.t
-        cursor = dict(cursor) if cursor else None
-        window = cursor.get("window") if cursor else None
-        incremental = bool(cursor) and not window and cursor.get("span_id_max") is not None
-        previous = _utc(cursor.get("high_watermark")) if incremental else None
+        state: dict = dict(cursor) if cursor else {}  # a copy; empty without a cursor
+        window = state.get("window")
+        incremental = bool(state) and not window and state.get("span_id_max") is not None
+        previous = _utc(state.get("high_watermark")) if incremental else None
         pid = conn.scalar(sa.select(t["projects"].c.id).where(t["projects"].c.name == project))
         if pid is None:
             log.info("%r: no project %r (yet)", self, project)
-            return _Plan(None, cursor or {}, previous)
+            return _Plan(None, state, previous)
 
         if window:
             start, end = (_utc(w) for w in window)
+            if start is None or end is None:
+                raise ValueError(f"{self!r}: a window cursor needs [start, end] timestamps, got {window!r}")
             tr = t["traces"]
             traces = array("q", sorted(conn.scalars(
                 sa.select(tr.c.id).where(tr.c.project_rowid == pid, tr.c.end_time >= start, tr.c.end_time < end))))
             anns = [a for a in self._annotations(conn, pid, start) if a.updated_at < end]
             spans = self._spans_for(conn, anns, set(traces))
-            return _Plan(pid, cursor, None, traces=traces, spans=spans)
+            return _Plan(pid, state, None, traces=traces, spans=spans)
 
         # the database's clock before reading: every annotation committed before it is seen now, one
         # committed later has updated_at >= read_at - overlap (Phoenix sets it at most that long before)
         read_at = _utc(conn.scalar(sa.select(sa.func.current_timestamp())))
+        if read_at is None:
+            raise UnsupportedTraceSourceError(f"{self!r}: the database returned no CURRENT_TIMESTAMP")
         span_max = conn.scalar(sa.select(sa.func.max(t["spans"].c.id))) or 0
         if not incremental:
             anns = list(self._annotations(conn, pid, read_at - overlap))
             return _Plan(pid, self._cursor(span_max, read_at, anns, overlap, None), None, all_traces=True)
 
-        old_max = int(cursor["span_id_max"])
+        old_max = int(state["span_id_max"])
         span_max = max(span_max, old_max)
-        old_read = _utc(cursor.get("annotation_updated_at"))
+        old_read = _utc(state.get("annotation_updated_at"))
         if old_read is not None:
             read_at = max(read_at, old_read)
         sp, tr = t["spans"], t["traces"]
@@ -394,7 +398,7 @@ class PhoenixSource:
             sa.select(sp.c.trace_rowid).distinct().join(tr, tr.c.id == sp.c.trace_rowid)
             .where(sp.c.id > old_max, sp.c.id <= span_max, tr.c.project_rowid == pid))))
         anns = list(self._annotations(conn, pid, None if old_read is None else old_read - overlap))
-        seen = _Seen.from_json(cursor.get("annotations_seen"))
+        seen = _Seen.from_json(state.get("annotations_seen"))
         changed = [a for a in anns if not seen.covers(a)]
         spans = self._spans_for(conn, changed, set(traces))
         log.info("%r %s: %d trace(s) with new spans, %d of %d windowed annotation(s) changed", self, project,
@@ -550,9 +554,10 @@ class PhoenixSource:
                 add(roots[a.trace_rowid], TRACE_PREFIX + a.name, a)
 
         latest: dict[str, dt.datetime] = {}
-        for a in ann:
-            if a["updated_at"] is not None and (a["span_id"] not in latest or a["updated_at"] > latest[a["span_id"]]):
-                latest[a["span_id"]] = a["updated_at"]
+        for entry in ann:
+            if entry["updated_at"] is not None and (entry["span_id"] not in latest
+                                                    or entry["updated_at"] > latest[entry["span_id"]]):
+                latest[entry["span_id"]] = entry["updated_at"]
         spans = []
         for r in rows:
             changed = max([v for v in (r.trace_end_time, latest.get(r.span_id)) if v is not None], default=None)

@@ -17,7 +17,7 @@ def make_source(cfg: TraceSourceConfig, catalog: "Catalog",
     """``lake`` → :class:`~obslake.fabric.lake_source.LakeTraceSource`; ``phoenix`` → PhoenixSource.
 
     A Phoenix ``conn_id`` is resolved by ``connection_uri`` (the Airflow wrappers pass
-    :func:`obslake.connections.connection_uri`, so the database password stays in Airflow's secrets).
+    :func:`obslake.hooks.connection_uri`, so the database password stays in Airflow's secrets).
     """
     if cfg.type == "lake":
         from obslake.fabric.lake_source import LakeTraceSource
@@ -30,5 +30,7 @@ def make_source(cfg: TraceSourceConfig, catalog: "Catalog",
         if connection_uri is None:
             raise ConfigError(f"the phoenix source uses conn_id {cfg.conn_id!r}, an Airflow connection: run the sync "
                               "in Airflow, or give the database as `uri:`")
+        if cfg.conn_id is None:  # TraceSourceConfig's validator requires uri or conn_id
+            raise ConfigError("a phoenix source needs `uri` (e.g. sqlite:////data/phoenix.db) or `conn_id`")
         uri = connection_uri(cfg.conn_id)
     return PhoenixSource(uri)

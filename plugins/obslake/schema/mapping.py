@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import unicodedata
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -484,6 +484,10 @@ class BatchMapper:
         self.source = source
         self.ingested_at = ingested_at
         self.is_csv = fmt == "csv"
+        if job.model is None:  # the job's validator requires a model for predictions/actuals jobs
+            raise ValueError(f"job {job.name!r}: a {job.kind.value} job has no `model`; BatchMapper maps "
+                             "predictions and actuals files only")
+        self._model = job.model
         self.label_kind = label_kind(job.model.type)
         # roles a model type cannot do without (a group of one), checked on every predictions row
         self.required = ({g[0] for g in REQUIREMENTS[job.model.type].all_of if len(g) == 1}
@@ -599,7 +603,7 @@ class BatchMapper:
             if col in self.mapping.column_types:
                 continue
             idx = table_schema.get_field_index(col) if table_schema is not None else -1
-            if idx >= 0:
+            if table_schema is not None and idx >= 0:
                 want = _canonical(table_schema.field(idx).type)
                 if not pa.types.is_nested(want) and _widens(_canonical(self.declared[col]), want):
                     if pa.types.is_integer(self.declared[col]) and pa.types.is_floating(want):
@@ -878,7 +882,7 @@ class BatchMapper:
     def _json_cells(self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem],
                     target: pa.DataType) -> pa.Array:
         """CSV cells holding JSON (vectors, boxes, score maps) parsed into ``target``."""
-        values = []
+        values: list[Any] = []
         for i, v in enumerate(arr.to_pylist()):
             if v is None or v.strip() == "":
                 values.append(None)
@@ -1094,7 +1098,7 @@ class BatchMapper:
             if _is_stringy(raw.type):
                 empty = pc.or_kleene(empty, pc.equal(pc.utf8_trim_whitespace(raw.cast(pa.string())), ""))
             for i in self._bad_rows(empty):
-                self._problem(problems, "SCORE_MISSING", f"prediction score is null or empty ({self.job.model.type.value} "
+                self._problem(problems, "SCORE_MISSING", f"prediction score is null or empty ({self._model.type.value} "
                               "models need a score on every prediction)", "give every prediction a score", i,
                               first_row, col)
         if "rank" in r:
@@ -1114,8 +1118,8 @@ class BatchMapper:
         for role in ("relevance_label", "model_version", "batch_id"):
             if role in r:
                 out[role] = self._strings(batch.column(r[role]), r[role], role, first_row, problems)
-        if "model_version" not in out and self.job.model.version:
-            out["model_version"] = pa.repeat(pa.scalar(self.job.model.version, pa.string()), batch.num_rows)
+        if "model_version" not in out and self._model.version:
+            out["model_version"] = pa.repeat(pa.scalar(self._model.version, pa.string()), batch.num_rows)
         for role in ("prompt", "response"):
             if role in r:
                 out[role] = self._strings(batch.column(r[role]), r[role], role, first_row, problems, MAX_TEXT_CHARS)

@@ -142,7 +142,11 @@ class TraceMapper:
         n = batch.num_rows
         out: dict[str, pa.Array] = {}
         for key in ("span_id", "trace_id", "name") if self.kind == JobKind.spans else ("span_id", "name"):
-            arr = self._col(batch, key).cast(pa.string())
+            col = self._col(batch, key)
+            if col is None:  # __init__ checked the file has every REQUIRED column
+                raise SchemaMismatchError(f"{self.source}: a {self.kind.value} file needs column {key!r}",
+                                          code="COLUMN_MISSING")
+            arr = col.cast(pa.string())
             for i in pc.indices_nonzero(pc.fill_null(pc.equal(pc.utf8_length(arr), 0), True)).to_pylist()[:100]:
                 problems.append(Problem("ID_MISSING", f"{key} is null or empty", self.source,
                                         f"give every row a {key}", row=first_row + i, column=self.columns[key]))

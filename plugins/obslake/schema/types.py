@@ -247,10 +247,10 @@ class SchemaMapping(_Strict):
             value.pop("shap_values_column_names")
             value["shap_values"] = list(shap.values())
         out = {_ARIZE_ALIASES.get(k, k): v for k, v in value.items()}
-        emb = out.get("embedding_features")
-        if isinstance(emb, list):  # Arize JSON: [{"name": {...}}, ...]
+        emb_features = out.get("embedding_features")
+        if isinstance(emb_features, list):  # Arize JSON: [{"name": {...}}, ...]
             merged: dict[str, Any] = {}
-            for item in emb:
+            for item in emb_features:
                 if not isinstance(item, dict):
                     raise ValueError("embedding_features entries must be {name: {vector: …, raw_data: …}}")
                 merged.update(item)

@@ -11,7 +11,7 @@ import datetime as dt
 import io
 import os
 import re
-from typing import BinaryIO, Callable, Iterator, Protocol, runtime_checkable
+from typing import BinaryIO, Callable, Iterator, Protocol, cast, runtime_checkable
 from urllib.parse import urlparse
 
 from obslake.exceptions import ObjectChangedError, UnsupportedURIError, printable
@@ -383,4 +383,6 @@ class ObjectReader(io.BufferedReader):
         raw_size = getattr(self.raw, "size", None)
         if isinstance(raw_size, int):
             return raw_size
-        return os.fstat(self.raw.fileno()).st_size
+        # typeshed types BufferedReader.raw as a minimal protocol without fileno(); ours is always the
+        # io.RawIOBase given to __init__
+        return os.fstat(cast(io.RawIOBase, self.raw).fileno()).st_size
