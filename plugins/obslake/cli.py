@@ -1,12 +1,12 @@
 """The ``obslake`` command.
 
-    obslake demo                 run the end-to-end demo (local S3 on loopback, import, report)
-    obslake validate-config      check every job YAML under include/ and print the errors
-    obslake dry-run JOB [FILE]   validate new files (or one file/key) of a job without writing
-    obslake status [JOB]         files pending/succeeded/failed, rows, last import, latest errors
-    obslake schema-doc           the model-type and expected-type tables
-    obslake fabric ddl CONNECTOR query DDL (BigQuery, Databricks, Snowflake, Athena, DuckDB) with real paths
-    obslake fabric sync CONNECTOR run a connector's sync now, outside Airflow
+obslake demo                 run the end-to-end demo (local S3 on loopback, import, report)
+obslake validate-config      check every job YAML under include/ and print the errors
+obslake dry-run JOB [FILE]   validate new files (or one file/key) of a job without writing
+obslake status [JOB]         files pending/succeeded/failed, rows, last import, latest errors
+obslake schema-doc           the model-type and expected-type tables
+obslake fabric ddl CONNECTOR query DDL (BigQuery, Databricks, Snowflake, Athena, DuckDB) with real paths
+obslake fabric sync CONNECTOR run a connector's sync now, outside Airflow
 """
 
 from __future__ import annotations
@@ -59,15 +59,16 @@ def _key_of(store, job, file: str) -> str:
     parsed = parse_uri(file)
     if parsed.scheme != store.scheme or parsed.bucket != store.bucket:
         where = "directory" if store.scheme == "file" else "bucket"
-        raise ObslakeError(f"{printable(file, 300)} is not in the job's {where} ({job.source}); give a key or a "
-                           "URI under it")
+        raise ObslakeError(
+            f"{printable(file, 300)} is not in the job's {where} ({job.source}); give a key or a URI under it"
+        )
     if store.scheme != "file":
         return parsed.prefix
     root = posixpath.normpath(store.root).rstrip("/") + "/"
     path = posixpath.normpath(parsed.prefix)
     if not path.startswith(root):
         raise ObslakeError(f"{printable(file, 300)} is not under the job's source {job.source}; give a file below it")
-    return path[len(root):]
+    return path[len(root) :]
 
 
 def cmd_validate_config(args) -> int:
@@ -110,8 +111,10 @@ def cmd_dry_run(args) -> int:
         print("\n".join(printable(line) for line in report.summary().splitlines()))
         failed += not report.ok
     checked = len(infos) - retry
-    print(f"\n{checked - failed} file(s) valid, {failed} failed{f', {retry} not checked' if retry else ''} "
-          "(nothing was written)")
+    print(
+        f"\n{checked - failed} file(s) valid, {failed} failed{f', {retry} not checked' if retry else ''} "
+        "(nothing was written)"
+    )
     return 1 if failed or retry else 0
 
 
@@ -155,8 +158,15 @@ def cmd_fabric_ddl(args) -> int:
     for project in conn.projects:
         for engine in engines:
             print(f"-- ===== {engine}: {conn.name} / {project} =====")
-            print(ddl(engine, table_uri=conn.storage, namespace=conn.namespace, project=project,
-                      delta="delta" in conn.formats))
+            print(
+                ddl(
+                    engine,
+                    table_uri=conn.storage,
+                    namespace=conn.namespace,
+                    project=project,
+                    delta="delta" in conn.formats,
+                )
+            )
             print()
     return 0
 
@@ -164,9 +174,9 @@ def cmd_fabric_ddl(args) -> int:
 def cmd_fabric_sync(args) -> int:
     """Run a connector's sync outside Airflow (storage credentials from the environment)."""
     from obslake.fabric.export import ProjectExporter
+    from obslake.fabric.sources import make_source
     from obslake.lake.catalog import load_catalog
     from obslake.storage.credentials import StorageCredentials
-    from obslake.fabric.sources import make_source
 
     conn = _connector(args)
     catalog = load_catalog(storage=StorageCredentials.from_env(conn.storage))
@@ -175,13 +185,17 @@ def cmd_fabric_sync(args) -> int:
     source = make_source(conn.source, catalog, connection_uri)
     for project in [args.project] if args.project else conn.projects:
         r = ProjectExporter(conn, project, catalog).sync(source)
-        print(f"{project}: {r.mode}: {r.rows} row(s) in {r.partitions} partition(s) -> {r.location} "
-              f"(watermark {r.watermark}, {r.seconds:.2f}s)")
+        print(
+            f"{project}: {r.mode}: {r.rows} row(s) in {r.partitions} partition(s) -> {r.location} "
+            f"(watermark {r.watermark}, {r.seconds:.2f}s)"
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="obslake", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="obslake", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--include", help="the include/ directory (default: $OBSLAKE_INCLUDE_DIR or ./include)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -194,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="job status: file counts, rows, errors")
     st.add_argument("job", nargs="?")
     sub.add_parser("schema-doc", help="print the model-type and expected-type tables (as in the README)")
-    fab = sub.add_parser("fabric", help="Data Fabric: query DDL, manual sync").add_subparsers(dest="fabric_cmd",
-                                                                                                required=True)
+    fab = sub.add_parser("fabric", help="Data Fabric: query DDL, manual sync").add_subparsers(
+        dest="fabric_cmd", required=True
+    )
     d = fab.add_parser("ddl", help="CREATE statements for BigQuery, Databricks, Snowflake, Athena, DuckDB")
     d.add_argument("connector")
     d.add_argument("--engine", choices=["bigquery", "databricks", "snowflake", "athena", "duckdb"])
@@ -203,22 +218,31 @@ def main(argv: list[str] | None = None) -> int:
     sy.add_argument("connector")
     sy.add_argument("--project")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         if args.cmd == "demo":
             try:  # the demo kit is a separate package (not the product): imported only here, only for `demo`
                 from obslake_demo.demo import run_demo
             except ImportError as exc:
-                print(f"error: `obslake demo` needs the demo kit (package obslake_demo, plugins/obslake_demo in the "
-                      f"source tree) and the `local` extra; in the source tree run ./run demo, or pip install "
-                      f"'.[local]' ({type(exc).__name__}: {exc})", file=sys.stderr)
+                print(
+                    f"error: `obslake demo` needs the demo kit (package obslake_demo, plugins/obslake_demo in the "
+                    f"source tree) and the `local` extra; in the source tree run ./run demo, or pip install "
+                    f"'.[local]' ({type(exc).__name__}: {exc})",
+                    file=sys.stderr,
+                )
                 return 2
             return run_demo(args.workdir)
         if args.cmd == "fabric":
             return {"ddl": cmd_fabric_ddl, "sync": cmd_fabric_sync}[args.fabric_cmd](args)
-        return {"validate-config": cmd_validate_config, "dry-run": cmd_dry_run, "status": cmd_status,
-                "schema-doc": cmd_schema_doc}[args.cmd](args)
+        return {
+            "validate-config": cmd_validate_config,
+            "dry-run": cmd_dry_run,
+            "status": cmd_status,
+            "schema-doc": cmd_schema_doc,
+        }[args.cmd](args)
     except ObslakeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -95,7 +95,7 @@ def _excerpt(text: str, line: int, column: int) -> str:
         return ""
     row = lines[line]
     start = max(0, column - 60)
-    shown = printable(row[start:start + 120], EXCERPT_CHARS - 6)
+    shown = printable(row[start : start + 120], EXCERPT_CHARS - 6)
     if start + 120 < len(row) and not shown.endswith("..."):
         shown += "..."
     return ("..." if start else "") + shown
@@ -120,7 +120,8 @@ def _yaml_syntax_error(where: str, text: str, exc: yaml.YAMLError) -> ConfigErro
     excerpt = _excerpt(text, line, column)
     return ConfigError(
         f"{where}: cannot read YAML at line {line + 1}, column {column + 1}: {problem}"
-        + (f"\n  near: {excerpt}" if excerpt else "") + "\n  fix the YAML syntax there"
+        + (f"\n  near: {excerpt}" if excerpt else "")
+        + "\n  fix the YAML syntax there"
     )
 
 
@@ -162,8 +163,10 @@ def _check_loaded(data: Any) -> None:
         else:
             continue
         if depth > MAX_YAML_DEPTH:
-            raise _YAMLLimit(f"is nested more than {MAX_YAML_DEPTH} levels deep once its aliases (*name) are "
-                             "expanded (or an alias refers to itself)")
+            raise _YAMLLimit(
+                f"is nested more than {MAX_YAML_DEPTH} levels deep once its aliases (*name) are "
+                "expanded (or an alias refers to itself)"
+            )
         stack.extend((c, depth + 1) for c in children)
 
 
@@ -184,8 +187,10 @@ def read_yaml(path: str | Path, what: str = "YAML") -> Any:
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{where}: not a regular file; a {what} must be a plain file")
         if st.st_size > MAX_YAML_BYTES:
-            raise ConfigError(f"{where}: the file is {st.st_size:,} bytes, larger than the {limit} limit for a "
-                              f"{what}; a config is a few KiB: remove what is not configuration")
+            raise ConfigError(
+                f"{where}: the file is {st.st_size:,} bytes, larger than the {limit} limit for a "
+                f"{what}; a config is a few KiB: remove what is not configuration"
+            )
         with open(path, "rb") as fh:
             raw = fh.read(MAX_YAML_BYTES + 1)
     except ConfigError:
@@ -197,28 +202,34 @@ def read_yaml(path: str | Path, what: str = "YAML") -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where}: cannot read YAML: not UTF-8 text (byte {exc.start}); save the file as UTF-8") \
-            from None
+        raise ConfigError(
+            f"{where}: cannot read YAML: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+        ) from None
     try:
         _scan_limits(text)
-        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=_YAML_LOADER)
         _check_loaded(data)
     except _YAMLLimit as exc:
         at = f" (at line {exc.mark.line + 1}, column {exc.mark.column + 1})" if exc.mark is not None else ""
-        raise ConfigError(f"{where}: the {what} {exc}{at}; the limits are {MAX_YAML_DEPTH} levels of nesting "
-                          f"and {MAX_YAML_NODES} values: flatten it") from None
+        raise ConfigError(
+            f"{where}: the {what} {exc}{at}; the limits are {MAX_YAML_DEPTH} levels of nesting "
+            f"and {MAX_YAML_NODES} values: flatten it"
+        ) from None
     except yaml.YAMLError as exc:
         if "maximum nesting depth" in str(exc):  # libyaml's own limit (1000), hit while it scans ahead
-            raise ConfigError(f"{where}: the {what} is nested more than {MAX_YAML_DEPTH} levels deep; the limits "
-                              f"are {MAX_YAML_DEPTH} levels of nesting and {MAX_YAML_NODES} values: flatten it") \
-                from None
+            raise ConfigError(
+                f"{where}: the {what} is nested more than {MAX_YAML_DEPTH} levels deep; the limits "
+                f"are {MAX_YAML_DEPTH} levels of nesting and {MAX_YAML_NODES} values: flatten it"
+            ) from None
         raise _yaml_syntax_error(where, text, exc) from None
     except RecursionError:
-        raise ConfigError(f"{where}: the {what} is nested too deeply to parse; at most {MAX_YAML_DEPTH} "
-                          "levels are allowed") from None
-    except Exception as exc:  # MemoryError, a bug in a YAML constructor...: this file only
-        raise ConfigError(f"{where}: cannot read YAML ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})") \
-            from None
+        raise ConfigError(
+            f"{where}: the {what} is nested too deeply to parse; at most {MAX_YAML_DEPTH} levels are allowed"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - MemoryError, a bug in a YAML constructor...: this file only
+        raise ConfigError(
+            f"{where}: cannot read YAML ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})"
+        ) from None
     return data
 
 
@@ -326,7 +337,7 @@ class ImportJob(_Strict):
         return (_ident(model.space), _ident(base))
 
     @property
-    def predictions_table_identifier(self) -> tuple[str, str]:  # noqa: D102 (predictions/actuals jobs only)
+    def predictions_table_identifier(self) -> tuple[str, str]:
         """(namespace, table) of the model's predictions (the same as ``table_identifier`` for predictions)."""
         model = _job_model(self)
         return (_ident(model.space), _ident(f"{model.name}__{model.environment.value}"))
@@ -338,7 +349,7 @@ class ImportJob(_Strict):
         return (ns, f"{name}__quarantine")
 
     @model_validator(mode="after")
-    def _fields_for_model_type(self) -> "ImportJob":
+    def _fields_for_model_type(self) -> ImportJob:
         if self.kind.is_trace:
             if not self.trace_project:
                 raise ValueError(f"a {self.kind.value} job needs `trace_project` (the project its traces belong to)")
@@ -353,8 +364,7 @@ class ImportJob(_Strict):
 def _job_model(job: ImportJob) -> ModelRef:
     """The model of a predictions/actuals job (the validator requires it; trace jobs have none)."""
     if job.model is None:
-        raise ConfigError(f"job {_q(job.name)}: a {job.kind.value} job has no `model` (space, name, type, "
-                          "environment)")
+        raise ConfigError(f"job {_q(job.name)}: a {job.kind.value} job has no `model` (space, name, type, environment)")
     return job.model
 
 
@@ -397,15 +407,18 @@ def _schema_file(path: Path, value: str, include_dir: Path) -> Any:
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (older Pythons)
         raise ConfigError(f"{where}: schema: cannot resolve {_q(value)} ({printable(exc, 200)}); {fix}") from None
     if target != root and root not in target.parents:
-        raise ConfigError(f"{where}: schema: {_q(value)} resolves outside {_where(root)} (through '..' or a "
-                          f"symbolic link); {fix}")
+        raise ConfigError(
+            f"{where}: schema: {_q(value)} resolves outside {_where(root)} (through '..' or a symbolic link); {fix}"
+        )
     try:
         data = read_yaml(target, "schema file")
     except ConfigError as exc:
         raise ConfigError(f"{where}: schema: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: schema: {_q(value)} must hold a mapping of roles to columns (a JSON object), "
-                          f"not {type(data).__name__}")
+        raise ConfigError(
+            f"{where}: schema: {_q(value)} must hold a mapping of roles to columns (a JSON object), "
+            f"not {type(data).__name__}"
+        )
     return data
 
 
@@ -427,18 +440,22 @@ def load_import_job(path: str | Path, *, include_dir: str | Path | None = None) 
     except ConfigError:
         raise
     except RecursionError:
-        raise ConfigError(f"{_where(path)}: the job is nested too deeply to validate; at most {MAX_YAML_DEPTH} "
-                          "levels are allowed") from None
-    except Exception as exc:  # a bug in a validator must not take other jobs' DAGs down
-        raise ConfigError(f"{_where(path)}: cannot validate the job ({type(exc).__name__}: "
-                          f"{printable(exc, EXCERPT_CHARS)}); report this file") from None
+        raise ConfigError(
+            f"{_where(path)}: the job is nested too deeply to validate; at most {MAX_YAML_DEPTH} levels are allowed"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a bug in a validator must not take other jobs' DAGs down
+        raise ConfigError(
+            f"{_where(path)}: cannot validate the job ({type(exc).__name__}: "
+            f"{printable(exc, EXCERPT_CHARS)}); report this file"
+        ) from None
 
 
 def _load_import_job(path: Path, include_dir: Path) -> ImportJob:
     data = read_yaml(path, "job YAML")
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{_where(path)}: expected a mapping of job fields at the top level, got {type(data).__name__}")
+            f"{_where(path)}: expected a mapping of job fields at the top level, got {type(data).__name__}"
+        )
     if isinstance(data.get("schema"), str):  # a path to a JSON/YAML schema file, relative to include/
         data["schema"] = _schema_file(path, data["schema"], include_dir)
     try:
@@ -447,7 +464,8 @@ def _load_import_job(path: Path, include_dir: Path) -> ImportJob:
         raise ConfigError(_format_validation_error(path, exc)) from None
     if path.stem != job.name:
         raise ConfigError(
-            f"{_where(path)}: name {_q(job.name)} must equal the file name; rename the file to {job.name}.yaml")
+            f"{_where(path)}: name {_q(job.name)} must equal the file name; rename the file to {job.name}.yaml"
+        )
     return job
 
 
@@ -547,9 +565,12 @@ def _load_each(directory: Path, load) -> tuple[list[tuple[Path, Any]], list[Conf
     for path in _yaml_files(directory):
         try:
             loaded.append((path, load(path)))
-        except Exception as exc:  # the loaders raise ConfigError only; belt and braces
-            err = exc if isinstance(exc, ConfigError) else ConfigError(
-                f"{_where(path)}: cannot load ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})")
+        except Exception as exc:  # noqa: BLE001 - the loaders raise ConfigError only; belt and braces
+            err = (
+                exc
+                if isinstance(exc, ConfigError)
+                else ConfigError(f"{_where(path)}: cannot load ({type(exc).__name__}: {printable(exc, EXCERPT_CHARS)})")
+            )
             err.path = path  # type: ignore[attr-defined]
             errors.append(err)
     return loaded, errors
@@ -576,7 +597,7 @@ class TraceSourceConfig(_Strict):
     space: str = Field("traces", description="lake: the namespace of the trace tables")
 
     @model_validator(mode="after")
-    def _where(self) -> "TraceSourceConfig":
+    def _where(self) -> TraceSourceConfig:
         if self.type == "phoenix" and not (self.uri or self.conn_id):
             raise ValueError("a phoenix source needs `uri` (e.g. sqlite:////data/phoenix.db) or `conn_id`")
         return self
@@ -677,14 +698,19 @@ def load_connector(path: str | Path) -> Connector:
     except ConfigError:
         raise
     except RecursionError:
-        raise ConfigError(f"{_where(path)}: the connector is nested too deeply to validate; at most "
-                          f"{MAX_YAML_DEPTH} levels are allowed") from None
-    except Exception as exc:
-        raise ConfigError(f"{_where(path)}: cannot validate the connector ({type(exc).__name__}: "
-                          f"{printable(exc, EXCERPT_CHARS)}); report this file") from None
+        raise ConfigError(
+            f"{_where(path)}: the connector is nested too deeply to validate; at most "
+            f"{MAX_YAML_DEPTH} levels are allowed"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a bug in a validator must not take other connectors' DAGs down
+        raise ConfigError(
+            f"{_where(path)}: cannot validate the connector ({type(exc).__name__}: "
+            f"{printable(exc, EXCERPT_CHARS)}); report this file"
+        ) from None
     if path.stem != conn.name:
         raise ConfigError(
-            f"{_where(path)}: name {_q(conn.name)} must equal the file name; rename the file to {conn.name}.yaml")
+            f"{_where(path)}: name {_q(conn.name)} must equal the file name; rename the file to {conn.name}.yaml"
+        )
     return conn
 
 
@@ -701,15 +727,15 @@ def load_connectors(directory: str | Path) -> tuple[list[Connector], list[Config
     loaded = [(p, c) for p, c in loaded if p not in duplicates]
     bad: set[str] = set()
     for i, (pa_, a) in enumerate(loaded):
-        for pb, b in loaded[i + 1:]:
+        for pb, b in loaded[i + 1 :]:
             ka, kb = a._path_key(), b._path_key()
             if ka[:2] == kb[:2] and (ka[2].startswith(kb[2]) or kb[2].startswith(ka[2])):
                 for path, c, other in ((pa_, a, b), (pb, b, a)):
                     err = ConfigError(
                         f"{path}: connector {c.name!r} writes to {c.root}/, which overlaps connector {other.name!r} "
-                        f"({other.root}/); give each connector its own namespace or prefix")
+                        f"({other.root}/); give each connector its own namespace or prefix"
+                    )
                     err.path = path  # type: ignore[attr-defined]
                     errors.append(err)
                 bad |= {a.name, b.name}
     return [c for _, c in loaded if c.name not in bad], errors
-

@@ -12,7 +12,7 @@ from obslake.config import ImportJob, JobStatus, load_import_jobs
 from obslake.exceptions import ConfigError, printable
 
 log = logging.getLogger(__name__)
-START = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 MAX_STEM = 200  # Airflow dag ids are at most 250 characters
 MAX_MESSAGE = 8000  # a config-error DAG's message (a validation error lists at most 20 problems)
 
@@ -59,8 +59,12 @@ def build_import_dag(job: ImportJob) -> Any:
         catchup=False,
         max_active_runs=1,
         is_paused_upon_creation=job.status == JobStatus.paused,
-        tags=["obslake", "import", f"model:{job.model.name}" if job.model else f"traces:{job.trace_project}",
-              *job.tags],
+        tags=[
+            "obslake",
+            "import",
+            f"model:{job.model.name}" if job.model else f"traces:{job.trace_project}",
+            *job.tags,
+        ],
         default_args={
             "retries": job.retries,
             "retry_delay": dt.timedelta(seconds=30),
@@ -76,8 +80,11 @@ def build_import_dag(job: ImportJob) -> Any:
     ) as dag:
         files = S3KeyPrefixSensor(task_id="wait_for_new_files", job=job_dict, deferrable=deferrable)
         verify = TagVerifyOperator(
-            task_id="verify_bucket_ownership", source=job.source, conn_id=job.conn_id,
-            key_variable=job.ingestion_key_variable, tag_name=job.tag_name,
+            task_id="verify_bucket_ownership",
+            source=job.source,
+            conn_id=job.conn_id,
+            key_variable=job.ingestion_key_variable,
+            tag_name=job.tag_name,
         )
         valid = SchemaValidateOperator(task_id="validate_files", job=job_dict, files=files.output)
         imported = IcebergImportOperator.partial(task_id="import_file", job=job_dict).expand(file=valid.output)
@@ -99,8 +106,12 @@ def build_config_error_dag(path_stem: str, message: str, prefix: str = "obslake_
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "\n... (cut)"
     with DAG(
-        dag_id=f"{prefix}{path_stem}", schedule=None, start_date=START, catchup=False,
-        tags=["obslake", prefix.split("_")[1], "config-error"], is_paused_upon_creation=False,
+        dag_id=f"{prefix}{path_stem}",
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        tags=["obslake", prefix.split("_")[1], "config-error"],
+        is_paused_upon_creation=False,
         doc_md=f"### Invalid {'connector' if 'fabric' in prefix else 'import job'} config\n\n{_code_block(message)}",
     ) as dag:
         ConfigErrorOperator(task_id="invalid_job_config", message=message)
@@ -127,8 +138,12 @@ def _build_all(items: list, errors: list, build, prefix: str, what: str) -> dict
             dags[item.dag_id] = build(item)
         except Exception as exc:
             log.exception("%s %s: cannot build its DAG", what, item.name)
-            _error_dag(dags, item.name, f"cannot build the DAG of {what} {item.name!r}: "
-                       f"{type(exc).__name__}: {printable(exc, 500)}", prefix)
+            _error_dag(
+                dags,
+                item.name,
+                f"cannot build the DAG of {what} {item.name!r}: {type(exc).__name__}: {printable(exc, 500)}",
+                prefix,
+            )
     for err in errors:
         stem = _stem(Path(getattr(err, "path", None) or "unknown"))
         log.error("%s", printable(err, MAX_MESSAGE))
@@ -143,8 +158,10 @@ def _load_all(load, directory: str | Path, what: str) -> tuple[list, list]:
         return load(directory)
     except Exception as exc:
         log.exception("cannot load the %s YAML files in %s", what, directory)
-        err = ConfigError(f"{printable(directory, 300)}: cannot load the {what} YAML files "
-                          f"({type(exc).__name__}: {printable(exc, 500)})")
+        err = ConfigError(
+            f"{printable(directory, 300)}: cannot load the {what} YAML files "
+            f"({type(exc).__name__}: {printable(exc, 500)})"
+        )
         err.path = Path("config_error")  # type: ignore[attr-defined]
         return [], [err]
 
@@ -176,8 +193,12 @@ def build_fabric_dag(connector) -> Any:
         max_active_runs=1,
         is_paused_upon_creation=connector.status == JobStatus.paused,
         tags=["obslake", "data-fabric", *connector.tags],
-        default_args={"retries": connector.retries, "retry_delay": dt.timedelta(minutes=2),
-                      "retry_exponential_backoff": True, "owner": "obslake"},
+        default_args={
+            "retries": connector.retries,
+            "retry_delay": dt.timedelta(minutes=2),
+            "retry_exponential_backoff": True,
+            "owner": "obslake",
+        },
         doc_md=(
             f"### obslake Data Fabric connector `{connector.name}`\n\nExports the traces, evaluations and "
             f"annotations of {', '.join(f'`{p}`' for p in connector.projects)} as Iceberg tables"
@@ -185,12 +206,17 @@ def build_fabric_dag(connector) -> Any:
             "exports what changed since the last; `airflow backfill create` re-exports a past window."
         ),
     ) as dag:
-        verify = TagVerifyOperator(task_id="verify_bucket_ownership", source=connector.storage + "/",
-                                   conn_id=connector.conn_id, key_variable=connector.ingestion_key_variable,
-                                   tag_name=connector.tag_name)
+        verify = TagVerifyOperator(
+            task_id="verify_bucket_ownership",
+            source=connector.storage + "/",
+            conn_id=connector.conn_id,
+            key_variable=connector.ingestion_key_variable,
+            tag_name=connector.tag_name,
+        )
         probe = StorageProbeOperator(task_id="probe_permissions", uri=connector.root, conn_id=connector.conn_id)
-        sync = IcebergExportOperator.partial(task_id="sync_project", connector=connector.model_dump(mode="json")).expand(
-            project=list(connector.projects))
+        sync = IcebergExportOperator.partial(
+            task_id="sync_project", connector=connector.model_dump(mode="json")
+        ).expand(project=list(connector.projects))
         verify >> probe >> sync
     return dag
 

@@ -100,8 +100,12 @@ def printable(text: object, limit: int | None = None) -> str:
     """
     s = str(text)
     if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in s):
-        s = "".join(c if not (ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029")
-                    else c.encode("unicode_escape").decode("ascii") for c in s)
+        s = "".join(
+            c
+            if not (ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029")
+            else c.encode("unicode_escape").decode("ascii")
+            for c in s
+        )
     if limit is not None and len(s) > limit:
         s = s[: max(0, limit - 3)] + "..."
     return s

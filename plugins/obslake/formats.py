@@ -16,8 +16,9 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO
 
 import fastavro
 import pyarrow as pa
@@ -63,10 +64,19 @@ such files grows with their largest row, never with their size."""
 DEFAULT_BATCH_ROWS = 65_536
 
 # Byte-order marks of the text encodings a CSV must not be in (longest first: UTF-32 LE starts like UTF-16 LE).
-_BINARY_MAGIC = ((b"PAR1", "a Parquet file"), (b"ARROW1", "an Arrow IPC file"), (b"Obj\x01", "an Avro file"),
-                 (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook?)"), (b"\xff\xff\xff\xff", "an Arrow IPC stream"))
-_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 LE"), (b"\x00\x00\xfe\xff", "UTF-32 BE"),
-               (b"\xff\xfe", "UTF-16 LE"), (b"\xfe\xff", "UTF-16 BE"))
+_BINARY_MAGIC = (
+    (b"PAR1", "a Parquet file"),
+    (b"ARROW1", "an Arrow IPC file"),
+    (b"Obj\x01", "an Avro file"),
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook?)"),
+    (b"\xff\xff\xff\xff", "an Arrow IPC stream"),
+)
+_OTHER_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32 LE"),
+    (b"\x00\x00\xfe\xff", "UTF-32 BE"),
+    (b"\xff\xfe", "UTF-16 LE"),
+    (b"\xfe\xff", "UTF-16 BE"),
+)
 
 _PARQUET_MAGIC = b"PAR1"
 _ARROW_FILE_MAGIC = b"ARROW1"
@@ -80,9 +90,7 @@ _FIX = {
         "per column) or fix the extension"
     ),
     "avro": "re-export it as an Avro object container file (e.g. with fastavro.writer) or fix the extension",
-    "arrow": (
-        "re-export it with pyarrow.ipc.new_file or pyarrow.ipc.new_stream (Feather V2) or fix the extension"
-    ),
+    "arrow": ("re-export it with pyarrow.ipc.new_file or pyarrow.ipc.new_stream (Feather V2) or fix the extension"),
 }
 
 # What a decoder raises on bad bytes. Exceptions raised by the file object itself pass through
@@ -95,7 +103,8 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     MemoryError,  # MEMORY_LIMIT: a batch, page or cell larger than the worker can hold
 )
 # fastavro decodes in Python: corrupt blocks surface as any of these.
-_AVRO_ERRORS: tuple[type[BaseException], ...] = _DECODE_ERRORS + (
+_AVRO_ERRORS: tuple[type[BaseException], ...] = (
+    *_DECODE_ERRORS,
     zlib.error,
     struct.error,
     IndexError,
@@ -184,7 +193,12 @@ def read_schema(f: BinaryIO, fmt: str, *, source: str, max_bytes: int | None = N
 
 
 def read_batches(
-    f: BinaryIO, fmt: str, *, source: str, batch_rows: int = DEFAULT_BATCH_ROWS, csv_as_strings: bool = False,
+    f: BinaryIO,
+    fmt: str,
+    *,
+    source: str,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    csv_as_strings: bool = False,
     max_bytes: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream a file as record batches of at most ``batch_rows`` rows, in bounded memory.
@@ -292,8 +306,12 @@ class _Opened:
                 detail = self._describe(exc)
                 code = _code_for(self.fmt, detail, exc)
                 raise _error(
-                    self.source, self.fmt, f"cannot decode the data{where} ({detail})",
-                    code=code, fix=_CODE_FIX.get(code), **self._locate(exc),
+                    self.source,
+                    self.fmt,
+                    f"cannot decode the data{where} ({detail})",
+                    code=code,
+                    fix=_CODE_FIX.get(code),
+                    **self._locate(exc),
                 ) from exc
             if not batch.num_rows:
                 continue
@@ -329,8 +347,7 @@ def _open(f: BinaryIO, fmt: str, source: str, *, csv_as_strings: bool = False, m
     f.seek(0)
     if size == 0:
         raise FileFormatError(
-            f"{source} is empty (0 bytes); upload the complete file (was the upload interrupted?) "
-            "or delete the object",
+            f"{source} is empty (0 bytes); upload the complete file (was the upload interrupted?) or delete the object",
             code="FILE_EMPTY",
         )
     if fmt == "csv":
@@ -395,9 +412,7 @@ def _open_arrow(f: BinaryIO, source: str, size: int) -> _Opened:
 
         return _Opened(source=source, fmt="arrow", schema=file_reader.schema, batches=file_batches)
     if head[:4] == b"FEA1":
-        raise _error(
-            source, "arrow", "a Feather V1 file, which is not supported (re-save it with pyarrow.feather)"
-        )
+        raise _error(source, "arrow", "a Feather V1 file, which is not supported (re-save it with pyarrow.feather)")
     try:
         stream_reader = pa.ipc.open_stream(f)
     except _DECODE_ERRORS as exc:
@@ -407,9 +422,7 @@ def _open_arrow(f: BinaryIO, source: str, size: int) -> _Opened:
             f"neither an Arrow IPC file (no {_ARROW_FILE_MAGIC.decode()} magic bytes at byte 0) nor a "
             f"readable Arrow IPC stream ({_detail(exc)})",
         ) from exc
-    return _Opened(
-        source=source, fmt="arrow", schema=stream_reader.schema, batches=lambda _: iter(stream_reader)
-    )
+    return _Opened(source=source, fmt="arrow", schema=stream_reader.schema, batches=lambda _: iter(stream_reader))
 
 
 class _NonClosingReader(io.RawIOBase):
@@ -451,7 +464,9 @@ class _LimitedReader(io.RawIOBase):
         if self._read > self._limit:
             raise FileFormatError(
                 f"{self._source}: decompresses to more than {self._limit:,} bytes, over the job's max_file_bytes; "
-                "split the file or raise max_file_bytes in the job YAML", code="FILE_TOO_LARGE")
+                "split the file or raise max_file_bytes in the job YAML",
+                code="FILE_TOO_LARGE",
+            )
         return data
 
     def readinto(self, buffer: Any) -> int:
@@ -475,10 +490,12 @@ def _csv_input(f: BinaryIO, max_bytes: int | None = None, source: str = "") -> A
     return f
 
 
-def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False,
-              max_bytes: int | None = None) -> _Opened:
-    def open_reader(column_types: dict[str, pa.DataType] | None, block_size: int,
-                    stream: Any = None) -> pacsv.CSVStreamingReader:
+def _open_csv(
+    f: BinaryIO, source: str, size: int, *, as_strings: bool = False, max_bytes: int | None = None
+) -> _Opened:
+    def open_reader(
+        column_types: dict[str, pa.DataType] | None, block_size: int, stream: Any = None
+    ) -> pacsv.CSVStreamingReader:
         return pacsv.open_csv(
             _csv_input(f, max_bytes, source) if stream is None else stream,
             # use_threads=False: pyarrow then reports the line of a ragged row ("Row #N"), and on
@@ -504,29 +521,47 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False,
         match = _CSV_COLUMN_RE.match(detail)
         if match and int(match.group(1)) < len(names):
             index = int(match.group(1))
-            return f"column {names[index]!r} (#{index}), {detail[match.end():]}"
+            return f"column {names[index]!r} (#{index}), {detail[match.end() :]}"
         return detail
 
     def locate(exc: BaseException) -> dict[str, Any]:
         """``line`` and ``column`` of a CSV parse/conversion error, where pyarrow gives them."""
         detail = _detail(exc)
         row, col = _CSV_ROW_RE.search(detail), _CSV_COLUMN_RE.match(detail)
-        return {"line": int(row.group(1)) if row else None,
-                "column": names[int(col.group(1))] if col and int(col.group(1)) < len(names) else None}
+        return {
+            "line": int(row.group(1)) if row else None,
+            "column": names[int(col.group(1))] if col and int(col.group(1)) < len(names) else None,
+        }
 
     sample = _csv_input(f, max_bytes, source).read(4096)
     for mark, encoding in _OTHER_BOMS:
         if sample.startswith(mark):
-            raise _error(source, "csv", f"{encoding} text (byte-order mark {mark.hex(' ')}), not UTF-8",
-                         code="FILE_ENCODING", fix="save the file as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+            raise _error(
+                source,
+                "csv",
+                f"{encoding} text (byte-order mark {mark.hex(' ')}), not UTF-8",
+                code="FILE_ENCODING",
+                fix="save the file as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)",
+            )
     if sample.count(b"\x00") * 4 > len(sample):  # every other (or every fourth) byte NUL: UTF-16/32 without BOM
-        raise _error(source, "csv", "UTF-16 or UTF-32 text (a NUL byte in every other or fourth byte), not UTF-8",
-                     code="FILE_ENCODING", fix="save the file as UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8)")
+        raise _error(
+            source,
+            "csv",
+            "UTF-16 or UTF-32 text (a NUL byte in every other or fourth byte), not UTF-8",
+            code="FILE_ENCODING",
+            fix="save the file as UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8)",
+        )
     for magic, what in _BINARY_MAGIC:
         if sample.startswith(magic):
-            raise _error(source, "csv", f"{what}, not CSV text (magic bytes {magic!r} at byte 0)",
-                         code="FILE_CORRUPT", fix="give the file the extension of its format, or export it as CSV")
+            raise _error(
+                source,
+                "csv",
+                f"{what}, not CSV text (magic bytes {magic!r} at byte 0)",
+                code="FILE_CORRUPT",
+                fix="give the file the extension of its format, or export it as CSV",
+            )
     block = CSV_BLOCK_SIZE
+    probe: Any  # the inferring reader of the first block (set by the loop, which exits only by break)
     try:
         while True:
             # Infer the types from an in-memory copy of the start of the file: a streaming reader
@@ -560,14 +595,16 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False,
         del head
     except _DECODE_ERRORS as exc:
         if "Empty CSV file" in str(exc):
-            raise _error(source, "csv", f"no header row ({size} bytes, empty after decompression)",
-                         code="FILE_EMPTY") from exc
+            raise _error(
+                source, "csv", f"no header row ({size} bytes, empty after decompression)", code="FILE_EMPTY"
+            ) from exc
         code = _code_for("csv", describe(exc), exc)
         where = locate(exc)
         if code == "FILE_ENCODING" and where.get("line") is None:
             where["line"] = _first_bad_utf8_line(_csv_input(f, max_bytes, source).read(2 * block))
-        raise _error(source, "csv", f"unreadable first block ({describe(exc)})", code=code,
-                     fix=_CODE_FIX.get(code), **where) from exc
+        raise _error(
+            source, "csv", f"unreadable first block ({describe(exc)})", code=code, fix=_CODE_FIX.get(code), **where
+        ) from exc
 
     def csv_batches(_: int) -> Iterator[pa.RecordBatch]:
         """The file's batches; a row larger than the block restarts with a larger block, skipping the
@@ -595,8 +632,13 @@ def _open_csv(f: BinaryIO, source: str, size: int, *, as_strings: bool = False,
     return _Opened(
         # the real reader is opened only when the batches are read (read_schema must not leave one
         # reading ahead on ``f``)
-        source=source, fmt="csv", schema=schema, batches=csv_batches, describe=describe,
-        locate=locate, coalesce=True,
+        source=source,
+        fmt="csv",
+        schema=schema,
+        batches=csv_batches,
+        describe=describe,
+        locate=locate,
+        coalesce=True,
     )
 
 
@@ -616,7 +658,9 @@ def _check_row_bytes(batch: pa.RecordBatch, source: str, rows_before: int) -> No
         row = rows_before + pc.index(total, biggest).as_py() + 1
         raise FileFormatError(
             f"{source}: data row {row} holds {biggest:,} bytes, over obslake's limit for one CSV row "
-            f"({MAX_CSV_ROW_BYTES >> 20} MiB); {_CODE_FIX['ROW_TOO_LARGE']}", code="ROW_TOO_LARGE")
+            f"({MAX_CSV_ROW_BYTES >> 20} MiB); {_CODE_FIX['ROW_TOO_LARGE']}",
+            code="ROW_TOO_LARGE",
+        )
 
 
 def _first_bad_utf8_line(head: bytes) -> int | None:
@@ -639,9 +683,7 @@ def _open_avro(f: BinaryIO, source: str, size: int) -> _Opened:
     head = f.read(len(_AVRO_MAGIC))
     f.seek(0)
     if head != _AVRO_MAGIC:
-        raise _error(
-            source, "avro", f"not an Avro object container file (bad magic bytes {head!r} at byte 0)"
-        )
+        raise _error(source, "avro", f"not an Avro object container file (bad magic bytes {head!r} at byte 0)")
     try:
         reader = fastavro.reader(f)
     except _AVRO_ERRORS as exc:
@@ -655,7 +697,8 @@ def _open_avro(f: BinaryIO, source: str, size: int) -> _Opened:
             "avro",
             f"unsupported Avro writer schema: {exc}",
             fix="write one type per field (a union only with null), or leave the field out",
-            code="TYPE_UNSUPPORTED" if column else "FILE_CORRUPT", column=column,
+            code="TYPE_UNSUPPORTED" if column else "FILE_CORRUPT",
+            column=column,
         ) from exc
 
     def avro_batches(batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -684,7 +727,7 @@ _AVRO_PRIMITIVES: Mapping[str, pa.DataType] = MappingProxyType(
 )
 
 
-def arrow_schema_for_avro(avro_schema: Mapping[str, Any]) -> pa.Schema:
+def arrow_schema_for_avro(avro_schema: Any) -> pa.Schema:
     """Map an Avro record schema (as parsed by fastavro) to the Arrow schema of the decoded records.
 
     Unions with ``null`` become nullable fields; records become structs, arrays lists, maps
@@ -725,7 +768,8 @@ def _arrow_type_for_avro(avro: Any, named: dict[str, pa.DataType], path: str) ->
         if len(branches) > 1:
             raise _UnsupportedAvroSchema(
                 f"field {path or '<root>'!r} is a union of several non-null types {branches!r} "
-                "(only [\"null\", T] unions are supported)", path
+                '(only ["null", T] unions are supported)',
+                path,
             )
         arrow_type, _ = _arrow_type_for_avro(branches[0], named, path)
         return arrow_type, nullable
@@ -801,9 +845,9 @@ def _detail(exc: BaseException) -> str:
 
 _CODE_FIX = {
     "ROW_TOO_LARGE": "split the large values into several rows or store them elsewhere (a link); one CSV row may "
-                     f"hold at most {MAX_CSV_ROW_BYTES >> 20} MiB",
+    f"hold at most {MAX_CSV_ROW_BYTES >> 20} MiB",
     "MEMORY_LIMIT": "split the file into smaller files (or smaller row groups / record batches), or give the "
-                    "worker more memory",
+    "worker more memory",
     "FILE_ENCODING": "save the file as UTF-8",
 }
 
@@ -822,8 +866,17 @@ def _code_for(fmt: str, detail: str, exc: BaseException | None = None) -> str:
     return "FILE_CORRUPT"
 
 
-def _error(source: str, fmt: str, what: str, *, fix: str | None = None, code: str | None = None,
-           line: int | None = None, column: str | None = None) -> FileFormatError:
+def _error(
+    source: str,
+    fmt: str,
+    what: str,
+    *,
+    fix: str | None = None,
+    code: str | None = None,
+    line: int | None = None,
+    column: str | None = None,
+) -> FileFormatError:
     """Build ``FileFormatError("<source>: <what>; <fix>")`` with an error code (default FILE_CORRUPT) and location."""
-    return FileFormatError(f"{source}: {what}; {fix or _FIX[fmt]}", code=code or _code_for(fmt, what), line=line,
-                           column=column)
+    return FileFormatError(
+        f"{source}: {what}; {fix or _FIX[fmt]}", code=code or _code_for(fmt, what), line=line, column=column
+    )

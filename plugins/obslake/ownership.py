@@ -29,7 +29,7 @@ def fix_command(store: ObjectStore, tag_name: str) -> str:
             f"gcloud storage buckets update gs://{store.bucket} --update-labels={tag_name}=<your-ingestion-key>  "
             "(GCS label values allow only lowercase letters, digits, '_' and '-')"
         )
-    return f"write {{\"{tag_name}\": \"<your-ingestion-key>\"}} to {store.uri('.obslake-tags.json')}"
+    return f'write {{"{tag_name}": "<your-ingestion-key>"}} to {store.uri(".obslake-tags.json")}'
 
 
 def verify_bucket_ownership(store: ObjectStore, tag_name: str, expected_key: str, key_source: str) -> None:

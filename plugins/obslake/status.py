@@ -24,8 +24,11 @@ def job_status(job_name: str, *, ledger: Ledger | None = None, errors: int = 5) 
         files[r["status"]] = files.get(r["status"], 0) + 1
     done = [r for r in rows if r["status"] == "succeeded" and r["finished_at"]]
     # failed files, and pending ones whose last attempt failed transiently (never "pending" with nothing)
-    failed = sorted((r for r in rows if r["status"] == "failed" or (r["status"] == "pending" and r["error"])),
-                    key=lambda r: r["finished_at"] or r["first_seen"], reverse=True)
+    failed = sorted(
+        (r for r in rows if r["status"] == "failed" or (r["status"] == "pending" and r["error"])),
+        key=lambda r: r["finished_at"] or r["first_seen"],
+        reverse=True,
+    )
     return {
         "job": job_name,
         "files": files,
@@ -33,9 +36,15 @@ def job_status(job_name: str, *, ledger: Ledger | None = None, errors: int = 5) 
         "bad_rows": sum(r["bad_rows"] or 0 for r in done),
         "last_import": max((r["finished_at"] for r in done), default=None),
         "latest_errors": [
-            {"file": f"{r['bucket']}/{r['key']}" if r["bucket"] else r["key"], "etag": r["etag"],
-             "when": r["finished_at"], "error": r["error"] or "", "status": r["status"], "code": r.get("code"),
-             "attempts": r["attempts"]}
+            {
+                "file": f"{r['bucket']}/{r['key']}" if r["bucket"] else r["key"],
+                "etag": r["etag"],
+                "when": r["finished_at"],
+                "error": r["error"] or "",
+                "status": r["status"],
+                "code": r.get("code"),
+                "attempts": r["attempts"],
+            }
             for r in failed[:errors]
         ],
     }
@@ -48,11 +57,21 @@ def format_status(status: dict, job_status_word: str = "") -> str:
     if isinstance(last, dt.datetime):
         last = last.strftime("%Y-%m-%d %H:%M:%S")
     head = ["job", "status", "pending", "succeeded", "failed", "rows", "bad rows", "last import"]
-    row = [status["job"], job_status_word or "-", f["pending"], f["succeeded"], f["failed"], f"{status['rows']:,}",
-           f"{status['bad_rows']:,}", last or "-"]
-    widths = [max(len(str(h)), len(str(v))) for h, v in zip(head, row)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(head, widths)),
-             "  ".join(str(v).ljust(w) for v, w in zip(row, widths))]
+    row = [
+        status["job"],
+        job_status_word or "-",
+        f["pending"],
+        f["succeeded"],
+        f["failed"],
+        f"{status['rows']:,}",
+        f"{status['bad_rows']:,}",
+        last or "-",
+    ]
+    widths = [max(len(str(h)), len(str(v))) for h, v in zip(head, row, strict=True)]
+    lines = [
+        "  ".join(str(h).ljust(w) for h, w in zip(head, widths, strict=True)),
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)),
+    ]
     if status["latest_errors"]:
         lines.append("latest errors:")
         for e in status["latest_errors"]:

@@ -45,7 +45,7 @@ def free_port() -> int:
 def inference_table(n: int, day: dt.date, seed: int, *, id_prefix: str = "") -> pa.Table:
     """``n`` realistic click-through-rate predictions on ``day`` (deterministic for a seed)."""
     rng = np.random.default_rng(seed)
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     seconds = np.sort(rng.integers(0, 86_400, n))
     age = rng.integers(18, 80, n)
     position = rng.integers(1, 11, n)
@@ -56,19 +56,23 @@ def inference_table(n: int, day: dt.date, seed: int, *, id_prefix: str = "") -> 
     clicked = rng.random(n) < score
     actual = np.where(clicked, "click", "no_click").astype(object)
     actual[rng.random(n) < 0.2] = None  # actuals not known yet for some rows
-    return pa.table({
-        "prediction_id": [f"{id_prefix}{day:%Y%m%d}-{seed:03d}-{i:06d}" for i in range(n)],
-        "prediction_ts": pa.array([start + dt.timedelta(seconds=int(s)) for s in seconds], pa.timestamp("us", tz="UTC")),
-        "feature_age": pa.array(age, pa.int64()),
-        "feature_ad_position": pa.array(position, pa.int64()),
-        "feature_user_ctr_7d": pa.array(ctr_7d, pa.float64()),
-        "feature_category": pa.array(category, pa.string()),
-        "region": pa.array(rng.choice(["us-east", "us-west", "eu", "apac"], n), pa.string()),
-        "device": pa.array(rng.choice(["ios", "android", "web"], n), pa.string()),
-        "predicted_score": pa.array(np.round(score, 6), pa.float64()),
-        "predicted_label": pa.array(np.where(score > 0.5, "click", "no_click"), pa.string()),
-        "actual_label": pa.array(actual, pa.string()),
-    })
+    return pa.table(
+        {
+            "prediction_id": [f"{id_prefix}{day:%Y%m%d}-{seed:03d}-{i:06d}" for i in range(n)],
+            "prediction_ts": pa.array(
+                [start + dt.timedelta(seconds=int(s)) for s in seconds], pa.timestamp("us", tz="UTC")
+            ),
+            "feature_age": pa.array(age, pa.int64()),
+            "feature_ad_position": pa.array(position, pa.int64()),
+            "feature_user_ctr_7d": pa.array(ctr_7d, pa.float64()),
+            "feature_category": pa.array(category, pa.string()),
+            "region": pa.array(rng.choice(["us-east", "us-west", "eu", "apac"], n), pa.string()),
+            "device": pa.array(rng.choice(["ios", "android", "web"], n), pa.string()),
+            "predicted_score": pa.array(np.round(score, 6), pa.float64()),
+            "predicted_label": pa.array(np.where(score > 0.5, "click", "no_click"), pa.string()),
+            "actual_label": pa.array(actual, pa.string()),
+        }
+    )
 
 
 def demo_files(today: dt.date) -> dict[str, bytes]:
@@ -84,7 +88,10 @@ def demo_files(today: dt.date) -> dict[str, bytes]:
     bad = inference_table(50, days[2], 6).to_pylist()
     for row in (7, 19):  # rows 7 and 19 have no prediction id
         bad[row - 1]["prediction_id"] = None
-    files[f"{days[2]:%Y/%m/%d}/late/missing-ids.csv"] = (pa.Table.from_pylist(bad, inference_table(1, days[2], 6).schema), "csv")
+    files[f"{days[2]:%Y/%m/%d}/late/missing-ids.csv"] = (
+        pa.Table.from_pylist(bad, inference_table(1, days[2], 6).schema),
+        "csv",
+    )
     out = {}
     for key, (table, fmt) in files.items():
         buf = io.BytesIO()
@@ -119,10 +126,14 @@ def run_demo(workdir: str | Path | None = None, *, keep: bool = False) -> int:
         "AWS_ACCESS_KEY_ID": "demo-access-key",
         "AWS_SECRET_ACCESS_KEY": "demo-secret-key",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
-            "conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key",
-            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        }),
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "demo-access-key",
+                "password": "demo-secret-key",
+                "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+            }
+        ),
         f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": key,
     }
     os.environ.update(env)
@@ -156,7 +167,7 @@ def _demo_body(workdir: Path, endpoint: str, key: str, t0: float) -> int:
     client.create_bucket(Bucket=BUCKET)
     client.put_bucket_tagging(Bucket=BUCKET, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": key}]})
     store = S3Store(BUCKET, client)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     files = demo_files(today)
     for k, data in files.items():
         store.write(PREFIX + k, data)
@@ -165,8 +176,12 @@ def _demo_body(workdir: Path, endpoint: str, key: str, t0: float) -> int:
         print(f"  uploaded s3://{BUCKET}/{PREFIX}{k}  ({len(data):,} bytes)")
 
     _say("creating the Airflow metadata DB (airflow db migrate)")
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     dag = _load_dag("obslake_import__demo_ctr")
     _say("run 1: dag.test() of obslake_import__demo_ctr (sensor → tag check → validate → import, mapped)")
@@ -193,33 +208,65 @@ def trace_files(today: dt.date, seed: int = 7) -> tuple[pa.Table, pa.Table]:
     """Spans of 30 support-bot traces over the last days (chain → retriever + llm) and their annotations."""
     rng = np.random.default_rng(seed)
     spans, anns = [], []
-    start0 = dt.datetime.combine(today - dt.timedelta(days=3), dt.time(9), tzinfo=dt.timezone.utc)
+    start0 = dt.datetime.combine(today - dt.timedelta(days=3), dt.time(9), tzinfo=dt.UTC)
     for t in range(30):
         start = start0 + dt.timedelta(hours=int(t * 2.3), seconds=int(rng.integers(0, 3000)))
         tid, root = f"trace-{t:03d}", f"span-{t:03d}-0"
         q = ["reset my password", "refund an order", "change plan", "cancel subscription"][t % 4]
-        for i, (name, kind, ms) in enumerate((("support-chain", "CHAIN", 2400), ("retrieve-docs", "RETRIEVER", 300),
-                                              ("answer", "LLM", 1800))):
-            attrs = {"openinference": {"span": {"kind": kind}}, "input": {"value": q},
-                     "output": {"value": f"answer to {q!r}"}, "session": {"id": f"session-{t % 7}"}}
+        for i, (name, kind, ms) in enumerate(
+            (("support-chain", "CHAIN", 2400), ("retrieve-docs", "RETRIEVER", 300), ("answer", "LLM", 1800))
+        ):
+            attrs = {
+                "openinference": {"span": {"kind": kind}},
+                "input": {"value": q},
+                "output": {"value": f"answer to {q!r}"},
+                "session": {"id": f"session-{t % 7}"},
+            }
             if kind == "LLM":
                 p_tok, c_tok = int(rng.integers(200, 900)), int(rng.integers(50, 300))
-                attrs["llm"] = {"model_name": "gpt-4o-mini", "token_count": {"prompt": p_tok, "completion": c_tok,
-                                                                            "total": p_tok + c_tok}}
-            spans.append({"context.span_id": f"span-{t:03d}-{i}", "context.trace_id": tid,
-                          "parent_id": None if i == 0 else root, "name": name, "span_kind": kind,
-                          "start_time": start + dt.timedelta(milliseconds=100 * i),
-                          "end_time": start + dt.timedelta(milliseconds=100 * i + ms), "status_code": "OK",
-                          "attributes": json.dumps(attrs)})
+                attrs["llm"] = {
+                    "model_name": "gpt-4o-mini",
+                    "token_count": {"prompt": p_tok, "completion": c_tok, "total": p_tok + c_tok},
+                }
+            spans.append(
+                {
+                    "context.span_id": f"span-{t:03d}-{i}",
+                    "context.trace_id": tid,
+                    "parent_id": None if i == 0 else root,
+                    "name": name,
+                    "span_kind": kind,
+                    "start_time": start + dt.timedelta(milliseconds=100 * i),
+                    "end_time": start + dt.timedelta(milliseconds=100 * i + ms),
+                    "status_code": "OK",
+                    "attributes": json.dumps(attrs),
+                }
+            )
         hallucinated = bool(rng.random() < 0.2)
-        anns.append({"span_id": f"span-{t:03d}-2", "name": "hallucination",
-                     "label": "hallucinated" if hallucinated else "factual", "score": float(hallucinated),
-                     "explanation": "compared with the retrieved documents", "annotator_kind": "LLM",
-                     "identifier": "", "updated_at": start + dt.timedelta(minutes=5)})
+        anns.append(
+            {
+                "span_id": f"span-{t:03d}-2",
+                "name": "hallucination",
+                "label": "hallucinated" if hallucinated else "factual",
+                "score": float(hallucinated),
+                "explanation": "compared with the retrieved documents",
+                "annotator_kind": "LLM",
+                "identifier": "",
+                "updated_at": start + dt.timedelta(minutes=5),
+            }
+        )
         if t % 3 == 0:
-            anns.append({"span_id": root, "name": "user_feedback", "label": "thumbs_up" if t % 2 else "thumbs_down",
-                         "score": 1.0 if t % 2 else 0.0, "explanation": None, "annotator_kind": "HUMAN",
-                         "identifier": f"user-{t % 5}", "updated_at": start + dt.timedelta(minutes=20)})
+            anns.append(
+                {
+                    "span_id": root,
+                    "name": "user_feedback",
+                    "label": "thumbs_up" if t % 2 else "thumbs_down",
+                    "score": 1.0 if t % 2 else 0.0,
+                    "explanation": None,
+                    "annotator_kind": "HUMAN",
+                    "identifier": f"user-{t % 5}",
+                    "updated_at": start + dt.timedelta(minutes=20),
+                }
+            )
     return pa.Table.from_pylist(spans), pa.Table.from_pylist(anns)
 
 
@@ -241,15 +288,29 @@ def _fabric_demo(store, endpoint: str, today: dt.date) -> None:
 
     # three days later: a human re-labels an old answer, and a late child span arrives in an old trace
     buf = io.BytesIO()
-    write_table(pa.Table.from_pylist([{"span_id": "span-000-2", "name": "hallucination", "label": "hallucinated",
-                                       "score": 1.0, "explanation": "re-checked by a reviewer", "annotator_kind": "LLM",
-                                       "identifier": "", "updated_at": dt.datetime.now(dt.timezone.utc)}]), "csv", buf)
+    write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "span_id": "span-000-2",
+                    "name": "hallucination",
+                    "label": "hallucinated",
+                    "score": 1.0,
+                    "explanation": "re-checked by a reviewer",
+                    "annotator_kind": "LLM",
+                    "identifier": "",
+                    "updated_at": dt.datetime.now(dt.UTC),
+                }
+            ]
+        ),
+        "csv",
+        buf,
+    )
     store.write("traces/annotations/2026-export/correction.csv", buf.getvalue())
     import pyarrow.compute as pc
 
     late = spans.filter(pc.equal(spans["context.span_id"], "span-000-2"))
-    late = late.set_column(late.schema.get_field_index("context.span_id"), "context.span_id",
-                           pa.array(["span-000-3"]))
+    late = late.set_column(late.schema.get_field_index("context.span_id"), "context.span_id", pa.array(["span-000-3"]))
     late = late.set_column(late.schema.get_field_index("name"), "name", pa.array(["late-tool-call"]))
     buf = io.BytesIO()
     write_table(late, "parquet", buf)
@@ -274,35 +335,51 @@ def _fabric_report(title: str, endpoint: str, store) -> None:
     prefix = location.split("/", 3)[3]
     keys = sorted(o.key for o in store.list(prefix + "/"))
     data = [k for k in keys if "/data/" in k]
-    print(f"  {title}: {location}/ holds {len(data)} Parquet file(s) in "
-          f"{len({k.rsplit('/', 1)[0] for k in data})} partition folder(s), "
-          f"{'a' if any('_delta_log/' in k for k in keys) else 'no'} _delta_log/, and "
-          f"{', '.join(k.rsplit('/', 1)[1] for k in keys if k.endswith(('latest.metadata.json', 'version-hint.text')))}")
+    print(
+        f"  {title}: {location}/ holds {len(data)} Parquet file(s) in "
+        f"{len({k.rsplit('/', 1)[0] for k in data})} partition folder(s), "
+        f"{'a' if any('_delta_log/' in k for k in keys) else 'no'} _delta_log/, and "
+        f"{', '.join(k.rsplit('/', 1)[1] for k in keys if k.endswith(('latest.metadata.json', 'version-hint.text')))}"
+    )
     con = duckdb_connect_with_iceberg()
     host = endpoint.split("://", 1)[1]
-    con.execute(f"CREATE SECRET demo (TYPE S3, KEY_ID 'demo-access-key', SECRET 'demo-secret-key', REGION 'us-east-1', "
-                f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false)")
+    con.execute(
+        f"CREATE SECRET demo (TYPE S3, KEY_ID 'demo-access-key', SECRET 'demo-secret-key', REGION 'us-east-1', "
+        f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false)"
+    )
     uri = f"{location}/metadata/latest.metadata.json"
     total, evals, tokens = con.execute(
-        f"SELECT count(*), count(\"eval.hallucination.label\"), sum(\"attributes.llm.token_count.total\") "
-        f"FROM iceberg_scan('{uri}')").fetchone()
-    print(f"  DuckDB iceberg_scan(latest.metadata.json): {total} spans, {evals} with eval.hallucination, "
-          f"{tokens} LLM tokens")
-    rows = con.execute(f"SELECT span_id, name, date, hour, \"eval.hallucination.label\" AS hallucination, "
-                       f"\"eval.hallucination.explanation\" AS why FROM iceberg_scan('{uri}') "
-                       f"WHERE trace_id = 'trace-000' ORDER BY span_id").fetchall()
+        f'SELECT count(*), count("eval.hallucination.label"), sum("attributes.llm.token_count.total") '
+        f"FROM iceberg_scan('{uri}')"
+    ).fetchone()
+    print(
+        f"  DuckDB iceberg_scan(latest.metadata.json): {total} spans, {evals} with eval.hallucination, "
+        f"{tokens} LLM tokens"
+    )
+    rows = con.execute(
+        f'SELECT span_id, name, date, hour, "eval.hallucination.label" AS hallucination, '
+        f"\"eval.hallucination.explanation\" AS why FROM iceberg_scan('{uri}') "
+        f"WHERE trace_id = 'trace-000' ORDER BY span_id"
+    ).fetchall()
     for r in rows:
         print("   ", r)
     if "delta" in conn.formats:
         try:
             from deltalake import DeltaTable
 
-            opts = {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-                    "AWS_ACCESS_KEY_ID": "demo-access-key", "AWS_SECRET_ACCESS_KEY": "demo-secret-key"}
+            opts = {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "demo-access-key",
+                "AWS_SECRET_ACCESS_KEY": "demo-secret-key",
+            }
             dtab = DeltaTable(location, storage_options=opts)
-            print(f"  deltalake reads the same files as Delta: version {dtab.version()}, "
-                  f"{dtab.to_pyarrow_table().num_rows} rows")
-        except Exception as exc:  # reported, not hidden
+            print(
+                f"  deltalake reads the same files as Delta: version {dtab.version()}, "
+                f"{dtab.to_pyarrow_table().num_rows} rows"
+            )
+        except Exception as exc:  # noqa: BLE001 - reported, not hidden
             print(f"  deltalake could not read the Delta log: {exc}")
     del duckdb
 
@@ -314,8 +391,10 @@ def _expect(workdir: Path, *, succeeded: int, failed: int) -> None:
 
     counts = Ledger(LakeSettings.from_env().state_uri).counts("demo_ctr")
     if counts["succeeded"] != succeeded or counts["failed"] != failed or counts["pending"]:
-        raise SystemExit(f"demo: expected {succeeded} succeeded and {failed} failed file versions, the ledger has "
-                         f"{counts}; see the task logs above (AIRFLOW__LOGGING__LOGGING_LEVEL=INFO for more)")
+        raise SystemExit(
+            f"demo: expected {succeeded} succeeded and {failed} failed file versions, the ledger has "
+            f"{counts}; see the task logs above (AIRFLOW__LOGGING__LOGGING_LEVEL=INFO for more)"
+        )
 
 
 def _load_dag(dag_id: str):
@@ -339,23 +418,42 @@ def _report(workdir: Path) -> None:
     ledger = Ledger(settings.state_uri)
     _say("ledger (one row per file version)")
     for r in ledger.rows(job.name):
-        err = f"  error: {r['error'].splitlines()[1].strip() if r['error'] and len(r['error'].splitlines()) > 1 else r['error']}" if r["status"] == "failed" else ""
-        print(f"  {r['status']:<9} rows={r['rows'] if r['rows'] is not None else '-':<6} etag={r['etag'][:10]}  s3://{r['bucket']}/{r['key']}{err}")
+        err = (
+            f"  error: {r['error'].splitlines()[1].strip() if r['error'] and len(r['error'].splitlines()) > 1 else r['error']}"
+            if r["status"] == "failed"
+            else ""
+        )
+        print(
+            f"  {r['status']:<9} rows={r['rows'] if r['rows'] is not None else '-':<6} etag={r['etag'][:10]}  s3://{r['bucket']}/{r['key']}{err}"
+        )
     table = load_catalog(settings).load_table(job.table_identifier)
     data = table.scan().to_arrow()
     _say(f"Iceberg table {'.'.join(job.table_identifier)}: {data.num_rows:,} rows, {len(table.snapshots())} snapshots")
     print(f"  metadata: {table.metadata_location}")
     per_file = data.group_by("_source_file").aggregate([("prediction_id", "count")]).sort_by("_source_file")
-    for f, n in zip(per_file["_source_file"].to_pylist(), per_file["prediction_id_count"].to_pylist()):
+    for f, n in zip(per_file["_source_file"].to_pylist(), per_file["prediction_id_count"].to_pylist(), strict=True):
         print(f"  {n:>6,} rows from {f}")
     ids = data["prediction_id"]
     print(f"  distinct prediction ids: {pc.count_distinct(ids).as_py():,} (= rows: no duplicates)")
     parts = sorted({Path(t.file.file_path).parent.name for t in table.scan().plan_files()})
     print(f"  partitions (Hive-style folders under {table.location()}/data/): {', '.join(parts)}")
     _say("a few rows")
-    cols = ["prediction_id", "prediction_timestamp", "prediction_label", "prediction_score", "actual_label",
-            "feature_age", "region", "date", "_source_row"]
-    print(data.select(cols).slice(0, 5).to_pandas().to_string(index=False) if _has_pandas() else data.select(cols).slice(0, 5))
+    cols = [
+        "prediction_id",
+        "prediction_timestamp",
+        "prediction_label",
+        "prediction_score",
+        "actual_label",
+        "feature_age",
+        "region",
+        "date",
+        "_source_row",
+    ]
+    print(
+        data.select(cols).slice(0, 5).to_pandas().to_string(index=False)
+        if _has_pandas()
+        else data.select(cols).slice(0, 5)
+    )
 
 
 def _has_pandas() -> bool:

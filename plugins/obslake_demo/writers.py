@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from obslake.formats import FORMATS
 
-WRITE_FORMATS = FORMATS + ("arrow_stream",)
+WRITE_FORMATS = (*FORMATS, "arrow_stream")
 """The formats :func:`write_table` writes: :data:`obslake.formats.FORMATS` plus the Arrow IPC stream format."""
 
 
@@ -59,9 +59,7 @@ def write_table(table: pa.Table, fmt: str, sink: BinaryIO | str) -> None:
             writer.write_table(table)
     elif fmt == "avro":
         parsed = fastavro.parse_schema(avro_schema_for_arrow(table.schema))
-        records = (
-            row for batch in table.to_batches() for row in batch.to_pylist(maps_as_pydicts="strict")
-        )
+        records = (row for batch in table.to_batches() for row in batch.to_pylist(maps_as_pydicts="strict"))
         if isinstance(sink, str):
             with open(sink, "wb") as out:
                 fastavro.writer(out, parsed, records, codec="deflate")
@@ -149,9 +147,7 @@ def avro_schema_for_arrow(schema: pa.Schema, name: str = "Row") -> dict[str, Any
             return {
                 "type": "record",
                 "name": record_name(path),
-                "fields": [
-                    {"name": c.name, "type": field_type(c.type, c.nullable, f"{path}_{c.name}")} for c in t
-                ],
+                "fields": [{"name": c.name, "type": field_type(c.type, c.nullable, f"{path}_{c.name}")} for c in t],
             }
         raise ValueError(f"column {path!r}: Arrow type {t} has no Avro equivalent")
 

@@ -49,7 +49,7 @@ PLACEHOLDERS: dict[str, dict[str, str]] = {
         "<bq_project>": "Google Cloud project that holds the dataset",
         "<bq_dataset>": "BigQuery dataset in the bucket's location (an aws-* location for s3://)",
         "<bq_connection>": "connection id PROJECT.LOCATION.CONNECTION_ID whose service account "
-                           "(or AWS role, for s3://) can read the bucket",
+        "(or AWS role, for s3://) can read the bucket",
     },
     "databricks": {
         "<uc_catalog>": "Unity Catalog catalog",
@@ -94,12 +94,10 @@ def table_location(table_uri: str, namespace: str, project: str) -> str:
         if not value or "/" in value or _BAD_URI_CHARS.search(value) or value in (".", ".."):
             raise ValueError(f"invalid {what} {value!r}")
     if not table_uri or _BAD_URI_CHARS.search(table_uri):
-        raise ValueError(f"invalid table_uri {table_uri!r} (quotes, backslashes, spaces and ';' "
-                         "are not allowed)")
+        raise ValueError(f"invalid table_uri {table_uri!r} (quotes, backslashes, spaces and ';' are not allowed)")
     scheme = _scheme(table_uri)
     if scheme not in ("s3", "gs", "file", "local"):
-        raise ValueError(f"unsupported storage {table_uri!r}: expected s3://, gs://, file:// or an "
-                         "absolute local path")
+        raise ValueError(f"unsupported storage {table_uri!r}: expected s3://, gs://, file:// or an absolute local path")
     if scheme in ("s3", "gs") and not re.match(r"^[a-z0-9]+://[^/]+", table_uri):
         raise ValueError(f"no bucket in {table_uri!r}")
     uri = table_uri.rstrip("/") or "/"
@@ -159,8 +157,7 @@ def duckdb_extension_paths() -> dict[str, str]:
             continue
         for file in dist.files or ():
             parts = Path(str(file)).parts
-            if (file.name.endswith(".duckdb_extension") and len(parts) >= 2
-                    and parts[-2] == wanted_dir):
+            if file.name.endswith(".duckdb_extension") and len(parts) >= 2 and parts[-2] == wanted_dir:
                 path = Path(str(dist.locate_file(file))).resolve()
                 if path.is_file():
                     found[file.name.removesuffix(".duckdb_extension")] = str(path)
@@ -182,7 +179,8 @@ def duckdb_connect_with_iceberg(database: str = ":memory:", **config):
     if missing:
         raise RuntimeError(
             f"duckdb extension package(s) for duckdb {duckdb.__version__} not installed: "
-            + ", ".join(f"duckdb-extension-{m}=={duckdb.__version__}" for m in missing))
+            + ", ".join(f"duckdb-extension-{m}=={duckdb.__version__}" for m in missing)
+        )
     config.setdefault("autoinstall_known_extensions", False)
     con = duckdb.connect(database, config=config)
     try:
@@ -198,8 +196,9 @@ def duckdb_connect_with_iceberg(database: str = ":memory:", **config):
 # --------------------------------------------------------------------------------------------------
 # The generator
 # --------------------------------------------------------------------------------------------------
-def ddl(engine: str, *, table_uri: str, namespace: str, project: str, delta: bool = False,
-        columns: list[str] | None = None) -> str:
+def ddl(
+    engine: str, *, table_uri: str, namespace: str, project: str, delta: bool = False, columns: list[str] | None = None
+) -> str:
     """SQL that makes the exported table of ``project`` queryable in ``engine``.
 
     Args:
@@ -223,19 +222,27 @@ def ddl(engine: str, *, table_uri: str, namespace: str, project: str, delta: boo
         raise ValueError(f"{engine} needs an s3:// or gs:// location, got {location!r}")
     if engine == "athena" and scheme != "s3":
         raise ValueError(f"athena reads only S3, got {location!r}")
-    builder = {"bigquery": _bigquery, "databricks": _databricks, "snowflake": _snowflake,
-               "athena": _athena, "duckdb": _duckdb}[engine]
+    builder = {
+        "bigquery": _bigquery,
+        "databricks": _databricks,
+        "snowflake": _snowflake,
+        "athena": _athena,
+        "duckdb": _duckdb,
+    }[engine]
     text = builder(location=location, namespace=namespace, project=project, delta=delta, cols=cols)
     unknown = placeholders(text) - set(PLACEHOLDERS[engine])
     assert not unknown, f"undocumented placeholders {unknown}"  # a bug here, never user input
     return text
 
 
-def _header(engine_title: str, namespace: str, project: str, location: str,
-            needs: list[tuple[str, str]], notes: list[str]) -> list[str]:
-    lines = [f"-- {engine_title}: Data Fabric project '{project}' (namespace '{namespace}')",
-             f"-- table location: {location}",
-             "-- Must exist first (replace the placeholders in angle brackets):"]
+def _header(
+    engine_title: str, namespace: str, project: str, location: str, needs: list[tuple[str, str]], notes: list[str]
+) -> list[str]:
+    lines = [
+        f"-- {engine_title}: Data Fabric project '{project}' (namespace '{namespace}')",
+        f"-- table location: {location}",
+        "-- Must exist first (replace the placeholders in angle brackets):",
+    ]
     lines += [f"--   {what}: {why}" for what, why in needs]
     lines += [f"-- {line}" if line else "--" for line in notes]
     return lines
@@ -246,11 +253,20 @@ def _bigquery(*, location, namespace, project, delta, cols) -> str:
     name = sql_table_name(project)
     s3 = location.startswith("s3://")
     needs = [
-        ("<bq_project>.<bq_dataset>", "a dataset in the same location as the bucket"
-         + (" (an aws-* BigQuery Omni location for S3)" if s3 else "")),
-        ("<bq_connection>", "a BigQuery connection (PROJECT.LOCATION.CONNECTION_ID) whose "
-         + ("AWS IAM role can read the bucket (BigQuery Omni)" if s3 else
-            "service account has roles/storage.objectViewer on the bucket")),
+        (
+            "<bq_project>.<bq_dataset>",
+            "a dataset in the same location as the bucket"
+            + (" (an aws-* BigQuery Omni location for S3)" if s3 else ""),
+        ),
+        (
+            "<bq_connection>",
+            "a BigQuery connection (PROJECT.LOCATION.CONNECTION_ID) whose "
+            + (
+                "AWS IAM role can read the bucket (BigQuery Omni)"
+                if s3
+                else "service account has roles/storage.objectViewer on the bucket"
+            ),
+        ),
     ]
     notes = [
         "A read-only BigLake Iceberg external table over latest.metadata.json, which each sync",
@@ -271,8 +287,11 @@ def _bigquery(*, location, namespace, project, delta, cols) -> str:
         ");",
     ]
     if cols:
-        out += ["", f"CREATE OR REPLACE VIEW `<bq_project>.<bq_dataset>.{name}_columns` AS",
-                _select("bigquery", cols, f"`<bq_project>.<bq_dataset>.{name}`") + ";"]
+        out += [
+            "",
+            f"CREATE OR REPLACE VIEW `<bq_project>.<bq_dataset>.{name}_columns` AS",
+            _select("bigquery", cols, f"`<bq_project>.<bq_dataset>.{name}`") + ";",
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -283,8 +302,11 @@ def _databricks(*, location, namespace, project, delta, cols) -> str:
     needs = [
         ("<uc_catalog>.<uc_schema>", "a catalog and schema you can CREATE TABLE in"),
         ("<storage_credential>", "a Unity Catalog storage credential that can read the bucket"),
-        ("<external_location>", f"an external location over {storage_root} using it (created "
-         "below; drop that statement if one already covers the path), with READ FILES for you"),
+        (
+            "<external_location>",
+            f"an external location over {storage_root} using it (created "
+            "below; drop that statement if one already covers the path), with READ FILES for you",
+        ),
     ]
     if delta:
         notes = [
@@ -313,15 +335,11 @@ def _databricks(*, location, namespace, project, delta, cols) -> str:
         "",
     ]
     if delta:
-        out += [f"CREATE TABLE IF NOT EXISTS {target}",
-                "USING DELTA",
-                f"LOCATION {_sql_str(location)};"]
+        out += [f"CREATE TABLE IF NOT EXISTS {target}", "USING DELTA", f"LOCATION {_sql_str(location)};"]
     else:
-        out += [f"CREATE OR REPLACE TABLE {target}",
-                f"SHALLOW CLONE iceberg.`{location}`;"]
+        out += [f"CREATE OR REPLACE TABLE {target}", f"SHALLOW CLONE iceberg.`{location}`;"]
     if cols:
-        out += ["", f"CREATE OR REPLACE VIEW {target}_columns AS",
-                _select("databricks", cols, target) + ";"]
+        out += ["", f"CREATE OR REPLACE VIEW {target}_columns AS", _select("databricks", cols, target) + ";"]
     return "\n".join(out) + "\n"
 
 
@@ -332,20 +350,32 @@ def _snowflake(*, location, namespace, project, delta, cols) -> str:
     relative = f"{project}/{LATEST_METADATA}"
     s3 = location.startswith("s3://")
     if s3:
-        storage = ["    STORAGE_PROVIDER = 'S3'",
-                   f"    STORAGE_BASE_URL = {_sql_str(base)}",
-                   "    STORAGE_AWS_ROLE_ARN = '<iam_role_arn>'"]
+        storage = [
+            "    STORAGE_PROVIDER = 'S3'",
+            f"    STORAGE_BASE_URL = {_sql_str(base)}",
+            "    STORAGE_AWS_ROLE_ARN = '<iam_role_arn>'",
+        ]
     else:
-        storage = ["    STORAGE_PROVIDER = 'GCS'",
-                   f"    STORAGE_BASE_URL = {_sql_str('gcs://' + base.removeprefix('gs://'))}"]
+        storage = [
+            "    STORAGE_PROVIDER = 'GCS'",
+            f"    STORAGE_BASE_URL = {_sql_str('gcs://' + base.removeprefix('gs://'))}",
+        ]
     needs = [
         ("<sf_database>.<sf_schema>", "a database and schema you can create tables in"),
-        ("<external_volume>", f"read-only external volume over {base} (created below; needs "
-         "CREATE EXTERNAL VOLUME, then grant it access: DESC EXTERNAL VOLUME shows "
-         + ("the Snowflake IAM user and external id for the trust policy of <iam_role_arn>)"
-            if s3 else "the GCS service account to give storage.objectViewer)")),
-        ("<catalog_integration>", "object-store catalog integration for Iceberg files (created "
-         "below; needs CREATE INTEGRATION)"),
+        (
+            "<external_volume>",
+            f"read-only external volume over {base} (created below; needs "
+            "CREATE EXTERNAL VOLUME, then grant it access: DESC EXTERNAL VOLUME shows "
+            + (
+                "the Snowflake IAM user and external id for the trust policy of <iam_role_arn>)"
+                if s3
+                else "the GCS service account to give storage.objectViewer)"
+            ),
+        ),
+        (
+            "<catalog_integration>",
+            "object-store catalog integration for Iceberg files (created below; needs CREATE INTEGRATION)",
+        ),
     ]
     notes = [
         "METADATA_FILE_PATH is relative to the volume's base URL. Snowflake reads the metadata",
@@ -375,8 +405,7 @@ def _snowflake(*, location, namespace, project, delta, cols) -> str:
         f"  METADATA_FILE_PATH = {_sql_str(relative)};",
     ]
     if cols:
-        out += ["", f"CREATE OR REPLACE VIEW {target}_columns AS",
-                _select("snowflake", cols, target) + ";"]
+        out += ["", f"CREATE OR REPLACE VIEW {target}_columns AS", _select("snowflake", cols, target) + ";"]
     out += ["", "-- After each sync:", f"ALTER ICEBERG TABLE {target} REFRESH {_sql_str(relative)};"]
     return "\n".join(out) + "\n"
 
@@ -391,11 +420,13 @@ def _athena(*, location, namespace, project, delta, cols) -> str:
         "StorageDescriptor": {"Location": location},
     }
     needs = [
-        ("<glue_database>", "an AWS Glue database (CREATE DATABASE in Athena, or aws glue "
-         "create-database)"),
+        ("<glue_database>", "an AWS Glue database (CREATE DATABASE in Athena, or aws glue create-database)"),
         ("<aws_region>", "the region of the bucket, Glue and the Athena workgroup"),
-        ("permissions", "glue:CreateTable on the database; s3:GetObject/ListBucket on the "
-         "export for the Athena workgroup's principal; Athena engine version 3"),
+        (
+            "permissions",
+            "glue:CreateTable on the database; s3:GetObject/ListBucket on the "
+            "export for the Athena workgroup's principal; Athena engine version 3",
+        ),
     ]
     notes = [
         "Athena's CREATE TABLE ... TBLPROPERTIES ('table_type'='ICEBERG') creates a NEW, empty",
@@ -415,11 +446,13 @@ def _athena(*, location, namespace, project, delta, cols) -> str:
     ]
     if delta:
         notes.append("The _delta_log/ is not used: Athena reads the Iceberg metadata.")
-    out = _header("Amazon Athena (AWS Glue Data Catalog)", namespace, project, location, needs,
-                  notes)
+    out = _header("Amazon Athena (AWS Glue Data Catalog)", namespace, project, location, needs, notes)
     if cols:
-        out += ["", f'CREATE OR REPLACE VIEW "<glue_database>"."{name}_columns" AS',
-                _select("athena", cols, f'"<glue_database>"."{name}"') + ";"]
+        out += [
+            "",
+            f'CREATE OR REPLACE VIEW "<glue_database>"."{name}_columns" AS',
+            _select("athena", cols, f'"<glue_database>"."{name}"') + ";",
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -431,13 +464,23 @@ def _duckdb(*, location, namespace, project, delta, cols) -> str:
     have_packages = "avro" in paths and "iceberg" in paths
     needs: list[tuple[str, str]] = []
     if scheme == "s3":
-        needs.append(("<key_id>, <secret>, <region>, <endpoint>", "S3 credentials that can read "
-                      "the export (endpoint s3.amazonaws.com for AWS); the httpfs extension "
-                      "(INSTALL needs network once, or the duckdb-extension-httpfs package)"))
+        needs.append(
+            (
+                "<key_id>, <secret>, <region>, <endpoint>",
+                "S3 credentials that can read "
+                "the export (endpoint s3.amazonaws.com for AWS); the httpfs extension "
+                "(INSTALL needs network once, or the duckdb-extension-httpfs package)",
+            )
+        )
     elif scheme == "gs":
-        needs.append(("<key_id>, <secret>", "GCS HMAC key of a service account that can read the "
-                      "export; the httpfs extension (INSTALL needs network once, or the "
-                      "duckdb-extension-httpfs package)"))
+        needs.append(
+            (
+                "<key_id>, <secret>",
+                "GCS HMAC key of a service account that can read the "
+                "export; the httpfs extension (INSTALL needs network once, or the "
+                "duckdb-extension-httpfs package)",
+            )
+        )
     else:
         needs.append(("nothing", "the table is on the local file system"))
     notes = [
@@ -448,10 +491,12 @@ def _duckdb(*, location, namespace, project, delta, cols) -> str:
         notes.append("The _delta_log/ is not used: iceberg_scan reads the Iceberg metadata.")
     out = _header("DuckDB", namespace, project, location, needs, notes)
     if have_packages:
-        out += ["-- Extensions from the duckdb-extension-avro/-iceberg packages (no network);",
-                "-- elsewhere use: INSTALL iceberg; LOAD iceberg;",
-                f"LOAD {_sql_str(paths['avro'])};",
-                f"LOAD {_sql_str(paths['iceberg'])};"]
+        out += [
+            "-- Extensions from the duckdb-extension-avro/-iceberg packages (no network);",
+            "-- elsewhere use: INSTALL iceberg; LOAD iceberg;",
+            f"LOAD {_sql_str(paths['avro'])};",
+            f"LOAD {_sql_str(paths['iceberg'])};",
+        ]
     else:
         out += ["INSTALL iceberg;", "LOAD iceberg;"]
     if scheme in ("s3", "gs"):
@@ -464,24 +509,30 @@ def _duckdb(*, location, namespace, project, delta, cols) -> str:
             raise ValueError(f"no bucket in {location!r}")
         bucket_scope = bucket_match.group(0)
         if scheme == "s3":
-            out += ["CREATE OR REPLACE SECRET arize_data_fabric (",
-                    "  TYPE S3,",
-                    "  KEY_ID '<key_id>',",
-                    "  SECRET '<secret>',",
-                    "  REGION '<region>',",
-                    "  ENDPOINT '<endpoint>',",
-                    f"  SCOPE {_sql_str(bucket_scope)}",
-                    ");"]
+            out += [
+                "CREATE OR REPLACE SECRET arize_data_fabric (",
+                "  TYPE S3,",
+                "  KEY_ID '<key_id>',",
+                "  SECRET '<secret>',",
+                "  REGION '<region>',",
+                "  ENDPOINT '<endpoint>',",
+                f"  SCOPE {_sql_str(bucket_scope)}",
+                ");",
+            ]
         else:
-            out += ["CREATE OR REPLACE SECRET arize_data_fabric (",
-                    "  TYPE GCS,",
-                    "  KEY_ID '<key_id>',",
-                    "  SECRET '<secret>',",
-                    f"  SCOPE {_sql_str(bucket_scope)}",
-                    ");"]
+            out += [
+                "CREATE OR REPLACE SECRET arize_data_fabric (",
+                "  TYPE GCS,",
+                "  KEY_ID '<key_id>',",
+                "  SECRET '<secret>',",
+                f"  SCOPE {_sql_str(bucket_scope)}",
+                ");",
+            ]
     source = f"iceberg_scan({_sql_str(meta)})"
-    out += [f"CREATE OR REPLACE VIEW {name} AS",
-            (_select("duckdb", cols, source) if cols else f"SELECT * FROM {source}") + ";"]
+    out += [
+        f"CREATE OR REPLACE VIEW {name} AS",
+        (_select("duckdb", cols, source) if cols else f"SELECT * FROM {source}") + ";",
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -29,7 +29,8 @@ import datetime as dt
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -272,11 +273,13 @@ def files_from_iceberg(table: Table) -> list[DataFileInfo]:
                 raise DeltaLogError(f"data file {data_file.file_path} is outside the table location {root}")
             files.append(
                 DataFileInfo(
-                    path=path[len(root):],
+                    path=path[len(root) :],
                     size=data_file.file_size_in_bytes,
                     partition_values=values,
                     num_records=data_file.record_count,
-                    modification_time_ms=commit_ms.get(entry.snapshot_id, snapshot.timestamp_ms),
+                    modification_time_ms=commit_ms.get(entry.snapshot_id, snapshot.timestamp_ms)
+                    if entry.snapshot_id is not None
+                    else snapshot.timestamp_ms,
                 )
             )
     return files
@@ -315,8 +318,13 @@ def sync_from_iceberg(table: Table, storage_options: dict[str, str] | None = Non
 
 
 def _commit_properties(cls: Any, *, added: int, removed: int) -> Any:
-    return cls(custom_metadata={"obslake.operation": _SYNC_OPERATION, "obslake.filesAdded": added,
-                                "obslake.filesRemoved": removed})
+    return cls(
+        custom_metadata={
+            "obslake.operation": _SYNC_OPERATION,
+            "obslake.filesAdded": added,
+            "obslake.filesRemoved": removed,
+        }
+    )
 
 
 def _normalize_uri(uri: str) -> str:
@@ -332,7 +340,7 @@ def _normalize_uri(uri: str) -> str:
 def _delta_uri(location: str) -> str:
     """The URI delta-rs opens: a local path for ``file:`` locations, ``s3://`` for ``s3a://``."""
     normalized = _normalize_uri(location).rstrip("/")
-    return normalized[len("file://"):] if normalized.startswith("file://") else normalized
+    return normalized[len("file://") :] if normalized.startswith("file://") else normalized
 
 
 def _delta_type(data_type: pa.DataType) -> pa.DataType:
@@ -380,7 +388,9 @@ def _current_files(table: Any) -> dict[str, tuple[int, dict[str, str | None]]]:
     actions = pa.table(table.get_add_actions(flatten=False))
     partitions = actions.column("partition").to_pylist() if "partition" in actions.column_names else None
     files = {}
-    for i, (path, size) in enumerate(zip(actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist())):
+    for i, (path, size) in enumerate(
+        zip(actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist(), strict=True)
+    ):
         values = {k: _partition_string(v) for k, v in (partitions[i] or {}).items()} if partitions else {}
         files[unquote(path)] = (size, values)
     return files

@@ -39,18 +39,19 @@ from obslake.config import Connector, _ident
 from obslake.exceptions import CommitConflictError
 from obslake.fabric.lake_source import cursor_json
 from obslake.fabric.model import FLAT_ATTRIBUTES, TS, ChangeBatch, TraceSource
-from obslake.storage.credentials import StorageCredentials
 from obslake.lake.iceberg import (
     DEFAULT_TABLE_PROPERTIES,
     commit_with_retry,
     evolve,
-    identity_spec,
     iceberg_schema,
+    identity_spec,
     load_or_create,
     load_table,
     read_data_files,
+    snapshot_lineage,
     write_data_files,
 )
+from obslake.storage.credentials import StorageCredentials
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -65,7 +66,7 @@ PROP_SOURCE = "obslake.fabric.source"
 PROP_SYNC = "obslake.fabric.sync-id"
 EVAL_KINDS = ("LLM", "CODE")
 EVAL_FIELDS = (("label", pa.string()), ("score", pa.float64()), ("explanation", pa.string()))
-HUMAN_FIELDS = EVAL_FIELDS + (("annotator_kind", pa.string()), ("identifier", pa.string()), ("updated_at", TS))
+HUMAN_FIELDS = (*EVAL_FIELDS, ("annotator_kind", pa.string()), ("identifier", pa.string()), ("updated_at", TS))
 PARTITIONS = ["date", "hour"]
 
 
@@ -115,8 +116,9 @@ def rows_for(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
         i = index.get(a["span_id"])
         if i is None:
             continue
-        all_json[i].append({k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in a.items()
-                            if k != "span_id"})
+        all_json[i].append(
+            {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in a.items() if k != "span_id"}
+        )
         if a["updated_at"] is not None and (last_change[i] is None or a["updated_at"] > last_change[i]):
             last_change[i] = a["updated_at"]
         group, fields = ("eval", EVAL_FIELDS) if a["annotator_kind"] in EVAL_KINDS else ("annotation", HUMAN_FIELDS)
@@ -164,7 +166,7 @@ class ProjectExporter:
             (:func:`obslake.lake.catalog.load_catalog` with the connector's storage).
     """
 
-    def __init__(self, connector: Connector, project: str, catalog: "Catalog"):
+    def __init__(self, connector: Connector, project: str, catalog: Catalog):
         self.connector, self.project, self.catalog = connector, project, catalog
         self.location = connector.project_location(project)
         # the location is part of the identity: a connector whose storage or namespace changes starts a
@@ -181,20 +183,29 @@ class ProjectExporter:
     def last_cursor(self) -> dict | None:
         """The cursor stored by the last completed sync (None: never synced)."""
         table = self.table()
-        snap = table.current_snapshot() if table is not None else None
-        while snap is not None:
-            if snap.summary is not None and snap.summary.get(PROP_CURSOR) is not None:
-                return json.loads(snap.summary.get(PROP_CURSOR))
-            snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
+        if table is None:
+            return None
+        for snap in snapshot_lineage(table):
+            cursor = snap.summary.get(PROP_CURSOR) if snap.summary is not None else None
+            if cursor is not None:
+                return json.loads(cursor)
         return None
 
     def _create(self, schema: pa.Schema) -> Table:
         def definition() -> dict:
             ischema = iceberg_schema(schema)
-            props = {**DEFAULT_TABLE_PROPERTIES, "obslake.fabric.connector": self.connector.name,
-                     "obslake.fabric.project": self.project, "format-version": "2"}
-            return {"schema": ischema, "location": self.location, "partition_spec": identity_spec(ischema, PARTITIONS),
-                    "properties": props}
+            props = {
+                **DEFAULT_TABLE_PROPERTIES,
+                "obslake.fabric.connector": self.connector.name,
+                "obslake.fabric.project": self.project,
+                "format-version": "2",
+            }
+            return {
+                "schema": ischema,
+                "location": self.location,
+                "partition_spec": identity_spec(ischema, PARTITIONS),
+                "properties": props,
+            }
 
         return load_or_create(self.catalog, self.identifier, definition)
 
@@ -207,16 +218,19 @@ class ProjectExporter:
 
     @staticmethod
     def _conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
-        arrays = [rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
-                  for f in target]
+        arrays = [
+            rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
+            for f in target
+        ]
         return pa.Table.from_arrays(arrays, schema=target)
 
-    def sync(self, source: TraceSource, *, window: tuple[dt.datetime, dt.datetime] | None = None,
-             sync_id: str | None = None) -> SyncResult:
+    def sync(
+        self, source: TraceSource, *, window: tuple[dt.datetime, dt.datetime] | None = None, sync_id: str | None = None
+    ) -> SyncResult:
         """Export the changes since the stored cursor (or in ``window``) in one commit."""
         started = time.monotonic()
         sync_id = sync_id or uuid.uuid4().hex
-        synced_at = dt.datetime.now(dt.timezone.utc)
+        synced_at = dt.datetime.now(dt.UTC)
         cursor = {"window": [w.isoformat() for w in window]} if window else self.last_cursor()
         overlap = dt.timedelta(seconds=self.connector.overlap_seconds)
         changes = source.changes(self.project, cursor, overlap=overlap)
@@ -228,12 +242,26 @@ class ProjectExporter:
         else:
             table, data_files, rows, parts, replaced = self._write_incremental(table, changes.batches, synced_at)
         if table is None:  # nothing in the source yet, and no table to mark
-            return SyncResult(self.project, ".".join(self.identifier), self.location, 0, 0, None, None,
-                              time.monotonic() - started, "unchanged")
+            return SyncResult(
+                self.project,
+                ".".join(self.identifier),
+                self.location,
+                0,
+                0,
+                None,
+                None,
+                time.monotonic() - started,
+                "unchanged",
+            )
         watermark = changes.high_watermark.isoformat() if changes.high_watermark else None
         out_cursor = cursor if window else changes.cursor
-        props = {PROP_WATERMARK: watermark or "", PROP_CURSOR: cursor_json(out_cursor), PROP_ROWS: str(rows),
-                 PROP_SOURCE: f"{source.name}:{self.project}", PROP_SYNC: sync_id}
+        props = {
+            PROP_WATERMARK: watermark or "",
+            PROP_CURSOR: cursor_json(out_cursor),
+            PROP_ROWS: str(rows),
+            PROP_SOURCE: f"{source.name}:{self.project}",
+            PROP_SYNC: sync_id,
+        }
         if window:
             props[PROP_CURSOR] = cursor_json(self.last_cursor())  # a backfill never moves the cursor
         table = self._commit(table, data_files, replaced, props)
@@ -241,14 +269,35 @@ class ProjectExporter:
         if "delta" in self.connector.formats:
             from obslake.fabric.delta import files_from_iceberg, sync_delta_log
 
-            sync_delta_log(self.location, table.schema().as_arrow(), PARTITIONS, files_from_iceberg(table),
-                           storage_options=delta_storage_options(table))
+            sync_delta_log(
+                self.location,
+                table.schema().as_arrow(),
+                PARTITIONS,
+                files_from_iceberg(table),
+                storage_options=delta_storage_options(table),
+            )
         snap = table.current_snapshot()
-        result = SyncResult(self.project, ".".join(self.identifier), self.location, rows, parts,
-                            snap.snapshot_id if snap else None, watermark, time.monotonic() - started,
-                            mode if rows else ("window" if window else "unchanged"))
-        log.info("%s: %s sync wrote %d row(s) in %d partition(s) to %s (watermark %s, %.2fs)", self.project,
-                 result.mode, rows, parts, self.location, watermark, result.seconds)
+        result = SyncResult(
+            self.project,
+            ".".join(self.identifier),
+            self.location,
+            rows,
+            parts,
+            snap.snapshot_id if snap else None,
+            watermark,
+            time.monotonic() - started,
+            mode if rows else ("window" if window else "unchanged"),
+        )
+        log.info(
+            "%s: %s sync wrote %d row(s) in %d partition(s) to %s (watermark %s, %.2fs)",
+            self.project,
+            result.mode,
+            rows,
+            parts,
+            self.location,
+            watermark,
+            result.seconds,
+        )
         return result
 
     @staticmethod
@@ -268,7 +317,7 @@ class ProjectExporter:
             out = self._conform(out, table.schema().as_arrow())
             data_files.extend(self._write_files(table, out, write_uuid, counter))
             rows += out.num_rows
-            parts |= set(zip(out["date"].to_pylist(), out["hour"].to_pylist()))
+            parts |= set(zip(out["date"].to_pylist(), out["hour"].to_pylist(), strict=True))
         return table, data_files, rows, len(parts), None
 
     def _write_incremental(self, table, batches, synced_at):
@@ -291,7 +340,7 @@ class ProjectExporter:
         from obslake.fabric.lake_source import latest_by
 
         new = latest_by(new, ["span_id"], ["_updated_at"])
-        parts = set(zip(pc.cast(new["date"], pa.int32()).to_pylist(), new["hour"].to_pylist()))
+        parts = set(zip(pc.cast(new["date"], pa.int32()).to_pylist(), new["hour"].to_pylist(), strict=True))
         clock = time.monotonic()
         old_files = self._files_in_partitions(table, parts)
         phases["plan"] = time.monotonic() - clock
@@ -303,9 +352,16 @@ class ProjectExporter:
         merged = pa.concat_tables([self._conform(keep, target), new]).sort_by([("start_time", "ascending")])
         data_files = self._write_files(table, merged, uuid.uuid4(), itertools.count(0))
         phases["write"] = time.monotonic() - clock
-        log.info("%s: rewriting %d partition(s) (%d file(s) -> %d): %d changed span(s), %d unchanged kept (%s)",
-                 self.project, len(parts), len(old_files), len(data_files), new.num_rows, keep.num_rows,
-                 ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
+        log.info(
+            "%s: rewriting %d partition(s) (%d file(s) -> %d): %d changed span(s), %d unchanged kept (%s)",
+            self.project,
+            len(parts),
+            len(old_files),
+            len(data_files),
+            new.num_rows,
+            keep.num_rows,
+            ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()),
+        )
         return table, data_files, new.num_rows, len(parts), old_files
 
     @staticmethod
@@ -371,10 +427,13 @@ def write_pointers(table: Table) -> None:
     current = table.metadata_location
     data = io.new_input(current).open().read()
     base = current.rsplit("/", 1)[0]
-    version = int(re.match(r"(\d+)", current.rsplit("/", 1)[1]).group(1)) if re.match(
-        r"(\d+)", current.rsplit("/", 1)[1]) else len(table.metadata.metadata_log) + 1
-    for name, payload in ((f"v{version}.metadata.json", data), ("latest.metadata.json", data),
-                          ("version-hint.text", str(version).encode())):
+    number = re.match(r"(\d+)", current.rsplit("/", 1)[1])
+    version = int(number.group(1)) if number else len(table.metadata.metadata_log) + 1
+    for name, payload in (
+        (f"v{version}.metadata.json", data),
+        ("latest.metadata.json", data),
+        ("version-hint.text", str(version).encode()),
+    ):
         with io.new_output(f"{base}/{name}").create(overwrite=True) as out:
             out.write(payload)
 

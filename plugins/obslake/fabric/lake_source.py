@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,7 +47,7 @@ class LakeTraceSource:
         changed spans are read into memory per sync; the first sync streams the span table in batches.
     """
 
-    def __init__(self, catalog: "Catalog", space: str = "traces", name: str = "lake"):
+    def __init__(self, catalog: Catalog, space: str = "traces", name: str = "lake"):
         self.catalog, self.space, self.name = catalog, _ident(space), name
 
     def _table(self, project: str, kind: str):
@@ -59,7 +60,9 @@ class LakeTraceSource:
 
     def list_projects(self) -> list[str]:
         """Projects with a spans table (lower-cased identifiers)."""
-        return sorted(i[-1][: -len("__spans")] for i in self.catalog.list_tables(self.space) if i[-1].endswith("__spans"))
+        return sorted(
+            i[-1][: -len("__spans")] for i in self.catalog.list_tables(self.space) if i[-1].endswith("__spans")
+        )
 
     @staticmethod
     def _files_since(table, snapshot_id: int | None, window: tuple[dt.datetime, dt.datetime] | None):
@@ -73,7 +76,7 @@ class LakeTraceSource:
         while snap is not None:
             if window is None and snap.snapshot_id == snapshot_id:
                 return files
-            when = dt.datetime.fromtimestamp(snap.timestamp_ms / 1000, dt.timezone.utc)
+            when = dt.datetime.fromtimestamp(snap.timestamp_ms / 1000, dt.UTC)
             if window is None or window[0] <= when < window[1]:
                 f = snap.summary.get(PROP_SOURCE_FILE) if snap.summary is not None else None
                 if f:
@@ -81,8 +84,9 @@ class LakeTraceSource:
             snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
         return files if (window is not None or snapshot_id is None) else None
 
-    def changes(self, project: str, cursor: dict | None, *, overlap: dt.timedelta,
-                batch_spans: int = 50_000) -> Changes:
+    def changes(
+        self, project: str, cursor: dict | None, *, overlap: dt.timedelta, batch_spans: int = 50_000
+    ) -> Changes:
         """See :class:`~obslake.fabric.model.TraceSource` (``overlap`` is not needed by this source)."""
         # pyiceberg's In(term, values) is positional at runtime (SetPredicate.__init__), but mypy sees
         # only the keyword-only __init__ that pydantic's dataclass_transform synthesises for it: hence
@@ -96,7 +100,7 @@ class LakeTraceSource:
 
         def snap_time(t):
             s = t.current_snapshot() if t is not None else None
-            return dt.datetime.fromtimestamp(s.timestamp_ms / 1000, dt.timezone.utc) if s is not None else None
+            return dt.datetime.fromtimestamp(s.timestamp_ms / 1000, dt.UTC) if s is not None else None
 
         marks = [m for m in (snap_time(spans_t), snap_time(ann_t)) if m is not None]
         high = max(marks) if marks else None
@@ -124,14 +128,28 @@ class LakeTraceSource:
         else:
             traces: set[str] = set()
             if span_files:
-                traces |= set(spans_t.scan(row_filter=In("_source_file", span_files),  # type: ignore[call-arg, arg-type]
-                                           selected_fields=("trace_id",)).to_arrow()["trace_id"].to_pylist())
+                traces |= set(
+                    spans_t.scan(
+                        row_filter=In("_source_file", span_files),  # type: ignore[call-arg, arg-type]
+                        selected_fields=("trace_id",),
+                    )
+                    .to_arrow()["trace_id"]
+                    .to_pylist()
+                )
             if ann_files:
-                ann_spans = set(ann_t.scan(row_filter=In("_source_file", ann_files),  # type: ignore[call-arg, arg-type]
-                                           selected_fields=("span_id",)).to_arrow()["span_id"].to_pylist())
+                ann_spans = set(
+                    ann_t.scan(
+                        row_filter=In("_source_file", ann_files),  # type: ignore[call-arg, arg-type]
+                        selected_fields=("span_id",),
+                    )
+                    .to_arrow()["span_id"]
+                    .to_pylist()
+                )
                 if ann_spans:
-                    rows = spans_t.scan(row_filter=In("span_id", ann_spans),  # type: ignore[call-arg, arg-type]
-                                        selected_fields=("trace_id",)).to_arrow()
+                    rows = spans_t.scan(
+                        row_filter=In("span_id", ann_spans),  # type: ignore[call-arg, arg-type]
+                        selected_fields=("trace_id",),
+                    ).to_arrow()
                     traces |= set(rows["trace_id"].to_pylist())
             if not traces:
                 return Changes(iter(()), new_cursor, high)
@@ -142,10 +160,12 @@ class LakeTraceSource:
             spans = latest_by(spans, ["span_id"], ["_ingested_at", "_source_file", "_source_row"])
             bounds = spans.group_by("trace_id").aggregate([("start_time", "min"), ("end_time", "max")])
             spans = spans.join(bounds, "trace_id", join_type="left outer")
-            spans = spans.set_column(spans.schema.get_field_index("trace_start_time"), "trace_start_time",
-                                     spans["start_time_min"].cast(TS))
-            spans = spans.set_column(spans.schema.get_field_index("trace_end_time"), "trace_end_time",
-                                     spans["end_time_max"].cast(TS))
+            spans = spans.set_column(
+                spans.schema.get_field_index("trace_start_time"), "trace_start_time", spans["start_time_min"].cast(TS)
+            )
+            spans = spans.set_column(
+                spans.schema.get_field_index("trace_end_time"), "trace_end_time", spans["end_time_max"].cast(TS)
+            )
             spans = spans.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA).sort_by("start_time")
             ann = pa.Table.from_batches([], ANNOTATION_SCHEMA)
             if ann_t is not None and ann_t.current_snapshot() is not None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
-from obslake.schema.traces import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS  # noqa: E402,F401 (the shapes sources produce)
+from obslake.schema.traces import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS  # noqa: F401 (the shapes sources produce)
 
 # OpenInference attribute keys flattened into their own columns (`attributes.<key>`); the rest stay in JSON.
 FLAT_ATTRIBUTES: dict[str, pa.DataType] = {
@@ -85,7 +86,8 @@ class TraceSource(Protocol):
         """Project names the source holds."""
         ...
 
-    def changes(self, project: str, cursor: dict | None, *, overlap: dt.timedelta,
-                batch_spans: int = 50_000) -> Changes:
+    def changes(
+        self, project: str, cursor: dict | None, *, overlap: dt.timedelta, batch_spans: int = 50_000
+    ) -> Changes:
         """Changes since ``cursor`` (``None``: the whole history)."""
         ...

@@ -46,7 +46,8 @@ import hashlib
 import json
 import logging
 from array import array
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -57,7 +58,7 @@ from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, ChangeBatch, Ch
 
 log = logging.getLogger(__name__)
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 TRACE_CHUNK = 500  # traces per span query
 TRACE_PREFIX = "trace."
 SEEN_CAP = 128  # annotation fingerprints kept in the cursor (it is stored with every export)
@@ -113,35 +114,70 @@ def _tables(schema: str | None) -> dict[str, sa.Table]:
     md = sa.MetaData(schema=schema)
 
     def annotation_columns() -> list[sa.Column]:
-        return [sa.Column("name", sa.String), sa.Column("label", sa.String), sa.Column("score", sa.Float),
-                sa.Column("explanation", sa.String), sa.Column("annotator_kind", sa.String),
-                sa.Column("identifier", sa.String), sa.Column("updated_at", _Ts)]
+        return [
+            sa.Column("name", sa.String),
+            sa.Column("label", sa.String),
+            sa.Column("score", sa.Float),
+            sa.Column("explanation", sa.String),
+            sa.Column("annotator_kind", sa.String),
+            sa.Column("identifier", sa.String),
+            sa.Column("updated_at", _Ts),
+        ]
 
     return {
         "projects": sa.Table(
-            "projects", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String)),
+            "projects", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String)
+        ),
         "traces": sa.Table(
-            "traces", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("project_rowid", sa.Integer),
-            sa.Column("trace_id", sa.String), sa.Column("start_time", _Ts), sa.Column("end_time", _Ts)),
+            "traces",
+            md,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("project_rowid", sa.Integer),
+            sa.Column("trace_id", sa.String),
+            sa.Column("start_time", _Ts),
+            sa.Column("end_time", _Ts),
+        ),
         "spans": sa.Table(
-            "spans", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("trace_rowid", sa.Integer),
-            sa.Column("span_id", sa.String), sa.Column("parent_id", sa.String), sa.Column("name", sa.String),
-            sa.Column("span_kind", sa.String), sa.Column("start_time", _Ts), sa.Column("end_time", _Ts),
-            sa.Column("attributes", _JsonText), sa.Column("events", _JsonText),
-            sa.Column("status_code", sa.String), sa.Column("status_message", sa.String),
+            "spans",
+            md,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("trace_rowid", sa.Integer),
+            sa.Column("span_id", sa.String),
+            sa.Column("parent_id", sa.String),
+            sa.Column("name", sa.String),
+            sa.Column("span_kind", sa.String),
+            sa.Column("start_time", _Ts),
+            sa.Column("end_time", _Ts),
+            sa.Column("attributes", _JsonText),
+            sa.Column("events", _JsonText),
+            sa.Column("status_code", sa.String),
+            sa.Column("status_message", sa.String),
             sa.Column("cumulative_error_count", sa.BigInteger),
             sa.Column("cumulative_llm_token_count_prompt", sa.BigInteger),
-            sa.Column("cumulative_llm_token_count_completion", sa.BigInteger)),
+            sa.Column("cumulative_llm_token_count_completion", sa.BigInteger),
+        ),
         "span_annotations": sa.Table(
-            "span_annotations", md, sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("span_rowid", sa.Integer), *annotation_columns()),
+            "span_annotations",
+            md,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("span_rowid", sa.Integer),
+            *annotation_columns(),
+        ),
         "trace_annotations": sa.Table(
-            "trace_annotations", md, sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("trace_rowid", sa.Integer), *annotation_columns()),
+            "trace_annotations",
+            md,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("trace_rowid", sa.Integer),
+            *annotation_columns(),
+        ),
         "document_annotations": sa.Table(
-            "document_annotations", md, sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("span_rowid", sa.Integer), sa.Column("document_position", sa.Integer),
-            *annotation_columns()),
+            "document_annotations",
+            md,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("span_rowid", sa.Integer),
+            sa.Column("document_position", sa.Integer),
+            *annotation_columns(),
+        ),
     }
 
 
@@ -191,11 +227,15 @@ class _Seen:
         self.since, self.until, self.fingerprints = since, until, fingerprints
 
     def covers(self, ann: _Ann) -> bool:
-        return (self.since is not None and self.until is not None and self.since <= ann.updated_at <= self.until
-                and ann.fingerprint in self.fingerprints)
+        return (
+            self.since is not None
+            and self.until is not None
+            and self.since <= ann.updated_at <= self.until
+            and ann.fingerprint in self.fingerprints
+        )
 
     @classmethod
-    def of(cls, anns: list[_Ann], start: dt.datetime, end: dt.datetime) -> "_Seen":
+    def of(cls, anns: list[_Ann], start: dt.datetime, end: dt.datetime) -> _Seen:
         window = sorted((a for a in anns if start <= a.updated_at <= end), key=lambda a: a.updated_at, reverse=True)
         kept: list[_Ann] = []
         since: dt.datetime | None = None
@@ -213,30 +253,43 @@ class _Seen:
 
     def to_json(self) -> dict:
         raw = b"".join(f.to_bytes(8, "big") for f in sorted(self.fingerprints))
-        return {"since": self.since.isoformat() if self.since else None,
-                "until": self.until.isoformat() if self.until else None,
-                "fingerprints": base64.b64encode(raw).decode()}
+        return {
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "fingerprints": base64.b64encode(raw).decode(),
+        }
 
     @classmethod
-    def from_json(cls, data: Any) -> "_Seen":
+    def from_json(cls, data: Any) -> _Seen:
         try:
             raw = base64.b64decode(data["fingerprints"])
-            fps = {int.from_bytes(raw[i:i + 8], "big") for i in range(0, len(raw) - 7, 8)}
+            fps = {int.from_bytes(raw[i : i + 8], "big") for i in range(0, len(raw) - 7, 8)}
             return cls(_utc(data["since"]), _utc(data["until"]), fps)
         except (TypeError, KeyError, ValueError, AttributeError):
             return cls(None, None, set())
 
 
 def _fingerprint(table: str, row: Any) -> int:
-    key = json.dumps([table, row.id, getattr(row, "document_position", None), row.name, row.label,
-                      None if row.score is None else repr(float(row.score)), row.explanation, row.annotator_kind,
-                      row.identifier or "", row.updated_at.isoformat() if row.updated_at else None])
+    key = json.dumps(
+        [
+            table,
+            row.id,
+            getattr(row, "document_position", None),
+            row.name,
+            row.label,
+            None if row.score is None else repr(float(row.score)),
+            row.explanation,
+            row.annotator_kind,
+            row.identifier or "",
+            row.updated_at.isoformat() if row.updated_at else None,
+        ]
+    )
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
 def _chunks(seq: Sequence[int], n: int) -> Iterator[Sequence[int]]:
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 class PhoenixSource:
@@ -276,7 +329,7 @@ class PhoenixSource:
             dialect = self.dialect
 
             @sa.event.listens_for(engine, "connect")
-            def _read_only(dbapi_conn, _record):  # noqa: ANN001
+            def _read_only(dbapi_conn, _record):
                 cur = dbapi_conn.cursor()
                 try:
                     if dialect == "sqlite":
@@ -297,7 +350,7 @@ class PhoenixSource:
             self._engine.dispose()
             self._engine = None
 
-    def __enter__(self) -> "PhoenixSource":
+    def __enter__(self) -> PhoenixSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -322,7 +375,8 @@ class PhoenixSource:
             missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
         if missing:
             raise UnsupportedTraceSourceError(
-                f"{self!r} is not a Phoenix database this version reads (missing {', '.join(missing[:8])})")
+                f"{self!r} is not a Phoenix database this version reads (missing {', '.join(missing[:8])})"
+            )
         self._checked = True
 
     def _connect(self) -> sa.Connection:
@@ -341,8 +395,9 @@ class PhoenixSource:
             p = self.t["projects"]
             return sorted(self._guard(lambda: list(conn.scalars(sa.select(p.c.name)))))
 
-    def changes(self, project: str, cursor: dict | None, *, overlap: dt.timedelta,
-                batch_spans: int = 50_000) -> Changes:
+    def changes(
+        self, project: str, cursor: dict | None, *, overlap: dt.timedelta, batch_spans: int = 50_000
+    ) -> Changes:
         """See :class:`~obslake.fabric.model.TraceSource` and the module docstring."""
         if batch_spans < 1:
             raise ValueError("batch_spans must be at least 1")
@@ -356,7 +411,7 @@ class PhoenixSource:
         return changes
 
     # -- planning --------------------------------------------------------------------------------
-    def _plan(self, conn: sa.Connection, project: str, cursor: dict | None, overlap: dt.timedelta) -> "_Plan":
+    def _plan(self, conn: sa.Connection, project: str, cursor: dict | None, overlap: dt.timedelta) -> _Plan:
         t = self.t
         state: dict = dict(cursor) if cursor else {}  # a copy; empty without a cursor
         window = state.get("window")
@@ -372,8 +427,14 @@ class PhoenixSource:
             if start is None or end is None:
                 raise ValueError(f"{self!r}: a window cursor needs [start, end] timestamps, got {window!r}")
             tr = t["traces"]
-            traces = array("q", sorted(conn.scalars(
-                sa.select(tr.c.id).where(tr.c.project_rowid == pid, tr.c.end_time >= start, tr.c.end_time < end))))
+            traces = array(
+                "q",
+                sorted(
+                    conn.scalars(
+                        sa.select(tr.c.id).where(tr.c.project_rowid == pid, tr.c.end_time >= start, tr.c.end_time < end)
+                    )
+                ),
+            )
             anns = [a for a in self._annotations(conn, pid, start) if a.updated_at < end]
             spans = self._spans_for(conn, anns, set(traces))
             return _Plan(pid, state, None, traces=traces, spans=spans)
@@ -394,40 +455,69 @@ class PhoenixSource:
         if old_read is not None:
             read_at = max(read_at, old_read)
         sp, tr = t["spans"], t["traces"]
-        traces = array("q", sorted(conn.scalars(
-            sa.select(sp.c.trace_rowid).distinct().join(tr, tr.c.id == sp.c.trace_rowid)
-            .where(sp.c.id > old_max, sp.c.id <= span_max, tr.c.project_rowid == pid))))
+        traces = array(
+            "q",
+            sorted(
+                conn.scalars(
+                    sa.select(sp.c.trace_rowid)
+                    .distinct()
+                    .join(tr, tr.c.id == sp.c.trace_rowid)
+                    .where(sp.c.id > old_max, sp.c.id <= span_max, tr.c.project_rowid == pid)
+                )
+            ),
+        )
         anns = list(self._annotations(conn, pid, None if old_read is None else old_read - overlap))
         seen = _Seen.from_json(state.get("annotations_seen"))
         changed = [a for a in anns if not seen.covers(a)]
         spans = self._spans_for(conn, changed, set(traces))
-        log.info("%r %s: %d trace(s) with new spans, %d of %d windowed annotation(s) changed", self, project,
-                 len(traces), len(changed), len(anns))
-        return _Plan(pid, self._cursor(span_max, read_at, anns, overlap, previous), previous, traces=traces,
-                     spans=spans)
+        log.info(
+            "%r %s: %d trace(s) with new spans, %d of %d windowed annotation(s) changed",
+            self,
+            project,
+            len(traces),
+            len(changed),
+            len(anns),
+        )
+        return _Plan(
+            pid, self._cursor(span_max, read_at, anns, overlap, previous), previous, traces=traces, spans=spans
+        )
 
     @staticmethod
-    def _cursor(span_max: int, read_at: dt.datetime, anns: list[_Ann], overlap: dt.timedelta,
-                previous: dt.datetime | None) -> dict:
+    def _cursor(
+        span_max: int, read_at: dt.datetime, anns: list[_Ann], overlap: dt.timedelta, previous: dt.datetime | None
+    ) -> dict:
         until = max([read_at] + [a.updated_at for a in anns])
-        return {"span_id_max": int(span_max), "annotation_updated_at": read_at.isoformat(),
-                "annotations_seen": _Seen.of(anns, read_at - overlap, until).to_json(),
-                "high_watermark": previous.isoformat() if previous else None}
+        return {
+            "span_id_max": int(span_max),
+            "annotation_updated_at": read_at.isoformat(),
+            "annotations_seen": _Seen.of(anns, read_at - overlap, until).to_json(),
+            "high_watermark": previous.isoformat() if previous else None,
+        }
 
     def _annotations(self, conn: sa.Connection, pid: int, since: dt.datetime | None) -> Iterator[_Ann]:
         """Every annotation of the project's spans and traces with ``updated_at >= since``."""
         t, tr, sp = self.t, self.t["traces"], self.t["spans"]
         for name in ("span_annotations", "document_annotations", "trace_annotations"):
             a = t[name]
-            cols = [a.c.id, a.c.name, a.c.label, a.c.score, a.c.explanation, a.c.annotator_kind,
-                    a.c.identifier, a.c.updated_at]
+            cols = [
+                a.c.id,
+                a.c.name,
+                a.c.label,
+                a.c.score,
+                a.c.explanation,
+                a.c.annotator_kind,
+                a.c.identifier,
+                a.c.updated_at,
+            ]
             if name == "trace_annotations":
                 stmt = sa.select(*cols, sa.null().label("span_rowid"), a.c.trace_rowid).select_from(
-                    a.join(tr, tr.c.id == a.c.trace_rowid))
+                    a.join(tr, tr.c.id == a.c.trace_rowid)
+                )
             else:
                 extra = [a.c.document_position] if name == "document_annotations" else []
                 stmt = sa.select(*cols, *extra, a.c.span_rowid, sp.c.trace_rowid).select_from(
-                    a.join(sp, sp.c.id == a.c.span_rowid).join(tr, tr.c.id == sp.c.trace_rowid))
+                    a.join(sp, sp.c.id == a.c.span_rowid).join(tr, tr.c.id == sp.c.trace_rowid)
+                )
             stmt = stmt.where(tr.c.project_rowid == pid)
             if since is not None:
                 stmt = stmt.where(a.c.updated_at >= since)
@@ -454,8 +544,11 @@ class PhoenixSource:
         sp = self.t["spans"]
         best: dict[int, tuple[dt.datetime, int]] = {}
         for chunk in _chunks(trace_rowids, self._in_chunk):
-            for r in conn.execute(sa.select(sp.c.id, sp.c.trace_rowid, sp.c.start_time)
-                                  .where(sp.c.trace_rowid.in_(list(chunk)), sp.c.parent_id.is_(None))):
+            for r in conn.execute(
+                sa.select(sp.c.id, sp.c.trace_rowid, sp.c.start_time).where(
+                    sp.c.trace_rowid.in_(list(chunk)), sp.c.parent_id.is_(None)
+                )
+            ):
                 key = (r.start_time, r.id)
                 if r.trace_rowid not in best or key < best[r.trace_rowid]:
                     best[r.trace_rowid] = key
@@ -465,28 +558,47 @@ class PhoenixSource:
     def _span_select(self) -> sa.Select:
         sp, tr = self.t["spans"], self.t["traces"]
         return sa.select(
-            sp.c.id, sp.c.trace_rowid, sp.c.span_id, tr.c.trace_id, sp.c.parent_id, sp.c.name, sp.c.span_kind,
-            sp.c.start_time, sp.c.end_time, sp.c.status_code, sp.c.status_message, sp.c.attributes, sp.c.events,
-            sp.c.cumulative_error_count, sp.c.cumulative_llm_token_count_prompt,
-            sp.c.cumulative_llm_token_count_completion, tr.c.start_time.label("trace_start_time"),
+            sp.c.id,
+            sp.c.trace_rowid,
+            sp.c.span_id,
+            tr.c.trace_id,
+            sp.c.parent_id,
+            sp.c.name,
+            sp.c.span_kind,
+            sp.c.start_time,
+            sp.c.end_time,
+            sp.c.status_code,
+            sp.c.status_message,
+            sp.c.attributes,
+            sp.c.events,
+            sp.c.cumulative_error_count,
+            sp.c.cumulative_llm_token_count_prompt,
+            sp.c.cumulative_llm_token_count_completion,
+            tr.c.start_time.label("trace_start_time"),
             tr.c.end_time.label("trace_end_time"),
         ).select_from(sp.join(tr, tr.c.id == sp.c.trace_rowid))
 
-    def _trace_chunks(self, conn: sa.Connection, plan: "_Plan") -> Iterator[Sequence[int]]:
+    def _trace_chunks(self, conn: sa.Connection, plan: _Plan) -> Iterator[Sequence[int]]:
         if not plan.all_traces:
             yield from _chunks(plan.traces, TRACE_CHUNK)
             return
         tr = self.t["traces"]
         last = 0
         while True:
-            chunk = list(conn.scalars(sa.select(tr.c.id).where(tr.c.project_rowid == plan.project_rowid, tr.c.id > last)
-                                      .order_by(tr.c.id).limit(TRACE_CHUNK)))
+            chunk = list(
+                conn.scalars(
+                    sa.select(tr.c.id)
+                    .where(tr.c.project_rowid == plan.project_rowid, tr.c.id > last)
+                    .order_by(tr.c.id)
+                    .limit(TRACE_CHUNK)
+                )
+            )
             if not chunk:
                 return
             yield chunk
             last = chunk[-1]
 
-    def _span_rows(self, conn: sa.Connection, plan: "_Plan") -> Iterator[Any]:
+    def _span_rows(self, conn: sa.Connection, plan: _Plan) -> Iterator[Any]:
         sp = self.t["spans"]
         base = self._span_select()
         for chunk in self._trace_chunks(conn, plan):
@@ -494,9 +606,10 @@ class PhoenixSource:
             yield from conn.execution_options(yield_per=1000).execute(stmt)
         for chunk in _chunks(plan.spans, self._in_chunk):
             yield from conn.execution_options(yield_per=1000).execute(
-                base.where(sp.c.id.in_(list(chunk))).order_by(sp.c.id))
+                base.where(sp.c.id.in_(list(chunk))).order_by(sp.c.id)
+            )
 
-    def _stream(self, plan: "_Plan", batch_spans: int, changes: Changes) -> Iterator[ChangeBatch]:
+    def _stream(self, plan: _Plan, batch_spans: int, changes: Changes) -> Iterator[ChangeBatch]:
         high = plan.previous_watermark
         emitted = 0
         with self._connect() as conn:
@@ -528,20 +641,34 @@ class PhoenixSource:
         ann: list[dict[str, Any]] = []
 
         def add(span_rowid: int, name: str, a: Any) -> None:
-            ann.append({"span_id": span_of[span_rowid], "name": name, "label": a.label,
-                        "score": None if a.score is None else float(a.score), "explanation": a.explanation,
-                        "annotator_kind": a.annotator_kind, "identifier": a.identifier or "",
-                        "updated_at": a.updated_at})
+            ann.append(
+                {
+                    "span_id": span_of[span_rowid],
+                    "name": name,
+                    "label": a.label,
+                    "score": None if a.score is None else float(a.score),
+                    "explanation": a.explanation,
+                    "annotator_kind": a.annotator_kind,
+                    "identifier": a.identifier or "",
+                    "updated_at": a.updated_at,
+                }
+            )
 
         sa_t, da_t, ta_t = t["span_annotations"], t["document_annotations"], t["trace_annotations"]
-        cols = lambda a: [a.c.name, a.c.label, a.c.score, a.c.explanation, a.c.annotator_kind,  # noqa: E731
-                          a.c.identifier, a.c.updated_at]
+
+        def cols(a: Any) -> list[Any]:
+            return [a.c.name, a.c.label, a.c.score, a.c.explanation, a.c.annotator_kind, a.c.identifier, a.c.updated_at]
+
         for chunk in _chunks(rowids, self._in_chunk):
-            for a in conn.execute(sa.select(sa_t.c.span_rowid, *cols(sa_t)).where(sa_t.c.span_rowid.in_(chunk))
-                                  .order_by(sa_t.c.id)):
+            for a in conn.execute(
+                sa.select(sa_t.c.span_rowid, *cols(sa_t)).where(sa_t.c.span_rowid.in_(chunk)).order_by(sa_t.c.id)
+            ):
                 add(a.span_rowid, a.name, a)
-            for a in conn.execute(sa.select(da_t.c.span_rowid, da_t.c.document_position, *cols(da_t))
-                                  .where(da_t.c.span_rowid.in_(chunk)).order_by(da_t.c.id)):
+            for a in conn.execute(
+                sa.select(da_t.c.span_rowid, da_t.c.document_position, *cols(da_t))
+                .where(da_t.c.span_rowid.in_(chunk))
+                .order_by(da_t.c.id)
+            ):
                 add(a.span_rowid, f"document.{a.document_position}.{a.name}", a)
         parentless = sorted({r.trace_rowid for r in rows if r.parent_id is None})
         annotated: list[int] = []
@@ -549,30 +676,44 @@ class PhoenixSource:
             annotated += conn.scalars(sa.select(ta_t.c.trace_rowid).distinct().where(ta_t.c.trace_rowid.in_(chunk)))
         roots = {tr: root for tr, root in self._roots(conn, sorted(annotated)).items() if root in span_of}
         for chunk in _chunks(sorted(roots), self._in_chunk):
-            for a in conn.execute(sa.select(ta_t.c.trace_rowid, *cols(ta_t)).where(ta_t.c.trace_rowid.in_(chunk))
-                                  .order_by(ta_t.c.id)):
+            for a in conn.execute(
+                sa.select(ta_t.c.trace_rowid, *cols(ta_t)).where(ta_t.c.trace_rowid.in_(chunk)).order_by(ta_t.c.id)
+            ):
                 add(roots[a.trace_rowid], TRACE_PREFIX + a.name, a)
 
         latest: dict[str, dt.datetime] = {}
         for entry in ann:
-            if entry["updated_at"] is not None and (entry["span_id"] not in latest
-                                                    or entry["updated_at"] > latest[entry["span_id"]]):
+            if entry["updated_at"] is not None and (
+                entry["span_id"] not in latest or entry["updated_at"] > latest[entry["span_id"]]
+            ):
                 latest[entry["span_id"]] = entry["updated_at"]
         spans = []
         for r in rows:
             changed = max([v for v in (r.trace_end_time, latest.get(r.span_id)) if v is not None], default=None)
-            spans.append({
-                "span_id": r.span_id, "trace_id": r.trace_id, "parent_id": r.parent_id, "name": r.name,
-                "span_kind": r.span_kind, "start_time": r.start_time, "end_time": r.end_time,
-                "status_code": r.status_code, "status_message": r.status_message,
-                "attributes": r.attributes, "events": r.events,
-                "cumulative_error_count": r.cumulative_error_count,
-                "cumulative_llm_token_count_prompt": r.cumulative_llm_token_count_prompt,
-                "cumulative_llm_token_count_completion": r.cumulative_llm_token_count_completion,
-                "trace_start_time": r.trace_start_time, "trace_end_time": r.trace_end_time, "changed_at": changed,
-            })
-        return ChangeBatch(pa.Table.from_pylist(spans, schema=SPAN_SCHEMA),
-                           pa.Table.from_pylist(ann, schema=ANNOTATION_SCHEMA))
+            spans.append(
+                {
+                    "span_id": r.span_id,
+                    "trace_id": r.trace_id,
+                    "parent_id": r.parent_id,
+                    "name": r.name,
+                    "span_kind": r.span_kind,
+                    "start_time": r.start_time,
+                    "end_time": r.end_time,
+                    "status_code": r.status_code,
+                    "status_message": r.status_message,
+                    "attributes": r.attributes,
+                    "events": r.events,
+                    "cumulative_error_count": r.cumulative_error_count,
+                    "cumulative_llm_token_count_prompt": r.cumulative_llm_token_count_prompt,
+                    "cumulative_llm_token_count_completion": r.cumulative_llm_token_count_completion,
+                    "trace_start_time": r.trace_start_time,
+                    "trace_end_time": r.trace_end_time,
+                    "changed_at": changed,
+                }
+            )
+        return ChangeBatch(
+            pa.Table.from_pylist(spans, schema=SPAN_SCHEMA), pa.Table.from_pylist(ann, schema=ANNOTATION_SCHEMA)
+        )
 
 
 @dataclasses.dataclass

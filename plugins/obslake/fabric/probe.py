@@ -12,8 +12,12 @@ log = logging.getLogger(__name__)
 
 PERMISSIONS = {
     "s3": {"write": "s3:PutObject", "list": "s3:ListBucket", "read": "s3:GetObject", "delete": "s3:DeleteObject"},
-    "gs": {"write": "storage.objects.create", "list": "storage.objects.list", "read": "storage.objects.get",
-           "delete": "storage.objects.delete"},
+    "gs": {
+        "write": "storage.objects.create",
+        "list": "storage.objects.list",
+        "read": "storage.objects.get",
+        "delete": "storage.objects.delete",
+    },
     "file": {"write": "write", "list": "read (directory)", "read": "read", "delete": "write (directory)"},
 }
 
@@ -35,13 +39,18 @@ def probe_storage(store: ObjectStore, prefix: str) -> str:
         except ObslakeError as exc:
             raise StorageAccessError(
                 f"permission probe: cannot {name} {uri}: grant {perms[name]} on {store.uri(prefix.strip('/') + '/')} "
-                f"to the Airflow worker's identity ({exc})", code="PERMISSION_MISSING") from exc
+                f"to the Airflow worker's identity ({exc})",
+                code="PERMISSION_MISSING",
+            ) from exc
 
     step("write", lambda: store.write(key, body))
     listed = step("list", lambda: [o.key for o in store.list(key.rsplit("/", 1)[0] + "/")])
     if key not in listed:
-        raise StorageAccessError(f"permission probe: {uri} was written but is not listed; check {perms['list']} "
-                                 "and the bucket's consistency settings", code="PERMISSION_MISSING")
+        raise StorageAccessError(
+            f"permission probe: {uri} was written but is not listed; check {perms['list']} "
+            "and the bucket's consistency settings",
+            code="PERMISSION_MISSING",
+        )
 
     def read():
         with store.open(key) as f:

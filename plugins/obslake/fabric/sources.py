@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from obslake.config import TraceSourceConfig
 from obslake.exceptions import ConfigError
@@ -12,8 +13,9 @@ if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
 
-def make_source(cfg: TraceSourceConfig, catalog: "Catalog",
-                connection_uri: Callable[[str], str] | None = None) -> TraceSource:
+def make_source(
+    cfg: TraceSourceConfig, catalog: Catalog, connection_uri: Callable[[str], str] | None = None
+) -> TraceSource:
     """``lake`` → :class:`~obslake.fabric.lake_source.LakeTraceSource`; ``phoenix`` → PhoenixSource.
 
     A Phoenix ``conn_id`` is resolved by ``connection_uri`` (the Airflow wrappers pass
@@ -28,8 +30,10 @@ def make_source(cfg: TraceSourceConfig, catalog: "Catalog",
     uri = cfg.uri
     if uri is None:
         if connection_uri is None:
-            raise ConfigError(f"the phoenix source uses conn_id {cfg.conn_id!r}, an Airflow connection: run the sync "
-                              "in Airflow, or give the database as `uri:`")
+            raise ConfigError(
+                f"the phoenix source uses conn_id {cfg.conn_id!r}, an Airflow connection: run the sync "
+                "in Airflow, or give the database as `uri:`"
+            )
         if cfg.conn_id is None:  # TraceSourceConfig's validator requires uri or conn_id
             raise ConfigError("a phoenix source needs `uri` (e.g. sqlite:////data/phoenix.db) or `conn_id`")
         uri = connection_uri(cfg.conn_id)

@@ -64,9 +64,14 @@ def credentials_for(uri: str, conn_id: str | None = None) -> StorageCredentials:
 
         hook = S3Hook(aws_conn_id=conn_id)
         creds = hook.get_credentials()
-        return StorageCredentials("s3", endpoint=hook.conn_config.get_service_endpoint_url("s3") or None,
-                                  region=hook.conn_region_name or "us-east-1", access_key_id=creds.access_key,
-                                  secret_access_key=creds.secret_key, session_token=creds.token or None)
+        return StorageCredentials(
+            "s3",
+            endpoint=hook.conn_config.get_service_endpoint_url("s3") or None,
+            region=hook.conn_region_name or "us-east-1",
+            access_key_id=creds.access_key,
+            secret_access_key=creds.secret_key,
+            session_token=creds.token or None,
+        )
     endpoint = _gcs_emulator(conn_id)
     if endpoint:
         return StorageCredentials("gs", endpoint=endpoint)

@@ -29,8 +29,8 @@ CATALOG_NAME = "obslake"
 
 def obslake_home(env: dict[str, str] | None = None) -> Path:
     """``$OBSLAKE_HOME`` (from ``env``, default the process environment) or ``~/.obslake``, created on first use."""
-    env = os.environ if env is None else env
-    home = Path(env.get("OBSLAKE_HOME") or Path.home() / ".obslake").expanduser().resolve()
+    values = os.environ if env is None else env
+    home = Path(values.get("OBSLAKE_HOME") or Path.home() / ".obslake").expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
 
@@ -54,7 +54,7 @@ class LakeSettings:
         return self.properties.get("warehouse")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "LakeSettings":
+    def from_env(cls, env: dict[str, str] | None = None) -> LakeSettings:
         """Read ``OBSLAKE_*`` variables (see module docstring); fill in the embedded defaults."""
         env = dict(os.environ if env is None else env)
         ctype = env.get("OBSLAKE_CATALOG_TYPE", "sql").lower()

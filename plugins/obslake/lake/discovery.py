@@ -35,7 +35,11 @@ def find_new_files(job: ImportJob, store: ObjectStore, prefix: str, ledger: Ledg
     new.sort(key=lambda o: (o.mtime, o.key))
     log.info(
         "%s: listed %d object(s) under %s in %.2fs; %d new version(s)%s",
-        job.name, listed, store.uri(prefix), time.monotonic() - started, len(new),
+        job.name,
+        listed,
+        store.uri(prefix),
+        time.monotonic() - started,
+        len(new),
         f", taking the oldest {job.max_files_per_run} this run" if len(new) > job.max_files_per_run else "",
     )
     return new[: job.max_files_per_run], len(new)

@@ -130,11 +130,14 @@ def identity_spec(schema: Schema, columns: list[str]) -> PartitionSpec:
     from pyiceberg.partitioning import PartitionField, PartitionSpec
     from pyiceberg.transforms import IdentityTransform
 
-    return PartitionSpec(*[
-        PartitionField(source_id=schema.find_field(c).field_id, field_id=1000 + i, transform=IdentityTransform(),
-                       name=c)
-        for i, c in enumerate(columns)
-    ])
+    return PartitionSpec(
+        *[
+            PartitionField(
+                source_id=schema.find_field(c).field_id, field_id=1000 + i, transform=IdentityTransform(), name=c
+            )
+            for i, c in enumerate(columns)
+        ]
+    )
 
 
 def load_table(catalog: Catalog, ident: tuple[str, str]) -> Table | None:
@@ -176,8 +179,13 @@ def load_or_create(catalog: Catalog, ident: tuple[str, str], definition: Callabl
         return catalog.load_table(ident)
 
 
-def begin(catalog: Catalog, ident: tuple[str, str], table: Table | None, arrow_schema: pa.Schema,
-          definition: Callable[[], dict[str, Any]]) -> Transaction:
+def begin(
+    catalog: Catalog,
+    ident: tuple[str, str],
+    table: Table | None,
+    arrow_schema: pa.Schema,
+    definition: Callable[[], dict[str, Any]],
+) -> Transaction:
     """A transaction that creates the table, or adds ``arrow_schema``'s new columns to it, committing nothing.
 
     Data files are written against ``tx.table_metadata`` (and :func:`transaction_io`) and appended in
@@ -226,7 +234,8 @@ def _identity_sources(metadata: TableMetadata) -> list[str] | None:
     spec, schema = metadata.spec(), metadata.schema()
     if spec.is_unpartitioned() or not all(isinstance(f.transform, IdentityTransform) for f in spec.fields):
         return None
-    return [schema.find_column_name(f.source_id) for f in spec.fields]
+    names = [schema.find_column_name(f.source_id) for f in spec.fields]
+    return [n for n in names if n is not None] if all(names) else None
 
 
 def _run_starts(columns: list[pa.ChunkedArray]) -> np.ndarray:
@@ -311,8 +320,13 @@ def _leaf_paths(path: str, t: pa.DataType) -> list[str]:
     return [path]
 
 
-def _write_tasks(metadata: TableMetadata, slices: list[pa.Table], sources: list[str], write_uuid: uuid.UUID,
-                 counter: itertools.count[int]) -> list[Any]:
+def _write_tasks(
+    metadata: TableMetadata,
+    slices: list[pa.Table],
+    sources: list[str],
+    write_uuid: uuid.UUID,
+    counter: itertools.count[int],
+) -> list[Any]:
     """pyiceberg ``WriteTask``s for ``slices`` (one partition each), split at the target file size."""
     from pyiceberg.io.pyarrow import bin_pack_arrow_table, pyarrow_to_schema
     from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
@@ -321,22 +335,36 @@ def _write_tasks(metadata: TableMetadata, slices: list[pa.Table], sources: list[
     from pyiceberg.utils.properties import property_as_int
 
     spec, schema = metadata.spec(), metadata.schema()
-    target_size = property_as_int(metadata.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
-                                  TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
+    target_size = (
+        property_as_int(metadata.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES)
+        or TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
+    )
     task_schema = pyarrow_to_schema(
-        slices[0].schema, name_mapping=schema.name_mapping,
+        slices[0].schema,
+        name_mapping=schema.name_mapping,
         downcast_ns_timestamp_to_us=Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False,
         format_version=metadata.format_version,
     )
     tasks = []
     for part in slices:
         key = PartitionKey(
-            field_values=[PartitionFieldValue(field=f, value=part[src][0].as_py())
-                          for f, src in zip(spec.fields, sources, strict=True)],
-            partition_spec=spec, schema=schema)
+            field_values=[
+                PartitionFieldValue(field=f, value=part[src][0].as_py())
+                for f, src in zip(spec.fields, sources, strict=True)
+            ],
+            partition_spec=spec,
+            schema=schema,
+        )
         for batches in bin_pack_arrow_table(part, target_size):
-            tasks.append(WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches,
-                                   partition_key=key, schema=task_schema))
+            tasks.append(
+                WriteTask(
+                    write_uuid=write_uuid,
+                    task_id=next(counter),
+                    record_batches=batches,
+                    partition_key=key,
+                    schema=task_schema,
+                )
+            )
     return tasks
 
 
@@ -364,20 +392,36 @@ def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any
     file_schema = sanitize_column_names(metadata.schema())
     downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
     format_model = FileFormatFactory.get(FileFormat.PARQUET)
-    df = pa.Table.from_batches([
-        _to_requested_schema(requested_schema=file_schema, file_schema=task.schema, batch=batch,
-                             downcast_ns_timestamp_to_us=downcast, include_field_ids=True, format_model=format_model)
-        for batch in task.record_batches
-    ])
-    file_path = locations.new_data_location(data_file_name=task.generate_data_file_filename("parquet"),
-                                            partition_key=task.partition_key)
-    row_group_size = property_as_int(metadata.properties, TableProperties.PARQUET_ROW_GROUP_LIMIT,
-                                     TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT)
+    df = pa.Table.from_batches(
+        [
+            _to_requested_schema(
+                requested_schema=file_schema,
+                file_schema=task.schema,
+                batch=batch,
+                downcast_ns_timestamp_to_us=downcast,
+                include_field_ids=True,
+                format_model=format_model,
+            )
+            for batch in task.record_batches
+        ]
+    )
+    file_path = locations.new_data_location(
+        data_file_name=task.generate_data_file_filename("parquet"), partition_key=task.partition_key
+    )
+    row_group_size = property_as_int(
+        metadata.properties, TableProperties.PARQUET_ROW_GROUP_LIMIT, TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT
+    )
     out = io.new_output(file_path)
-    with out.create(overwrite=True) as fos, pq.ParquetWriter(
-        fos, schema=df.schema, store_decimal_as_integer=True, use_dictionary=_dictionary_columns(df),
-        **_get_parquet_writer_kwargs(metadata.properties),
-    ) as writer:
+    with (
+        out.create(overwrite=True) as fos,
+        pq.ParquetWriter(
+            fos,
+            schema=df.schema,
+            store_decimal_as_integer=True,
+            use_dictionary=_dictionary_columns(df),
+            **_get_parquet_writer_kwargs(metadata.properties),
+        ) as writer,
+    ):
         writer.write(df, row_group_size=row_group_size)
     statistics = data_file_statistics_from_parquet_metadata(
         parquet_metadata=writer.writer.metadata,
@@ -385,15 +429,26 @@ def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any
         parquet_column_mapping=parquet_path_to_id_mapping(file_schema),
     )
     return DataFile.from_args(
-        content=DataFileContent.DATA, file_path=file_path, file_format=FileFormat.PARQUET,
+        content=DataFileContent.DATA,
+        file_path=file_path,
+        file_format=FileFormat.PARQUET,
         partition=task.partition_key.partition if task.partition_key else Record(),
-        file_size_in_bytes=len(out), sort_order_id=None, spec_id=metadata.default_spec_id, equality_ids=None,
-        key_metadata=None, **statistics.to_serialized_dict(),
+        file_size_in_bytes=len(out),
+        sort_order_id=None,
+        spec_id=metadata.default_spec_id,
+        equality_ids=None,
+        key_metadata=None,
+        **statistics.to_serialized_dict(),
     )
 
 
-def write_data_files(metadata: TableMetadata, io: Any, rows: pa.Table, write_uuid: uuid.UUID | None = None,
-                     counter: itertools.count[int] | None = None) -> list[DataFile]:
+def write_data_files(
+    metadata: TableMetadata,
+    io: Any,
+    rows: pa.Table,
+    write_uuid: uuid.UUID | None = None,
+    counter: itertools.count[int] | None = None,
+) -> list[DataFile]:
     """The one Parquet write path: data files (not yet committed) holding ``rows``.
 
     One or more files per partition of the table's spec (split by :func:`_partition_slices` for identity
@@ -416,8 +471,9 @@ def write_data_files(metadata: TableMetadata, io: Any, rows: pa.Table, write_uui
         return []
     sources = _identity_sources(metadata)
     if sources is None:  # unpartitioned or non-identity transforms: pyiceberg's own split
-        return list(_dataframe_to_data_files(table_metadata=metadata, df=rows, io=io, write_uuid=write_uuid,
-                                             counter=counter))
+        return list(
+            _dataframe_to_data_files(table_metadata=metadata, df=rows, io=io, write_uuid=write_uuid, counter=counter)
+        )
     tasks = _write_tasks(metadata, _partition_slices(rows, sources), sources, write_uuid, counter)
     locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
     return list(ExecutorFactory.get_or_create().map(lambda t: _write_data_file(metadata, io, locations, t), tasks))
@@ -481,8 +537,9 @@ class DataFileWriter:
 
     def _write(self, chunk: list[pa.RecordBatch]) -> list[DataFile]:
         """Write one chunk (background thread); its DataFiles."""
-        data_files = write_data_files(self.metadata, self.io, pa.Table.from_batches(chunk), self.write_uuid,
-                                      self.counter)
+        data_files = write_data_files(
+            self.metadata, self.io, pa.Table.from_batches(chunk), self.write_uuid, self.counter
+        )
         chunk.clear()
         # hand the chunk's freed memory back to the OS now rather than leave it to the allocator
         # (~50 MB less peak RSS importing a 2 GB CSV)

@@ -53,8 +53,8 @@ from obslake.lake.iceberg import (
     begin,
     commit_with_retry,
     delete_quietly,
-    identity_spec,
     iceberg_schema,
+    identity_spec,
     load_or_create,
     load_table,
     same_field_ids,
@@ -112,13 +112,19 @@ class ImportResult:
         return dataclasses.asdict(self)
 
 
-
 # -- table management ------------------------------------------------------------------------------
 def _table_definition(job: ImportJob, arrow_schema: pa.Schema) -> dict[str, Any]:
     """Schema (fresh ids), partition spec (identity on ``date``) and properties of a new model table."""
     schema = iceberg_schema(arrow_schema)
-    model = {"obslake.model.space": job.model.space, "obslake.model.name": job.model.name,
-             "obslake.model.environment": job.model.environment.value} if job.model else {}
+    model = (
+        {
+            "obslake.model.space": job.model.space,
+            "obslake.model.name": job.model.name,
+            "obslake.model.environment": job.model.environment.value,
+        }
+        if job.model
+        else {}
+    )
     properties = {
         **DEFAULT_TABLE_PROPERTIES,
         **model,
@@ -151,7 +157,6 @@ def _has_earlier_version(table: Table, uri: str) -> bool:
     return any(s.summary is not None and s.summary.get(PROP_SOURCE_FILE) == uri for s in snapshot_lineage(table))
 
 
-
 def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str) -> pa.RecordBatch:
     """Cast ``batch`` to the table's Arrow schema: missing columns become nulls, safe casts only."""
     arrays = []
@@ -168,12 +173,11 @@ def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str) -> pa.RecordBat
                 raise SchemaMismatchError(
                     f"{uri}: column {field.name!r} is {arr.type} in this file but {field.type} in the table; "
                     f"write it as {field.type} (a type change is not an additive schema change): {exc}",
-                    code="TYPE_MISMATCH", column=field.name,
+                    code="TYPE_MISMATCH",
+                    column=field.name,
                 ) from None
         arrays.append(arr)
     return pa.RecordBatch.from_arrays(arrays, schema=target)
-
-
 
 
 class _SchemaRace(Exception):
@@ -181,15 +185,22 @@ class _SchemaRace(Exception):
     match: the file must be written again (rare: two files adding different columns at the same time)."""
 
 
-
-
 def _begin(catalog: Catalog, job: ImportJob, table: Table | None, arrow_schema: pa.Schema) -> Transaction:
     """The file's transaction: creates the table or adds the file's new columns, committing nothing."""
     return begin(catalog, job.table_identifier, table, arrow_schema, lambda: _table_definition(job, arrow_schema))
 
 
-def _commit(catalog: Catalog, job: ImportJob, tx: Transaction, arrow_schema: pa.Schema, uri: str, etag: str,
-            data_files: list[DataFile], props: dict[str, str], replace: bool) -> tuple[Table, Any, bool]:
+def _commit(
+    catalog: Catalog,
+    job: ImportJob,
+    tx: Transaction,
+    arrow_schema: pa.Schema,
+    uri: str,
+    etag: str,
+    data_files: list[DataFile],
+    props: dict[str, str],
+    replace: bool,
+) -> tuple[Table, Any, bool]:
     """Commit the file's transaction (table creation / new columns, replace, append), retrying conflicts.
 
     Returns:
@@ -202,30 +213,31 @@ def _commit(catalog: Catalog, job: ImportJob, tx: Transaction, arrow_schema: pa.
     from pyiceberg.expressions import EqualTo
 
     written = tx.table_metadata.schema()
-    state = {"tx": tx, "replace": replace}
+    current_tx = tx
 
     def attempt(n: int) -> tuple[Table, Any, bool]:
+        nonlocal current_tx, replace
         if n:  # a conflict: start again from the table as it is now
             table = catalog.load_table(job.table_identifier)
             done = find_committed(table, uri, etag)
             if done is not None:
                 return table, done, False
-            state["replace"] = state["replace"] or _has_earlier_version(table, uri)
-            state["tx"] = _begin(catalog, job, table, arrow_schema)
-            if not same_field_ids(written, state["tx"].table_metadata.schema()):
+            replace = replace or _has_earlier_version(table, uri)
+            current_tx = _begin(catalog, job, table, arrow_schema)
+            if not same_field_ids(written, current_tx.table_metadata.schema()):
                 raise _SchemaRace(f"{uri}: the table's schema changed while the file was written")
-        tx = state["tx"]
-        if state["replace"]:
-            tx.delete(EqualTo(LINEAGE_COLUMNS[0], uri), snapshot_properties={PROP_JOB: props[PROP_JOB]})
-        if data_files or state["replace"]:
-            with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+        if replace:
+            # pydantic makes mypy see keyword-only constructors; pyiceberg's expressions take (term, literal)
+            replaced = EqualTo(LINEAGE_COLUMNS[0], uri)  # type: ignore[call-arg, arg-type]
+            current_tx.delete(replaced, snapshot_properties={PROP_JOB: props[PROP_JOB]})
+        if data_files or replace:
+            with current_tx.update_snapshot(snapshot_properties=props).fast_append() as append:
                 for df in data_files:
                     append.append_data_file(df)
-        table = tx.commit_transaction()
-        return table, find_committed(table, uri, etag), bool(state["replace"])
+        table = current_tx.commit_transaction()
+        return table, find_committed(table, uri, etag), replace
 
     return commit_with_retry(attempt, what=uri)
-
 
 
 class TooManyBadRowsError(TerminalError):
@@ -234,11 +246,17 @@ class TooManyBadRowsError(TerminalError):
     code = "TOO_MANY_BAD_ROWS"
 
 
-QUARANTINE_SCHEMA = pa.schema([
-    ("_source_file", pa.string()), ("_source_etag", pa.string()), ("_source_row", pa.int64()),
-    ("_ingested_at", TS_TYPE), ("error_codes", pa.string()), ("errors", pa.string()),
-    ("record", pa.string()),
-])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("_source_file", pa.string()),
+        ("_source_etag", pa.string()),
+        ("_source_row", pa.int64()),
+        ("_ingested_at", TS_TYPE),
+        ("error_codes", pa.string()),
+        ("errors", pa.string()),
+        ("record", pa.string()),
+    ]
+)
 
 
 class _Quarantine:
@@ -254,11 +272,17 @@ class _Quarantine:
             by_row.setdefault(p.row - first_row, []).append(p)
         for idx, probs in sorted(by_row.items()):
             record = batch.slice(idx, 1).to_pylist()[0]
-            self.rows.append({
-                "_source_file": self.uri, "_source_etag": self.etag, "_source_row": first_row + idx,
-                "_ingested_at": self.ingested_at, "error_codes": ",".join(sorted({p.code for p in probs})),
-                "errors": "\n".join(str(p) for p in probs), "record": json.dumps(record, default=str)[:100_000],
-            })
+            self.rows.append(
+                {
+                    "_source_file": self.uri,
+                    "_source_etag": self.etag,
+                    "_source_row": first_row + idx,
+                    "_ingested_at": self.ingested_at,
+                    "error_codes": ",".join(sorted({p.code for p in probs})),
+                    "errors": "\n".join(str(p) for p in probs),
+                    "record": json.dumps(record, default=str)[:100_000],
+                }
+            )
         return set(by_row)
 
     def commit(self, catalog: Catalog) -> None:
@@ -266,10 +290,15 @@ class _Quarantine:
         if not self.rows:
             return
         ident = self.job.quarantine_table_identifier
-        table = load_or_create(catalog, ident, lambda: {"schema": QUARANTINE_SCHEMA,
-                                                        "properties": DEFAULT_TABLE_PROPERTIES})
-        props = {PROP_SOURCE_FILE: self.uri, PROP_SOURCE_ETAG: self.etag, PROP_JOB: self.job.name,
-                 PROP_ROWS: str(len(self.rows))}
+        table = load_or_create(
+            catalog, ident, lambda: {"schema": QUARANTINE_SCHEMA, "properties": DEFAULT_TABLE_PROPERTIES}
+        )
+        props = {
+            PROP_SOURCE_FILE: self.uri,
+            PROP_SOURCE_ETAG: self.etag,
+            PROP_JOB: self.job.name,
+            PROP_ROWS: str(len(self.rows)),
+        }
         data = pa.Table.from_pylist(self.rows, QUARANTINE_SCHEMA)
 
         def attempt(n: int) -> None:
@@ -290,8 +319,17 @@ def _is_transient(exc: BaseException) -> bool:
     """An exception that is no fault of the file: the catalog, the ledger or the warehouse did not answer."""
     import sqlalchemy.exc as sa_exc
 
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
-                        sa_exc.DisconnectionError, ConnectionError, TimeoutError)):
+    if isinstance(
+        exc,
+        (
+            sa_exc.OperationalError,
+            sa_exc.InterfaceError,
+            sa_exc.TimeoutError,
+            sa_exc.DisconnectionError,
+            ConnectionError,
+            TimeoutError,
+        ),
+    ):
         return True
     # the warehouse's file system (pyarrow/fsspec raise OSError for network and permission faults); the
     # file's own bytes are decoded by obslake.formats, which turns their OSErrors into FileFormatError
@@ -335,12 +373,24 @@ def import_file(
     def failed(code: str, message: str) -> ImportResult:
         log.error("%s", printable(message, 4000))
         ledger.mark_failed(job.name, info, error=message, fingerprint=fingerprint, code=code)
-        return ImportResult(uri, info.etag, "failed", error=message, table=table_name,
-                            seconds=time.monotonic() - started, code=code)
+        return ImportResult(
+            uri, info.etag, "failed", error=message, table=table_name, seconds=time.monotonic() - started, code=code
+        )
 
     try:
-        return _import(job, store, info, uri, table_name, fingerprint, started, catalog=catalog, ledger=ledger,
-                       batch_rows=batch_rows, chunk_rows=chunk_rows)
+        return _import(
+            job,
+            store,
+            info,
+            uri,
+            table_name,
+            fingerprint,
+            started,
+            catalog=catalog,
+            ledger=ledger,
+            batch_rows=batch_rows,
+            chunk_rows=chunk_rows,
+        )
     except ObjectChangedError as exc:
         msg = f"{exc} (this version is gone; the new version is imported on the next poll)"
         return failed("OBJECT_CHANGED", msg)
@@ -349,7 +399,7 @@ def import_file(
         raise
     except TerminalError as exc:
         return failed(_failure_code(exc), str(exc))
-    except Exception as exc:  # noqa: BLE001 - per-file isolation: nothing raised for one file escapes it
+    except Exception as exc:
         if _is_transient(exc):
             ledger.mark_retry(job.name, info, error=f"{type(exc).__name__}: {exc}")
             raise StorageUnavailableError(f"{uri}: {type(exc).__name__}: {printable(exc, 500)}; retrying") from exc
@@ -358,31 +408,68 @@ def import_file(
         return failed(problem.code, str(problem))
 
 
-def _import(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str, table_name: str, fingerprint: str,
-            started: float, *, catalog: Catalog, ledger: Ledger, batch_rows: int, chunk_rows: int) -> ImportResult:
+def _import(
+    job: ImportJob,
+    store: ObjectStore,
+    info: ObjectInfo,
+    uri: str,
+    table_name: str,
+    fingerprint: str,
+    started: float,
+    *,
+    catalog: Catalog,
+    ledger: Ledger,
+    batch_rows: int,
+    chunk_rows: int,
+) -> ImportResult:
     if info.size > job.max_file_bytes:
         raise FileTooLargeError(
             f"{uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,}); split the "
-            "file or raise max_file_bytes in the job YAML", code="FILE_TOO_LARGE"
+            "file or raise max_file_bytes in the job YAML",
+            code="FILE_TOO_LARGE",
         )
     fmt = format_for_key(info.key, job.formats)
     if fmt is None:
-        raise FileFormatError(f"{uri}: extension not among the job's formats {list(job.formats)}",
-                              code="FORMAT_NOT_ALLOWED")
+        raise FileFormatError(
+            f"{uri}: extension not among the job's formats {list(job.formats)}", code="FORMAT_NOT_ALLOWED"
+        )
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
-            return _import_once(job, store, info, uri, fmt, table_name, fingerprint, started, catalog=catalog,
-                                ledger=ledger, batch_rows=batch_rows, chunk_rows=chunk_rows)
+            return _import_once(
+                job,
+                store,
+                info,
+                uri,
+                fmt,
+                table_name,
+                fingerprint,
+                started,
+                catalog=catalog,
+                ledger=ledger,
+                batch_rows=batch_rows,
+                chunk_rows=chunk_rows,
+            )
         except _SchemaRace as exc:
             log.info("%s; writing the file again (attempt %d)", printable(exc), attempt + 2)
     raise CommitConflictError(f"{uri}: the table's schema kept changing while the file was written; retry the task")
 
 
-
-def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str, fmt: str, table_name: str,
-                 fingerprint: str, started: float, *, catalog: Catalog, ledger: Ledger, batch_rows: int,
-                 chunk_rows: int) -> ImportResult:
-    ingested_at = dt.datetime.now(dt.timezone.utc)
+def _import_once(
+    job: ImportJob,
+    store: ObjectStore,
+    info: ObjectInfo,
+    uri: str,
+    fmt: str,
+    table_name: str,
+    fingerprint: str,
+    started: float,
+    *,
+    catalog: Catalog,
+    ledger: Ledger,
+    batch_rows: int,
+    chunk_rows: int,
+) -> ImportResult:
+    ingested_at = dt.datetime.now(dt.UTC)
     quarantine = _Quarantine(job, uri, info.etag, ingested_at)
     counts = {"read": 0, "bad": 0}
     data_files: list = []
@@ -391,10 +478,17 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
         table = load_table(catalog, job.table_identifier)
         table_schema = table.schema().as_arrow() if table is not None else None
         with store.open(info.key, etag=info.etag) as f:
-            mapper = make_mapper(job, read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes), uri,
-                                 ingested_at, fmt, table_schema=table_schema)
-            batches = read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv",
-                                   max_bytes=job.max_file_bytes)
+            mapper = make_mapper(
+                job,
+                read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes),
+                uri,
+                ingested_at,
+                fmt,
+                table_schema=table_schema,
+            )
+            batches = read_batches(
+                f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv", max_bytes=job.max_file_bytes
+            )
 
             def mapped_batches() -> Iterator[pa.RecordBatch]:
                 row = 1
@@ -411,7 +505,8 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
                         if counts["bad"] > job.max_bad_rows:
                             raise TooManyBadRowsError(
                                 f"{uri}: more than max_bad_rows={job.max_bad_rows} bad rows (on_error: skip_rows); "
-                                f"the first ones:\n" + "\n".join(f"  {p}" for p in problems[:20]))
+                                f"the first ones:\n" + "\n".join(f"  {p}" for p in problems[:20])
+                            )
                         keep = pa.array([i not in bad for i in range(b.num_rows)])
                         mapped = mapped.filter(keep)
                     row += b.num_rows
@@ -420,18 +515,37 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
             stream = mapped_batches()
             first = next(stream, None)
             if first is None:  # a header (schema) and no rows: FILE_EMPTY, as validate_file reports it
-                raise FileFormatError(f"{uri}: the file has a header but no data rows; upload the complete file with "
-                                      "at least one data row", code="FILE_EMPTY")
+                raise FileFormatError(
+                    f"{uri}: the file has a header but no data rows; upload the complete file with "
+                    "at least one data row",
+                    code="FILE_EMPTY",
+                )
             if table is not None:
                 done = find_committed(table, uri, info.etag)
                 if done is not None:
                     rows = int(done.summary.get(PROP_ROWS, "0"))
-                    log.info("%s already committed in snapshot %s; repairing the ledger only", printable(uri),
-                             done.snapshot_id)
-                    ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name,
-                                          snapshot_id=done.snapshot_id, fingerprint=fingerprint)
-                    return ImportResult(uri, info.etag, "already-imported", rows, table_name, done.snapshot_id,
-                                        seconds=time.monotonic() - started)
+                    log.info(
+                        "%s already committed in snapshot %s; repairing the ledger only",
+                        printable(uri),
+                        done.snapshot_id,
+                    )
+                    ledger.mark_succeeded(
+                        job.name,
+                        info,
+                        rows=rows,
+                        table_name=table_name,
+                        snapshot_id=done.snapshot_id,
+                        fingerprint=fingerprint,
+                    )
+                    return ImportResult(
+                        uri,
+                        info.etag,
+                        "already-imported",
+                        rows,
+                        table_name,
+                        done.snapshot_id,
+                        seconds=time.monotonic() - started,
+                    )
                 check_table_types(first.schema, table_schema, uri)
             # table creation and new columns are staged in the transaction that commits the data
             tx = _begin(catalog, job, table, first.schema)
@@ -451,14 +565,25 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
         if counts["bad"] and counts["bad"] > job.max_bad_fraction * counts["read"]:
             raise TooManyBadRowsError(
                 f"{uri}: {counts['bad']} of {counts['read']} rows are bad, over max_bad_fraction="
-                f"{job.max_bad_fraction:g} (on_error: skip_rows); fix the file or raise the threshold")
+                f"{job.max_bad_fraction:g} (on_error: skip_rows); fix the file or raise the threshold"
+            )
         quarantine.commit(catalog)
         replace = table is not None and _has_earlier_version(table, uri)
         props = {PROP_SOURCE_FILE: uri, PROP_SOURCE_ETAG: info.etag, PROP_JOB: job.name, PROP_ROWS: str(total)}
-        note = f"{counts['bad']} bad row(s) kept in {'.'.join(job.quarantine_table_identifier)}" if counts["bad"] else None
+        note = (
+            f"{counts['bad']} bad row(s) kept in {'.'.join(job.quarantine_table_identifier)}" if counts["bad"] else None
+        )
         if not data_files and not replace:
-            ledger.mark_succeeded(job.name, info, rows=0, table_name=table_name, snapshot_id=None,
-                                  bad_rows=counts["bad"], fingerprint=fingerprint, note=note)
+            ledger.mark_succeeded(
+                job.name,
+                info,
+                rows=0,
+                table_name=table_name,
+                snapshot_id=None,
+                bad_rows=counts["bad"],
+                fingerprint=fingerprint,
+                note=note,
+            )
             return ImportResult(uri, info.etag, "imported", 0, table_name, seconds=time.monotonic() - started)
         table, snap, replaced = _commit(catalog, job, tx, first.schema, uri, info.etag, data_files, props, replace)
         data_files = []  # committed: referenced by the table now
@@ -468,10 +593,26 @@ def _import_once(job: ImportJob, store: ObjectStore, info: ObjectInfo, uri: str,
         raise
     snapshot_id = snap.snapshot_id if snap is not None else None
     rows = int(snap.summary.get(PROP_ROWS, total)) if snap is not None else total
-    ledger.mark_succeeded(job.name, info, rows=rows, table_name=table_name, snapshot_id=snapshot_id,
-                          bad_rows=counts["bad"], fingerprint=fingerprint, note=note)
+    ledger.mark_succeeded(
+        job.name,
+        info,
+        rows=rows,
+        table_name=table_name,
+        snapshot_id=snapshot_id,
+        bad_rows=counts["bad"],
+        fingerprint=fingerprint,
+        note=note,
+    )
     seconds = time.monotonic() - started
-    log.info("%s: committed %d rows in snapshot %s (%.2fs)%s%s", printable(uri), rows, snapshot_id, seconds,
-             "; replaced the rows of an earlier version" if replaced else "", f"; {note}" if note else "")
-    return ImportResult(uri, info.etag, "imported", rows, table_name, snapshot_id, replaced,
-                        seconds=seconds, bad_rows=counts["bad"])
+    log.info(
+        "%s: committed %d rows in snapshot %s (%.2fs)%s%s",
+        printable(uri),
+        rows,
+        snapshot_id,
+        seconds,
+        "; replaced the rows of an earlier version" if replaced else "",
+        f"; {note}" if note else "",
+    )
+    return ImportResult(
+        uri, info.etag, "imported", rows, table_name, snapshot_id, replaced, seconds=seconds, bad_rows=counts["bad"]
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from functools import lru_cache
+
 import sqlalchemy as sa
 
 from obslake.storage.base import ObjectInfo
@@ -53,7 +54,7 @@ DONE = (FileStatus.succeeded.value, FileStatus.failed.value)
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @lru_cache(maxsize=8)
@@ -151,8 +152,15 @@ class Ledger:
                     with conn.begin_nested():
                         conn.execute(
                             t.insert().values(
-                                job=job, bucket=obj.bucket, key=obj.key, etag=obj.etag, bytes=obj.size,
-                                status=FileStatus.pending.value, attempts=1, first_seen=now, started_at=now,
+                                job=job,
+                                bucket=obj.bucket,
+                                key=obj.key,
+                                etag=obj.etag,
+                                bytes=obj.size,
+                                status=FileStatus.pending.value,
+                                attempts=1,
+                                first_seen=now,
+                                started_at=now,
                             )
                         )
                 except sa.exc.IntegrityError:  # a concurrent attempt inserted it first
@@ -174,24 +182,52 @@ class Ledger:
             if not updated:
                 conn.execute(
                     t.insert().values(
-                        job=job, bucket=obj.bucket, key=obj.key, etag=obj.etag, bytes=obj.size, attempts=1,
-                        first_seen=now, started_at=now, finished_at=now, **values,
+                        job=job,
+                        bucket=obj.bucket,
+                        key=obj.key,
+                        etag=obj.etag,
+                        bytes=obj.size,
+                        attempts=1,
+                        first_seen=now,
+                        started_at=now,
+                        finished_at=now,
+                        **values,
                     )
                 )
 
-    def mark_succeeded(self, job: str, obj: ObjectInfo, *, rows: int, table_name: str, snapshot_id: int | None,
-                       bad_rows: int = 0, fingerprint: str | None = None, note: str | None = None) -> None:
+    def mark_succeeded(
+        self,
+        job: str,
+        obj: ObjectInfo,
+        *,
+        rows: int,
+        table_name: str,
+        snapshot_id: int | None,
+        bad_rows: int = 0,
+        fingerprint: str | None = None,
+        note: str | None = None,
+    ) -> None:
         """Record a committed import of this version (``bad_rows`` quarantined under skip_rows)."""
         self._finish(
-            job, obj, status=FileStatus.succeeded.value, rows=rows, table_name=table_name,
-            snapshot_id=snapshot_id, error=note, bad_rows=bad_rows, schema_fingerprint=fingerprint, code=None,
+            job,
+            obj,
+            status=FileStatus.succeeded.value,
+            rows=rows,
+            table_name=table_name,
+            snapshot_id=snapshot_id,
+            error=note,
+            bad_rows=bad_rows,
+            schema_fingerprint=fingerprint,
+            code=None,
         )
 
-    def mark_failed(self, job: str, obj: ObjectInfo, *, error: str, fingerprint: str | None = None,
-                    code: str | None = None) -> None:
+    def mark_failed(
+        self, job: str, obj: ObjectInfo, *, error: str, fingerprint: str | None = None, code: str | None = None
+    ) -> None:
         """Record that this version cannot be imported as it is, under the schema ``fingerprint``."""
-        self._finish(job, obj, status=FileStatus.failed.value, error=error[:20_000], schema_fingerprint=fingerprint,
-                     code=code)
+        self._finish(
+            job, obj, status=FileStatus.failed.value, error=error[:20_000], schema_fingerprint=fingerprint, code=code
+        )
 
     def mark_retry(self, job: str, obj: ObjectInfo, *, error: str, code: str = "RETRYING") -> None:
         """Keep this version ``pending`` with the transient error of its last attempt (shown by status).
@@ -200,8 +236,12 @@ class Ledger:
         """
         t = ledger_table
         now = _now()
-        values = {"status": FileStatus.pending.value, "error": f"attempt failed, will retry: {error}"[:20_000],
-                  "code": code, "finished_at": now}
+        values = {
+            "status": FileStatus.pending.value,
+            "error": f"attempt failed, will retry: {error}"[:20_000],
+            "code": code,
+            "finished_at": now,
+        }
         with self.engine.begin() as conn:
             updated = conn.execute(
                 t.update()
@@ -211,8 +251,18 @@ class Ledger:
             if not updated:
                 try:
                     with conn.begin_nested():
-                        conn.execute(t.insert().values(job=job, bucket=obj.bucket, key=obj.key, etag=obj.etag,
-                                                       bytes=obj.size, attempts=1, first_seen=now, started_at=now,
-                                                       **values))
+                        conn.execute(
+                            t.insert().values(
+                                job=job,
+                                bucket=obj.bucket,
+                                key=obj.key,
+                                etag=obj.etag,
+                                bytes=obj.size,
+                                attempts=1,
+                                first_seen=now,
+                                started_at=now,
+                                **values,
+                            )
+                        )
                 except sa.exc.IntegrityError:
                     pass

@@ -15,7 +15,8 @@ as SQL for query engines through :func:`view_ddl` (a ``<predictions>__with_actua
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,14 +41,16 @@ ENGINES = ("duckdb", "trino", "spark", "snowflake", "bigquery")
 _ENGINE_ALIASES = {"athena": "trino", "presto": "trino", "databricks": "spark"}
 
 _TS = TS_TYPE
-_EMPTY_ACTUALS_SCHEMA = pa.schema([
-    pa.field(KEY_COLUMN, pa.string()),
-    pa.field("prediction_timestamp", _TS),
-    pa.field("date", pa.date32()),
-    pa.field("_source_file", pa.string()),
-    pa.field("_source_row", pa.int64()),
-    pa.field("_ingested_at", _TS),
-])
+_EMPTY_ACTUALS_SCHEMA = pa.schema(
+    [
+        pa.field(KEY_COLUMN, pa.string()),
+        pa.field("prediction_timestamp", _TS),
+        pa.field("date", pa.date32()),
+        pa.field("_source_file", pa.string()),
+        pa.field("_source_row", pa.int64()),
+        pa.field("_ingested_at", _TS),
+    ]
+)
 
 
 # -- identifiers -----------------------------------------------------------------------------------
@@ -69,7 +72,7 @@ def actuals_identifier(predictions_identifier: str | Sequence[str]) -> tuple[str
     return namespace, table + ACTUALS_SUFFIX
 
 
-def _load(catalog: "Catalog", identifier: tuple[str, str]):
+def _load(catalog: Catalog, identifier: tuple[str, str]):
     from pyiceberg.exceptions import NoSuchTableError
 
     try:
@@ -114,7 +117,7 @@ def latest_per_prediction(actuals: pa.Table) -> pa.Table:
     return actuals.take(pc.filter(order, first))
 
 
-def latest_actuals(catalog: "Catalog", predictions_identifier: str | Sequence[str]) -> pa.Table:
+def latest_actuals(catalog: Catalog, predictions_identifier: str | Sequence[str]) -> pa.Table:
     """The latest actual of every prediction id in the model's ``__actuals`` table.
 
     Args:
@@ -157,9 +160,9 @@ def _fill(prediction: pa.ChunkedArray, actual: pa.Array, column: str) -> pa.Arra
 
 
 def read_model(
-    catalog: "Catalog",
+    catalog: Catalog,
     predictions_identifier: str | Sequence[str],
-    row_filter: "str | BooleanExpression | None" = None,
+    row_filter: str | BooleanExpression | None = None,
     selected_fields: Iterable[str] | None = None,
 ) -> pa.Table:
     """Predictions LEFT JOIN their latest actual by ``prediction_id``.
@@ -205,8 +208,11 @@ def read_model(
         raise NoSuchTableError(
             f"neither {'.'.join(pred_ident)} nor its actuals table {'.'.join(actuals_identifier(pred_ident))} exists"
         )
-    actuals = (latest_per_prediction(act_table.scan().to_arrow()) if act_table is not None
-               else _EMPTY_ACTUALS_SCHEMA.empty_table())
+    actuals = (
+        latest_per_prediction(act_table.scan().to_arrow())
+        if act_table is not None
+        else _EMPTY_ACTUALS_SCHEMA.empty_table()
+    )
     actual_cols = _actual_columns(actuals)
     if wanted is not None:
         actual_cols = [c for c in actual_cols if c in wanted]
@@ -224,14 +230,17 @@ def read_model(
         scan_fields: tuple[str, ...] = ("*",)
     else:
         scan_fields = tuple(dict.fromkeys([KEY_COLUMN, *(c for c in wanted if c in pred_names)]))
-    preds = pred_table.scan(row_filter=row_filter if row_filter is not None else AlwaysTrue(),
-                            selected_fields=scan_fields).to_arrow()
+    preds = pred_table.scan(
+        row_filter=row_filter if row_filter is not None else AlwaysTrue(), selected_fields=scan_fields
+    ).to_arrow()
 
     # join on keys and row numbers only, then `take` the actual columns (any type, nested included)
-    left = pa.table({KEY_COLUMN: preds[KEY_COLUMN].cast(pa.string()),
-                     "__p": pa.array(range(preds.num_rows), pa.int64())})
-    right = pa.table({KEY_COLUMN: actuals[KEY_COLUMN].cast(pa.string()),
-                      "__a": pa.array(range(actuals.num_rows), pa.int64())})
+    left = pa.table(
+        {KEY_COLUMN: preds[KEY_COLUMN].cast(pa.string()), "__p": pa.array(range(preds.num_rows), pa.int64())}
+    )
+    right = pa.table(
+        {KEY_COLUMN: actuals[KEY_COLUMN].cast(pa.string()), "__a": pa.array(range(actuals.num_rows), pa.int64())}
+    )
     joined = left.join(right, keys=KEY_COLUMN, join_type="left outer", use_threads=True)
     joined = joined.sort_by("__p")
     if joined.num_rows != preds.num_rows:  # impossible unless the dedup is broken
@@ -333,7 +342,8 @@ def view_ddl(
             raise ValueError(f"prediction_columns must include {KEY_COLUMN!r}")
         select = [
             f"COALESCE(a.{q(c)}, p.{q(c)}) AS {q(c)}" if c in actual_columns else f"p.{q(c)}"
-            for c in prediction_columns if c != ACTUAL_INGESTED_AT
+            for c in prediction_columns
+            if c != ACTUAL_INGESTED_AT
         ]
         select += [f"a.{q(c)}" for c in actual_columns if c not in prediction_columns]
     else:
@@ -352,7 +362,7 @@ def view_ddl(
     )
 
 
-def view_ddl_for(catalog: "Catalog", predictions_identifier: str | Sequence[str], engine: str) -> str:
+def view_ddl_for(catalog: Catalog, predictions_identifier: str | Sequence[str], engine: str) -> str:
     """:func:`view_ddl` with the column lists read from both tables' current Iceberg schemas.
 
     Raises:

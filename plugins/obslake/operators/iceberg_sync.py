@@ -64,8 +64,9 @@ class IcebergImportOperator(IcebergSyncOperator):
         job = job_from_dict(self.job)
         with airflow_errors():
             store, _ = self.hook.store(job.source)
-            result = import_file(job, store, ObjectInfo.from_dict(self.file), catalog=self.hook.catalog,
-                                 ledger=self.hook.ledger)
+            result = import_file(
+                job, store, ObjectInfo.from_dict(self.file), catalog=self.hook.catalog, ledger=self.hook.ledger
+            )
         if result.status == "failed":
             raise AirflowFailException(result.error)
         return result.to_dict()
@@ -116,5 +117,6 @@ class IcebergExportOperator(IcebergSyncOperator):
         with airflow_errors():
             catalog = self.hook.export_catalog(conn.storage)
             result = ProjectExporter(conn, self.project, catalog).sync(
-                make_source(conn.source, catalog, connection_uri), window=window, sync_id=context.get("run_id"))
+                make_source(conn.source, catalog, connection_uri), window=window, sync_id=context.get("run_id")
+            )
         return result.to_dict()

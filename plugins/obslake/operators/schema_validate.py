@@ -67,14 +67,24 @@ class SchemaValidateOperator(BaseOperator):
                 ledger.mark_failed(job.name, info, error=str(problem), fingerprint=fingerprint, code=problem.code)
                 continue
             if report.ok:
-                self.log.info("%s: %s (%d rows, %d bad)%s", report.status, printable(report.file), report.rows,
-                              report.bad_rows, "".join(f"; {n}" for n in report.notes))
+                self.log.info(
+                    "%s: %s (%d rows, %d bad)%s",
+                    report.status,
+                    printable(report.file),
+                    report.rows,
+                    report.bad_rows,
+                    "".join(f"; {n}" for n in report.notes),
+                )
                 ok.append(item)
             else:
                 failed += 1
                 self.log.error("INVALID %s", "\n".join(printable(line) for line in report.summary().splitlines()))
-                ledger.mark_failed(job.name, info, error=report.summary(), fingerprint=fingerprint,
-                                   code=report.problems[0].code if report.problems else None)
+                ledger.mark_failed(
+                    job.name,
+                    info,
+                    error=report.summary(),
+                    fingerprint=fingerprint,
+                    code=report.problems[0].code if report.problems else None,
+                )
         self.log.info("%d file(s) valid, %d failed validation, %d to retry", len(ok), failed, retry)
         return ok
-

@@ -7,8 +7,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from obslake.airflow_support import airflow_errors
-from obslake.hooks import ObslakeHook
 from obslake.config import DEFAULT_TAG_NAME
+from obslake.hooks import ObslakeHook
 
 
 class TagVerifyOperator(BaseOperator):
@@ -27,8 +27,15 @@ class TagVerifyOperator(BaseOperator):
     template_fields = ("source", "conn_id", "key_variable", "tag_name")
     ui_color = "#fdf3e8"
 
-    def __init__(self, *, source: str, key_variable: str, conn_id: str | None = None,
-                 tag_name: str = DEFAULT_TAG_NAME, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        source: str,
+        key_variable: str,
+        conn_id: str | None = None,
+        tag_name: str = DEFAULT_TAG_NAME,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.source = source
         self.conn_id = conn_id

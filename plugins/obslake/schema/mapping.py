@@ -20,16 +20,15 @@ import dataclasses
 import datetime as dt
 import json
 import unicodedata
-
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obslake.schema.types import JobKind, SchemaMapping
 from obslake.exceptions import SchemaMismatchError, printable
 from obslake.schema.model_types import REQUIREMENTS, label_kind
+from obslake.schema.types import JobKind, SchemaMapping
 
 if TYPE_CHECKING:  # the job is read for its mapping, model and kind; the configuration layer sits above
     from obslake.config import ImportJob
@@ -136,10 +135,14 @@ def _storable(t: pa.DataType) -> bool:
     """True for the scalar Arrow types an Iceberg table stores as they are (after :func:`_normalise_type`)."""
     if isinstance(t, pa.BaseExtensionType):
         return t == pa.uuid()
-    return (pa.types.is_boolean(t) or t in (pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.date32(),
-                                             pa.time64("us"), pa.string(), pa.binary())
-            or pa.types.is_decimal128(t) or pa.types.is_fixed_size_binary(t)
-            or (pa.types.is_timestamp(t) and t.unit == "us" and t.tz in (None, "UTC")))
+    return (
+        pa.types.is_boolean(t)
+        or t
+        in (pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.date32(), pa.time64("us"), pa.string(), pa.binary())
+        or pa.types.is_decimal128(t)
+        or pa.types.is_fixed_size_binary(t)
+        or (pa.types.is_timestamp(t) and t.unit == "us" and t.tz in (None, "UTC"))
+    )
 
 
 def _cast_text(text: pa.Array, target: pa.DataType) -> pa.Array:
@@ -156,7 +159,7 @@ def _cast_text(text: pa.Array, target: pa.DataType) -> pa.Array:
 
 def _epoch_us(when: dt.datetime) -> int:
     """Microseconds since the epoch of an aware datetime (exact)."""
-    delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -230,7 +233,10 @@ def check_table_types(mapped: pa.Schema, table: pa.Schema, source: str) -> None:
             raise SchemaMismatchError(
                 f"{source}: column {printable(field.name)!r} is {got} in this file but {want} in the table (a type "
                 f"change is not an additive schema change); write it as {want}, declare it with "
-                f"schema.column_types, or rename the column", code="TYPE_MISMATCH", column=field.name)
+                f"schema.column_types, or rename the column",
+                code="TYPE_MISMATCH",
+                column=field.name,
+            )
 
 
 def _canonical(t: pa.DataType) -> pa.DataType:
@@ -265,8 +271,14 @@ def _widens(got: pa.DataType, want: pa.DataType) -> bool:
     if pa.types.is_timestamp(got) and pa.types.is_timestamp(want):
         return (got.tz is None) == (want.tz is None)
     if _is_stringy(want):
-        return (pa.types.is_integer(got) or pa.types.is_floating(got) or pa.types.is_boolean(got)
-                or pa.types.is_decimal(got) or pa.types.is_date(got) or _is_stringy(got))
+        return (
+            pa.types.is_integer(got)
+            or pa.types.is_floating(got)
+            or pa.types.is_boolean(got)
+            or pa.types.is_decimal(got)
+            or pa.types.is_date(got)
+            or _is_stringy(got)
+        )
     if pa.types.is_list(got) and pa.types.is_list(want):
         return _widens(got.value_type, want.value_type)
     if pa.types.is_map(got) and pa.types.is_map(want):
@@ -444,8 +456,8 @@ class _DuplicateIds:
             return
         self.runs.append((hs, rs, 0))
         self.count += len(hs)
-        while len(self.runs) >= self.FANOUT and len({lvl for _, _, lvl in self.runs[-self.FANOUT:]}) == 1:
-            merge, self.runs = self.runs[-self.FANOUT:], self.runs[: -self.FANOUT]
+        while len(self.runs) >= self.FANOUT and len({lvl for _, _, lvl in self.runs[-self.FANOUT :]}) == 1:
+            merge, self.runs = self.runs[-self.FANOUT :], self.runs[: -self.FANOUT]
             h = np.concatenate([m[0] for m in merge])
             order = np.argsort(h, kind="stable")  # sorted runs: timsort merges them in O(n log FANOUT)
             self.runs.append((h[order], np.concatenate([m[1] for m in merge])[order], merge[0][2] + 1))
@@ -476,8 +488,15 @@ class BatchMapper:
             FEATURE_NESTED or RESERVED_NAME.
     """
 
-    def __init__(self, job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime,
-                 fmt: str = "parquet", table_schema: pa.Schema | None = None):
+    def __init__(
+        self,
+        job: ImportJob,
+        declared: pa.Schema,
+        source: str,
+        ingested_at: dt.datetime,
+        fmt: str = "parquet",
+        table_schema: pa.Schema | None = None,
+    ):
         self.job = job
         m: SchemaMapping = job.schema_
         self.mapping = m
@@ -485,20 +504,28 @@ class BatchMapper:
         self.ingested_at = ingested_at
         self.is_csv = fmt == "csv"
         if job.model is None:  # the job's validator requires a model for predictions/actuals jobs
-            raise ValueError(f"job {job.name!r}: a {job.kind.value} job has no `model`; BatchMapper maps "
-                             "predictions and actuals files only")
+            raise ValueError(
+                f"job {job.name!r}: a {job.kind.value} job has no `model`; BatchMapper maps "
+                "predictions and actuals files only"
+            )
         self._model = job.model
         self.label_kind = label_kind(job.model.type)
         # roles a model type cannot do without (a group of one), checked on every predictions row
-        self.required = ({g[0] for g in REQUIREMENTS[job.model.type].all_of if len(g) == 1}
-                         if job.kind == JobKind.predictions else set())
+        self.required = (
+            {g[0] for g in REQUIREMENTS[job.model.type].all_of if len(g) == 1}
+            if job.kind == JobKind.predictions
+            else set()
+        )
         names = declared.names
         counts = collections.Counter(names)
         dupes = sorted(n for n, k in counts.items() if k > 1 and n.strip())  # blank names: _check_names
         if dupes:
             raise SchemaMismatchError(
                 f"{source}: duplicate column name(s) {[printable(d) for d in dupes]}; rename them so every column "
-                "name is unique", code="DUPLICATE_COLUMN", column=dupes[0])
+                "name is unique",
+                code="DUPLICATE_COLUMN",
+                column=dupes[0],
+            )
         overrides = {c: pa.type_for_alias(t) for c, t in m.column_types.items()}
         self.declared = {f.name: overrides.get(f.name, _plain_type(f.type)) for f in declared}
         roles = m.role_columns()
@@ -521,18 +548,22 @@ class BatchMapper:
                 if missing or not cols:
                     raise SchemaMismatchError(
                         f"{source}: {key} selects no score columns (missing: {missing or sel.prefix!r}). The file has: "
-                        f"{names[:50]}. Fix the job's `schema.{key}`", code="COLUMN_MISSING",
-                        column=missing[0] if missing else None)
+                        f"{names[:50]}. Fix the job's `schema.{key}`",
+                        code="COLUMN_MISSING",
+                        column=missing[0] if missing else None,
+                    )
                 self.score_maps[key] = ("columns", cols)
         missing = [f"{role} -> {col!r}" for role, col in needed.items() if col not in names]
         if missing:
             raise SchemaMismatchError(
                 f"{source}: column(s) named in the job schema are missing from the file: {', '.join(missing)}. "
                 f"The file has: {names[:50]}. Fix the job's `schema:` mapping or the file's header.",
-                code="COLUMN_MISSING", column=next(c for c in needed.values() if c not in names))
+                code="COLUMN_MISSING",
+                column=next(c for c in needed.values() if c not in names),
+            )
         self.roles = {k: v for k, v in needed.items() if k not in self.score_maps}
         claimed = set(needed.values()) | set(m.exclude)
-        for kind, cols in self.score_maps.values():
+        for _kind, cols in self.score_maps.values():
             claimed |= set(cols)
         self.tags = [c for c in m.tags.select(names) if c not in claimed]
         claimed |= set(self.tags)
@@ -557,19 +588,30 @@ class BatchMapper:
                 raise SchemaMismatchError(
                     f"{source}: column {col!r} is {self.declared[col]}, a union of types, which an Iceberg table "
                     "cannot store; write one type per column or list it under `schema.exclude`",
-                    code="TYPE_UNSUPPORTED", column=col)
+                    code="TYPE_UNSUPPORTED",
+                    column=col,
+                )
             if _is_nested(self.declared[col]):
                 raise SchemaMismatchError(
                     f"{source}: column {col!r} is {self.declared[col]}, but features and tags must be scalars "
                     "(string, number, bool, date, timestamp). Map vectors under `schema.embedding_features`, or "
-                    "list the column under `schema.exclude`", code="FEATURE_NESTED", column=col)
+                    "list the column under `schema.exclude`",
+                    code="FEATURE_NESTED",
+                    column=col,
+                )
         for col in self.shap:
             t = self.declared[col]
-            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-                    or (self.is_csv and _is_stringy(t))):
+            if not (
+                pa.types.is_integer(t)
+                or pa.types.is_floating(t)
+                or pa.types.is_decimal(t)
+                or (self.is_csv and _is_stringy(t))
+            ):
                 raise SchemaMismatchError(
-                    f"{source}: SHAP column {col!r} is {t}; SHAP values must be numbers", code="TYPE_MISMATCH",
-                    column=col)
+                    f"{source}: SHAP column {col!r} is {t}; SHAP values must be numbers",
+                    code="TYPE_MISMATCH",
+                    column=col,
+                )
         self._check_role_types()
         for col in self.features + self.tags:
             t = _normalise_type(_value_type(self.declared[col])) or _value_type(self.declared[col])
@@ -577,8 +619,10 @@ class BatchMapper:
                 raise SchemaMismatchError(
                     f"{source}: column {col!r} is {self.declared[col]}, a type an Iceberg table cannot store; cast it "
                     "(durations and intervals to int64, e.g. microseconds; decimals to at most 38 digits or double; "
-                    "unions to one type) or list the column under `schema.exclude`", code="TYPE_UNSUPPORTED",
-                    column=col)
+                    "unions to one type) or list the column under `schema.exclude`",
+                    code="TYPE_UNSUPPORTED",
+                    column=col,
+                )
         self._epoch_unit: str | None = None
         self._lines_before = 0  # CSV: line breaks inside quoted values of the rows before this batch
         self._shift = np.zeros(0, dtype=np.int64)
@@ -622,8 +666,11 @@ class BatchMapper:
                 f"{src}: column name {printable(bad[0])!r} is empty, blank or holds control characters (an unnamed "
                 "index column, an empty header cell or a trailing comma in the header); name every column, or "
                 "drop the index column: df.to_csv(path, index=False) / df.to_parquet(path, index=False)",
-                code="COLUMN_NAME_INVALID", column=bad[0])
+                code="COLUMN_NAME_INVALID",
+                column=bad[0],
+            )
         by_lower: dict[str, str] = {}
+
         def fold(name: str) -> str:  # equal for SQL engines and for people: case, composed/decomposed accents
             return unicodedata.normalize("NFC", name).casefold()
 
@@ -636,17 +683,28 @@ class BatchMapper:
                 raise SchemaMismatchError(
                     f"{src}: columns {printable(other)!r} and {printable(c)!r} differ only in case; SQL engines "
                     "(DuckDB, Athena, BigQuery, Snowflake) match column names ignoring case and would read the "
-                    "wrong one. Rename one, or list it under `schema.exclude`", code="DUPLICATE_COLUMN", column=c)
-        reserved = {r.casefold(): r for r in (*canonical, *SCORE_MAPS, *LINEAGE_COLUMNS, PARTITION_COLUMN,
-                                              "model_version")}
-        reserved.update({f"embedding__{n}__{part}".casefold(): f"embedding__{n}__{part}"
-                         for n in self.mapping.embedding_features for part in ("vector", "raw_data", "link_to_data")})
+                    "wrong one. Rename one, or list it under `schema.exclude`",
+                    code="DUPLICATE_COLUMN",
+                    column=c,
+                )
+        reserved = {
+            r.casefold(): r for r in (*canonical, *SCORE_MAPS, *LINEAGE_COLUMNS, PARTITION_COLUMN, "model_version")
+        }
+        reserved.update(
+            {
+                f"embedding__{n}__{part}".casefold(): f"embedding__{n}__{part}"
+                for n in self.mapping.embedding_features
+                for part in ("vector", "raw_data", "link_to_data")
+            }
+        )
         clash = [c for c in stored if c.casefold() in reserved]
         if clash:
             raise SchemaMismatchError(
                 f"{src}: column(s) {[printable(c) for c in clash]} collide (ignoring case) with obslake's column "
                 f"{reserved[clash[0].casefold()]!r}; rename them or list them under `schema.exclude`",
-                code="RESERVED_NAME", column=clash[0])
+                code="RESERVED_NAME",
+                column=clash[0],
+            )
 
     def _is_numeric_declared(self, col: str) -> bool:
         t = self.declared.get(col)
@@ -656,7 +714,9 @@ class BatchMapper:
         def bad(role: str, col: str, t: pa.DataType, want: str) -> SchemaMismatchError:
             return SchemaMismatchError(
                 f"{self.source}: column {col!r} ({role}) is {t}; it must be {want} (README 'Expected types')",
-                code="TYPE_MISMATCH", column=col)
+                code="TYPE_MISMATCH",
+                column=col,
+            )
 
         for role, col in self.roles.items():
             t = self.declared[col]
@@ -670,7 +730,10 @@ class BatchMapper:
                 if not (_is_stringy(t) or pa.types.is_integer(t)):
                     raise SchemaMismatchError(
                         f"{self.source}: column {col!r} (prediction_id) is {t}; prediction ids must be strings or "
-                        "integers", code="ID_TYPE", column=col)
+                        "integers",
+                        code="ID_TYPE",
+                        column=col,
+                    )
             elif role == "prediction_timestamp":
                 if not (pa.types.is_timestamp(t) or numeric or _is_stringy(t) or pa.types.is_date(t)):
                     raise bad(role, col, t, "a timestamp, epoch seconds/ms/us as numbers, or RFC 3339 text")
@@ -684,8 +747,9 @@ class BatchMapper:
                 if not (_is_stringy(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
                     raise bad(role, col, t, "a string, integer or bool (classification labels)")
             elif role.endswith("__vector"):
-                if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-                        or _is_stringy(t)):
+                if not (
+                    pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or _is_stringy(t)
+                ):
                     raise bad(role, col, t, "a list of numbers")
             elif role.endswith("_bbox_coordinates"):
                 if not (pa.types.is_list(t) or pa.types.is_large_list(t) or _is_stringy(t)):
@@ -702,8 +766,13 @@ class BatchMapper:
             if kind == "column":
                 t = self.declared[cols[0]]
                 if not (pa.types.is_map(t) or pa.types.is_list(t) or pa.types.is_large_list(t) or _is_stringy(t)):
-                    raise bad(key, cols[0], t, "a map<string, number>, a list<struct<class_name, score>> or per-class "
-                              "score columns (schema: {prefix: ...})")
+                    raise bad(
+                        key,
+                        cols[0],
+                        t,
+                        "a map<string, number>, a list<struct<class_name, score>> or per-class "
+                        "score columns (schema: {prefix: ...})",
+                    )
             else:
                 for c in cols:
                     if not (self._is_numeric_declared(c) or (self.is_csv and _is_stringy(self.declared[c]))):
@@ -717,19 +786,40 @@ class BatchMapper:
             if _is_stringy(col.type):
                 n = pc.fill_null(pc.count_substring(col, "\n"), 0)
                 per_row = n if per_row is None else pc.add(per_row, n)
-        counts = (per_row.to_numpy(zero_copy_only=False).astype(np.int64) if per_row is not None
-                  else np.zeros(batch.num_rows, dtype=np.int64))
+        counts = (
+            per_row.to_numpy(zero_copy_only=False).astype(np.int64)
+            if per_row is not None
+            else np.zeros(batch.num_rows, dtype=np.int64)
+        )
         self._shift = self._lines_before + np.cumsum(counts) - counts
         self._lines_before += int(counts.sum())
 
-    def _problem(self, problems: list[Problem], code: str, message: str, fix: str, row_index: int,
-                 first_row: int, column: str | None, value: object = None) -> None:
+    def _problem(
+        self,
+        problems: list[Problem],
+        code: str,
+        message: str,
+        fix: str,
+        row_index: int,
+        first_row: int,
+        column: str | None,
+        value: object = None,
+    ) -> None:
         if len(problems) >= MAX_PROBLEMS * 10:
             return
         row = first_row + row_index
-        problems.append(Problem(code, message, self.source, fix, row=row, column=column,
-                                value=None if value is None else _short(value),
-                                line=row + 1 + int(self._shift[row_index]) if self.is_csv else None))
+        problems.append(
+            Problem(
+                code,
+                message,
+                self.source,
+                fix,
+                row=row,
+                column=column,
+                value=None if value is None else _short(value),
+                line=row + 1 + int(self._shift[row_index]) if self.is_csv else None,
+            )
+        )
 
     def _bad_rows(self, mask: pa.Array) -> list[int]:
         return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
@@ -739,26 +829,63 @@ class BatchMapper:
         lengths = pc.utf8_length(arr)
         missing = pc.or_kleene(pc.is_null(arr), pc.equal(lengths, 0))
         for i in self._bad_rows(missing):
-            self._problem(problems, "ID_MISSING", "prediction id is null or empty", "give every row a non-empty "
-                          "prediction id", i, first_row, col)
+            self._problem(
+                problems,
+                "ID_MISSING",
+                "prediction id is null or empty",
+                "give every row a non-empty prediction id",
+                i,
+                first_row,
+                col,
+            )
         for i in self._bad_rows(pc.greater(lengths, MAX_ID_CHARS)):
-            self._problem(problems, "ID_TOO_LONG", f"prediction id is longer than {MAX_ID_CHARS} characters",
-                          f"shorten ids to at most {MAX_ID_CHARS} characters", i, first_row, col, arr[i].as_py())
+            self._problem(
+                problems,
+                "ID_TOO_LONG",
+                f"prediction id is longer than {MAX_ID_CHARS} characters",
+                f"shorten ids to at most {MAX_ID_CHARS} characters",
+                i,
+                first_row,
+                col,
+                arr[i].as_py(),
+            )
         for i, earlier in self._dups.check(arr, first_row):
             seen = f" (first seen in row {earlier})" if earlier > 0 else ""
-            self._problem(problems, "ID_DUPLICATE", f"prediction id occurs more than once in the file{seen}",
-                          "give every prediction a unique id (send corrections as a new version of the file)",
-                          i, first_row, col, arr[i].as_py())
+            self._problem(
+                problems,
+                "ID_DUPLICATE",
+                f"prediction id occurs more than once in the file{seen}",
+                "give every prediction a unique id (send corrections as a new version of the file)",
+                i,
+                first_row,
+                col,
+                arr[i].as_py(),
+            )
         return arr
 
-    def _numbers(self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem],
-                 code: str = "SCORE_TYPE", not_finite_code: str = "SCORE_NOT_FINITE") -> pa.Array:
+    def _numbers(
+        self,
+        arr: pa.Array,
+        col: str,
+        role: str,
+        first_row: int,
+        problems: list[Problem],
+        code: str = "SCORE_TYPE",
+        not_finite_code: str = "SCORE_NOT_FINITE",
+    ) -> pa.Array:
         """To float64; non-numeric text and NaN/inf are located problems (the cell becomes null)."""
         arr = _decode(arr)
-        if not (_is_stringy(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)
-                or pa.types.is_decimal(arr.type)):
-            raise SchemaMismatchError(f"{self.source}: column {col!r} ({role}) is {arr.type}; it must be a number",
-                                      code="TYPE_MISMATCH", column=col)
+        if not (
+            _is_stringy(arr.type)
+            or pa.types.is_integer(arr.type)
+            or pa.types.is_floating(arr.type)
+            or pa.types.is_decimal(arr.type)
+        ):
+            raise SchemaMismatchError(
+                f"{self.source}: column {col!r} ({role}) is {arr.type}; it must be a number",
+                code="TYPE_MISMATCH",
+                column=col,
+            )
         if _is_stringy(arr.type):
             text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
             text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
@@ -771,27 +898,48 @@ class BatchMapper:
                         values.append(None if v is None else float(v))
                     except ValueError:
                         values.append(None)
-                        self._problem(problems, code, f"{role} is not a number", f"write {role} as a number",
-                                      i, first_row, col, v)
+                        self._problem(
+                            problems, code, f"{role} is not a number", f"write {role} as a number", i, first_row, col, v
+                        )
                 out = pa.array(values, pa.float64())
         else:
             out = pc.cast(arr, pa.float64(), safe=False)  # big integers and decimals: the nearest double
         finite = pc.is_finite(out)
         for i in self._bad_rows(pc.invert(finite)):
-            self._problem(problems, not_finite_code, f"{role} is NaN or infinite", f"write a finite {role} or "
-                          "leave the cell empty", i, first_row, col, out[i].as_py())
+            self._problem(
+                problems,
+                not_finite_code,
+                f"{role} is NaN or infinite",
+                f"write a finite {role} or leave the cell empty",
+                i,
+                first_row,
+                col,
+                out[i].as_py(),
+            )
         return pc.if_else(finite, out, pa.scalar(None, pa.float64()))
 
-    def _strings(self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem],
-                 limit: int = MAX_VALUE_CHARS) -> pa.Array:
+    def _strings(
+        self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem], limit: int = MAX_VALUE_CHARS
+    ) -> pa.Array:
         arr = _decode(arr)
         if pa.types.is_floating(arr.type):
-            raise SchemaMismatchError(f"{self.source}: column {col!r} ({role}) is {arr.type}; write it as text",
-                                      code="TYPE_MISMATCH", column=col)
+            raise SchemaMismatchError(
+                f"{self.source}: column {col!r} ({role}) is {arr.type}; write it as text",
+                code="TYPE_MISMATCH",
+                column=col,
+            )
         out = arr.cast(pa.string())
         for i in self._bad_rows(pc.greater(pc.utf8_length(out), limit)):
-            self._problem(problems, "VALUE_TOO_LONG", f"{role} has more than {limit:,} characters",
-                          f"shorten it to at most {limit:,} characters", i, first_row, col, out[i].as_py())
+            self._problem(
+                problems,
+                "VALUE_TOO_LONG",
+                f"{role} has more than {limit:,} characters",
+                f"shorten it to at most {limit:,} characters",
+                i,
+                first_row,
+                col,
+                out[i].as_py(),
+            )
         return out
 
     def _timestamps(self, batch: pa.RecordBatch, first_row: int, problems: list[Problem]) -> pa.Array:
@@ -813,17 +961,25 @@ class BatchMapper:
             """Null the cells of ``raw`` outside [lo, hi], each a located TS_OUT_OF_RANGE."""
             mask = pc.or_(pc.less(raw, pa.scalar(lo, raw.type)), pc.greater(raw, pa.scalar(hi, raw.type)))
             for i in self._bad_rows(mask):
-                self._problem(problems, "TS_OUT_OF_RANGE", "timestamp is more than 5 years in the past or 1 year "
-                              "in the future", "check the unit (seconds vs milliseconds) and the year", i, first_row,
-                              col, _cell_text(original, i))
+                self._problem(
+                    problems,
+                    "TS_OUT_OF_RANGE",
+                    "timestamp is more than 5 years in the past or 1 year in the future",
+                    "check the unit (seconds vs milliseconds) and the year",
+                    i,
+                    first_row,
+                    col,
+                    _cell_text(original, i),
+                )
             return pc.if_else(pc.fill_null(mask, False), pa.scalar(None, raw.type), raw)
 
         if self.is_csv and _is_stringy(t):
             arr = pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), pa.scalar(None, pa.string()), arr)
             declared = self.declared[col]
             if pa.types.is_integer(declared) or pa.types.is_floating(declared):
-                arr = self._numbers(arr, col, "timestamp", first_row, problems, code="TS_PARSE",
-                                    not_finite_code="TS_INVALID")
+                arr = self._numbers(
+                    arr, col, "timestamp", first_row, problems, code="TS_PARSE", not_finite_code="TS_INVALID"
+                )
                 t = arr.type
         if pa.types.is_timestamp(t):
             per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[t.unit]
@@ -833,8 +989,11 @@ class BatchMapper:
                 arr = pc.assume_timezone(arr, "UTC")
             out = _cast_truncating(arr, TS_TYPE)  # ns -> µs; any zone -> UTC (same instant)
         elif pa.types.is_date(t):
-            days = (arr.cast(pa.int32()).cast(pa.int64()) if pa.types.is_date32(t)
-                    else pc.divide(arr.cast(pa.int64()), 86_400_000))
+            days = (
+                arr.cast(pa.int32()).cast(pa.int64())
+                if pa.types.is_date32(t)
+                else pc.divide(arr.cast(pa.int64()), 86_400_000)
+            )
             days = outside(days, lo_us // 86_400_000_000 - 1, hi_us // 86_400_000_000 + 1)
             out = pc.multiply(days, 86_400_000_000).cast(TS_TYPE)
         elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
@@ -845,8 +1004,16 @@ class BatchMapper:
             if not integral:
                 finite = pc.is_finite(num)
                 for i in self._bad_rows(pc.invert(finite)):
-                    self._problem(problems, "TS_INVALID", "timestamp is not a finite number", "write epoch "
-                                  "seconds/ms/us as finite numbers", i, first_row, col, num[i].as_py())
+                    self._problem(
+                        problems,
+                        "TS_INVALID",
+                        "timestamp is not a finite number",
+                        "write epoch seconds/ms/us as finite numbers",
+                        i,
+                        first_row,
+                        col,
+                        num[i].as_py(),
+                    )
                 num = pc.if_else(finite, num, pa.scalar(None, pa.float64()))
             if self._epoch_unit is None:
                 self._epoch_unit = _epoch_unit(num)
@@ -854,8 +1021,7 @@ class BatchMapper:
             lo, hi = lo_us / factor, hi_us / factor
             num = outside(num, int(lo) if integral else lo, int(hi) if integral else hi)
             if integral:
-                micros = (pc.divide(num, 1000) if self._epoch_unit == "ns"
-                          else pc.multiply(num, int(factor)))
+                micros = pc.divide(num, 1000) if self._epoch_unit == "ns" else pc.multiply(num, int(factor))
             else:
                 micros = pc.round(pc.multiply(num, factor)).cast(pa.int64())
             out = micros.cast(TS_TYPE)
@@ -865,22 +1031,45 @@ class BatchMapper:
             for i in bad:
                 value = text[i].as_py()
                 if value.strip().lower().lstrip("+-") in _NOT_FINITE_TEXT:
-                    self._problem(problems, "TS_INVALID", "timestamp is not a finite number", "write a timestamp "
-                                  "or leave the cell empty", i, first_row, col, value)
+                    self._problem(
+                        problems,
+                        "TS_INVALID",
+                        "timestamp is not a finite number",
+                        "write a timestamp or leave the cell empty",
+                        i,
+                        first_row,
+                        col,
+                        value,
+                    )
                     continue
-                self._problem(problems, "TS_PARSE", "timestamp is not RFC 3339 / ISO 8601 or epoch seconds",
-                              "write timestamps like 2024-05-01T12:00:00Z or as epoch seconds", i, first_row,
-                              col, value)
+                self._problem(
+                    problems,
+                    "TS_PARSE",
+                    "timestamp is not RFC 3339 / ISO 8601 or epoch seconds",
+                    "write timestamps like 2024-05-01T12:00:00Z or as epoch seconds",
+                    i,
+                    first_row,
+                    col,
+                    value,
+                )
         # text (and anything that slipped through): the same range, now in µs
         lo, hi = pa.scalar(lo_dt, TS_TYPE), pa.scalar(hi_dt, TS_TYPE)
         for i in self._bad_rows(pc.or_(pc.less(out, lo), pc.greater(out, hi))):
-            self._problem(problems, "TS_OUT_OF_RANGE", "timestamp is more than 5 years in the past or 1 year in the "
-                          "future", "check the unit (seconds vs milliseconds) and the year", i, first_row, col,
-                          _cell_text(original, i))
+            self._problem(
+                problems,
+                "TS_OUT_OF_RANGE",
+                "timestamp is more than 5 years in the past or 1 year in the future",
+                "check the unit (seconds vs milliseconds) and the year",
+                i,
+                first_row,
+                col,
+                _cell_text(original, i),
+            )
         return pc.fill_null(out, pa.scalar(self.ingested_at, TS_TYPE))  # as Arize: missing -> ingest time
 
-    def _json_cells(self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem],
-                    target: pa.DataType) -> pa.Array:
+    def _json_cells(
+        self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem], target: pa.DataType
+    ) -> pa.Array:
         """CSV cells holding JSON (vectors, boxes, score maps) parsed into ``target``."""
         values: list[Any] = []
         for i, v in enumerate(arr.to_pylist()):
@@ -894,8 +1083,16 @@ class BatchMapper:
                 values.append(pa.scalar(parsed, target).as_py() if not pa.types.is_map(target) else parsed)
             except (ValueError, TypeError, AttributeError, pa.ArrowInvalid, pa.ArrowTypeError):
                 values.append(None)
-                self._problem(problems, "TYPE_MISMATCH", f"{role} is not a JSON value of type {target}",
-                              f"write {role} as JSON, e.g. [0.1, 0.2]", i, first_row, col, v)
+                self._problem(
+                    problems,
+                    "TYPE_MISMATCH",
+                    f"{role} is not a JSON value of type {target}",
+                    f"write {role} as JSON, e.g. [0.1, 0.2]",
+                    i,
+                    first_row,
+                    col,
+                    v,
+                )
         return pa.array(values, target)
 
     def _vectors(self, name: str, arr: pa.Array, col: str, first_row: int, problems: list[Problem]) -> pa.Array:
@@ -907,12 +1104,22 @@ class BatchMapper:
             try:
                 arr = arr.cast(target)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise SchemaMismatchError(f"{self.source}: embedding column {col!r} is {arr.type}; it must be a list "
-                                          "of numbers", code="TYPE_MISMATCH", column=col) from None
+                raise SchemaMismatchError(
+                    f"{self.source}: embedding column {col!r} is {arr.type}; it must be a list of numbers",
+                    code="TYPE_MISMATCH",
+                    column=col,
+                ) from None
         lengths = pc.list_value_length(arr)
         for i in self._bad_rows(pc.equal(lengths, 0)):
-            self._problem(problems, "EMBEDDING_EMPTY", f"embedding {name!r} is an empty vector", "write a non-empty "
-                          "vector or leave the cell null", i, first_row, col)
+            self._problem(
+                problems,
+                "EMBEDDING_EMPTY",
+                f"embedding {name!r} is an empty vector",
+                "write a non-empty vector or leave the cell null",
+                i,
+                first_row,
+                col,
+            )
         if name not in self._emb_len:
             first = pc.drop_null(pc.if_else(pc.greater(lengths, 0), lengths, pa.scalar(None, lengths.type)))
             if len(first):
@@ -920,21 +1127,37 @@ class BatchMapper:
         want = self._emb_len.get(name)
         if want is not None:
             for i in self._bad_rows(pc.and_(pc.not_equal(lengths, want), pc.greater(lengths, 0))):
-                self._problem(problems, "EMBEDDING_LENGTH", f"embedding {name!r} has {lengths[i].as_py()} dimensions; "
-                              f"the file's first vector has {want}", "give every vector of this embedding the same "
-                              "length", i, first_row, col)
+                self._problem(
+                    problems,
+                    "EMBEDDING_LENGTH",
+                    f"embedding {name!r} has {lengths[i].as_py()} dimensions; the file's first vector has {want}",
+                    "give every vector of this embedding the same length",
+                    i,
+                    first_row,
+                    col,
+                )
         flat = pc.list_flatten(arr)
         if len(flat) and not pc.all(pc.is_finite(flat)).as_py():
             bad = pc.list_parent_indices(arr).filter(pc.invert(pc.fill_null(pc.is_finite(flat), True)))
             for i in sorted(set(bad.to_pylist()))[:MAX_PROBLEMS]:
-                self._problem(problems, "EMBEDDING_NOT_FINITE", f"embedding {name!r} contains NaN or infinity",
-                              "write finite numbers", i, first_row, col)
+                self._problem(
+                    problems,
+                    "EMBEDDING_NOT_FINITE",
+                    f"embedding {name!r} contains NaN or infinity",
+                    "write finite numbers",
+                    i,
+                    first_row,
+                    col,
+                )
         return arr
 
     def _boxes(self, side: str, batch: pa.RecordBatch, first_row: int, problems: list[Problem]) -> dict[str, pa.Array]:
         out: dict[str, pa.Array] = {}
-        targets = {"coordinates": pa.list_(pa.list_(pa.float64())), "categories": pa.list_(pa.string()),
-                   "scores": pa.list_(pa.float64())}
+        targets = {
+            "coordinates": pa.list_(pa.list_(pa.float64())),
+            "categories": pa.list_(pa.string()),
+            "scores": pa.list_(pa.float64()),
+        }
         for part in BBOX_ROLES:
             role = f"{side}_bbox_{part}"
             col = self.roles.get(role)
@@ -947,8 +1170,11 @@ class BatchMapper:
                 try:
                     arr = arr.cast(targets[part])
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    raise SchemaMismatchError(f"{self.source}: column {col!r} ({role}) is {arr.type}; it must be "
-                                              f"{targets[part]}", code="TYPE_MISMATCH", column=col) from None
+                    raise SchemaMismatchError(
+                        f"{self.source}: column {col!r} ({role}) is {arr.type}; it must be {targets[part]}",
+                        code="TYPE_MISMATCH",
+                        column=col,
+                    ) from None
             out[part] = arr
         coords = out.get("coordinates")
         if coords is not None:
@@ -956,16 +1182,28 @@ class BatchMapper:
             parents = pc.list_parent_indices(coords)
             bad = parents.filter(pc.not_equal(inner, 4))
             for i in sorted(set(bad.to_pylist()))[:MAX_PROBLEMS]:
-                self._problem(problems, "BBOX_COORDINATES", "a bounding box does not have 4 coordinates "
-                              "[x1, y1, x2, y2]", "write each box as 4 numbers", i, first_row,
-                              self.roles[f"{side}_bbox_coordinates"])
+                self._problem(
+                    problems,
+                    "BBOX_COORDINATES",
+                    "a bounding box does not have 4 coordinates [x1, y1, x2, y2]",
+                    "write each box as 4 numbers",
+                    i,
+                    first_row,
+                    self.roles[f"{side}_bbox_coordinates"],
+                )
             n = pc.list_value_length(coords)
             for part in ("categories", "scores"):
                 if part in out:
                     for i in self._bad_rows(pc.not_equal(pc.list_value_length(out[part]), n)):
-                        self._problem(problems, "BBOX_LENGTH", f"{side} boxes and their {part} differ in number",
-                                      "give one category (and score) per box", i, first_row,
-                                      self.roles[f"{side}_bbox_{part}"])
+                        self._problem(
+                            problems,
+                            "BBOX_LENGTH",
+                            f"{side} boxes and their {part} differ in number",
+                            "give one category (and score) per box",
+                            i,
+                            first_row,
+                            self.roles[f"{side}_bbox_{part}"],
+                        )
         return out
 
     def _score_map(self, key: str, batch: pa.RecordBatch, first_row: int, problems: list[Problem]) -> pa.Array:
@@ -974,11 +1212,16 @@ class BatchMapper:
         n = batch.num_rows
         if kind == "columns":
             sel = getattr(self.mapping, key)
-            names = [c[len(sel.prefix):] if sel.prefix and c.startswith(sel.prefix) else c for c in cols]
-            values = [self._numbers(batch.column(c), c, f"{key} {cls!r}", first_row, problems)
-                      for c, cls in zip(cols, names)]
-            items = pa.array(np.column_stack([v.to_numpy(zero_copy_only=False) for v in values]).ravel()
-                             if n else [], pa.float64(), from_pandas=True)  # NaN (was null) -> null
+            names = [c[len(sel.prefix) :] if sel.prefix and c.startswith(sel.prefix) else c for c in cols]
+            values = [
+                self._numbers(batch.column(c), c, f"{key} {cls!r}", first_row, problems)
+                for c, cls in zip(cols, names, strict=True)
+            ]
+            items = pa.array(
+                np.column_stack([v.to_numpy(zero_copy_only=False) for v in values]).ravel() if n else [],
+                pa.float64(),
+                from_pandas=True,
+            )  # NaN (was null) -> null
             keys = pa.array(names * n, pa.string())
             offsets = pa.array(np.arange(0, n * len(cols) + 1, len(cols), dtype=np.int32))
             return pa.MapArray.from_arrays(offsets, keys, items)
@@ -989,19 +1232,26 @@ class BatchMapper:
         if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):  # list<struct<class_name, score>>
             flat = pc.list_flatten(arr)
             if not pa.types.is_struct(flat.type) or flat.type.num_fields != 2:
-                raise SchemaMismatchError(f"{self.source}: column {col!r} ({key}) is {arr.type}; use list<struct"
-                                          "<class_name, score>> or map<string, double>", code="TYPE_MISMATCH",
-                                          column=col)
+                raise SchemaMismatchError(
+                    f"{self.source}: column {col!r} ({key}) is {arr.type}; use list<struct"
+                    "<class_name, score>> or map<string, double>",
+                    code="TYPE_MISMATCH",
+                    column=col,
+                )
             offsets = arr.offsets if not arr.offset else pc.subtract(arr.offsets, arr.offsets[0])
             return pa.MapArray.from_arrays(offsets, flat.field(0).cast(pa.string()), flat.field(1).cast(pa.float64()))
         try:
             return arr.cast(target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise SchemaMismatchError(f"{self.source}: column {col!r} ({key}) is {arr.type}; use map<string, double>",
-                                      code="TYPE_MISMATCH", column=col) from None
+            raise SchemaMismatchError(
+                f"{self.source}: column {col!r} ({key}) is {arr.type}; use map<string, double>",
+                code="TYPE_MISMATCH",
+                column=col,
+            ) from None
 
-    def _scalar_column(self, col: str, batch: pa.RecordBatch, first_row: int, problems: list[Problem],
-                       what: str) -> pa.Array:
+    def _scalar_column(
+        self, col: str, batch: pa.RecordBatch, first_row: int, problems: list[Problem], what: str
+    ) -> pa.Array:
         """A feature/tag/SHAP column: CSV text cast to the declared type cell by cell; others normalised."""
         arr = _decode(batch.column(col))
         declared = self.declared[col]
@@ -1014,49 +1264,91 @@ class BatchMapper:
                 values = []
                 for i, v in enumerate(arr.to_pylist()):
                     try:
-                        values.append(None if v is None else _cast_text(pa.array([v], pa.string()), declared)[0].as_py())
+                        values.append(
+                            None if v is None else _cast_text(pa.array([v], pa.string()), declared)[0].as_py()
+                        )
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                         values.append(None)
-                        self._problem(problems, "CAST_FAILED", f"{what} value does not fit the column's type {declared} "
-                                      "(inferred from the file's first rows)", "write every value of the column with "
-                                      f"the same type, or declare it: schema.column_types: {{{col}: string}}",
-                                      i, first_row, col, v)
+                        self._problem(
+                            problems,
+                            "CAST_FAILED",
+                            f"{what} value does not fit the column's type {declared} "
+                            "(inferred from the file's first rows)",
+                            "write every value of the column with "
+                            f"the same type, or declare it: schema.column_types: {{{col}: string}}",
+                            i,
+                            first_row,
+                            col,
+                            v,
+                        )
                 arr = pa.array(values, declared)
             if col in self._ints_as_double:  # a whole number a double cannot hold exactly (from 2**53 on)
                 whole = pc.match_substring_regex(batch.column(col), r"^\s*[+-]?[0-9]+\s*$")
                 for i in self._bad_rows(pc.and_(whole, pc.greater_equal(pc.abs(arr), 2.0**53))):
-                    self._problem(problems, "VALUE_OUT_OF_RANGE", f"{what} value is a whole number from 2**53 on, "
-                                  "which a double (whole numbers in CSV features are doubles) cannot hold exactly",
-                                  f"declare it: schema.column_types: {{{col}: int64}} (or string)", i, first_row,
-                                  col, batch.column(col)[i].as_py())
+                    self._problem(
+                        problems,
+                        "VALUE_OUT_OF_RANGE",
+                        f"{what} value is a whole number from 2**53 on, "
+                        "which a double (whole numbers in CSV features are doubles) cannot hold exactly",
+                        f"declare it: schema.column_types: {{{col}: int64}} (or string)",
+                        i,
+                        first_row,
+                        col,
+                        batch.column(col)[i].as_py(),
+                    )
         elif not self.is_csv and arr.type != declared and col in self.mapping.column_types:
             cast, bad = _cast_located(arr, declared)
             for i in bad:
-                self._problem(problems, "CAST_FAILED", f"{what} value does not fit the type {declared} of "
-                              "schema.column_types", f"fix the value or the declared type of {col!r}", i, first_row,
-                              col, _cell_text(arr, i))
+                self._problem(
+                    problems,
+                    "CAST_FAILED",
+                    f"{what} value does not fit the type {declared} of schema.column_types",
+                    f"fix the value or the declared type of {col!r}",
+                    i,
+                    first_row,
+                    col,
+                    _cell_text(arr, i),
+                )
             arr = cast
         if _is_stringy(arr.type):
             for i in self._bad_rows(pc.greater(pc.utf8_length(arr), MAX_VALUE_CHARS)):
-                self._problem(problems, "VALUE_TOO_LONG", f"{what} value has more than {MAX_VALUE_CHARS:,} characters",
-                              "shorten it, or list the column under schema.exclude", i, first_row, col,
-                              arr[i].as_py())
+                self._problem(
+                    problems,
+                    "VALUE_TOO_LONG",
+                    f"{what} value has more than {MAX_VALUE_CHARS:,} characters",
+                    "shorten it, or list the column under schema.exclude",
+                    i,
+                    first_row,
+                    col,
+                    arr[i].as_py(),
+                )
         target = _normalise_type(arr.type)
         out, bad = _cast_located(arr, target) if target is not None else (arr, [])
         if pa.types.is_timestamp(out.type) or pa.types.is_date(out.type):
             # years 1..9999 only: beyond them no reader (nor pyiceberg's statistics) has a date
-            raw = (out.cast(pa.int64()) if pa.types.is_timestamp(out.type)
-                   else pc.multiply(out.cast(pa.int32()).cast(pa.int64()), 86_400_000_000))
+            raw = (
+                out.cast(pa.int64())
+                if pa.types.is_timestamp(out.type)
+                else pc.multiply(out.cast(pa.int32()).cast(pa.int64()), 86_400_000_000)
+            )
             mask = pc.or_(pc.less(raw, _MIN_US), pc.greater(raw, _MAX_US))
             far = self._bad_rows(mask)
             if far:
                 bad = sorted(set(bad) | set(far))
                 out = pc.if_else(pc.fill_null(mask, False), pa.scalar(None, out.type), out)
         for i in bad:
-            self._problem(problems, "VALUE_OUT_OF_RANGE", f"{what} value does not fit the stored type "
-                          f"{target or arr.type} (dates and timestamps: years 1 to 9999)",
-                          f"write values within that range, or declare the column as string: "
-                          f"schema.column_types: {{{col}: string}}", i, first_row, col, _cell_text(arr, i))
+            self._problem(
+                problems,
+                "VALUE_OUT_OF_RANGE",
+                f"{what} value does not fit the stored type "
+                f"{target or arr.type} (dates and timestamps: years 1 to 9999)",
+                f"write values within that range, or declare the column as string: "
+                f"schema.column_types: {{{col}: string}}",
+                i,
+                first_row,
+                col,
+                _cell_text(arr, i),
+            )
         return out
 
     # -- mapping -----------------------------------------------------------------------------------
@@ -1086,8 +1378,15 @@ class BatchMapper:
                     out[role] = self._strings(batch.column(col), col, role, first_row, problems)
                 if role == "prediction_label" and self.job.kind == JobKind.predictions:
                     for i in self._bad_rows(pc.is_null(batch.column(col))):
-                        self._problem(problems, "LABEL_MISSING", "prediction label is null", "give every prediction "
-                                      "a label (or map only prediction_score)", i, first_row, col)
+                        self._problem(
+                            problems,
+                            "LABEL_MISSING",
+                            "prediction label is null",
+                            "give every prediction a label (or map only prediction_score)",
+                            i,
+                            first_row,
+                            col,
+                        )
         for role in ("prediction_score", "actual_score", "relevance_score"):
             if role in r:
                 out[role] = self._numbers(batch.column(r[role]), r[role], role, first_row, problems)
@@ -1098,22 +1397,44 @@ class BatchMapper:
             if _is_stringy(raw.type):
                 empty = pc.or_kleene(empty, pc.equal(pc.utf8_trim_whitespace(raw.cast(pa.string())), ""))
             for i in self._bad_rows(empty):
-                self._problem(problems, "SCORE_MISSING", f"prediction score is null or empty ({self._model.type.value} "
-                              "models need a score on every prediction)", "give every prediction a score", i,
-                              first_row, col)
+                self._problem(
+                    problems,
+                    "SCORE_MISSING",
+                    f"prediction score is null or empty ({self._model.type.value} "
+                    "models need a score on every prediction)",
+                    "give every prediction a score",
+                    i,
+                    first_row,
+                    col,
+                )
         if "rank" in r:
             num = self._numbers(batch.column(r["rank"]), r["rank"], "rank", first_row, problems, code="RANK_RANGE")
             ok = pc.and_(pc.and_(pc.greater_equal(num, 1), pc.less_equal(num, 100)), pc.equal(pc.floor(num), num))
             for i in self._bad_rows(pc.invert(ok)):
-                self._problem(problems, "RANK_RANGE", "rank must be a whole number from 1 to 100", "write ranks 1..100",
-                              i, first_row, r["rank"], num[i].as_py())
+                self._problem(
+                    problems,
+                    "RANK_RANGE",
+                    "rank must be a whole number from 1 to 100",
+                    "write ranks 1..100",
+                    i,
+                    first_row,
+                    r["rank"],
+                    num[i].as_py(),
+                )
             out["rank"] = pc.if_else(ok, num, pa.scalar(None, pa.float64())).cast(pa.int32())
         if "prediction_group_id" in r:
             col = r["prediction_group_id"]
             gid = _decode(batch.column(col)).cast(pa.string())
             for i in self._bad_rows(pc.or_kleene(pc.is_null(gid), pc.equal(pc.utf8_length(gid), 0))):
-                self._problem(problems, "GROUP_ID_MISSING", "prediction group id is null or empty", "give every row of "
-                              "a ranking model its group (query) id", i, first_row, col)
+                self._problem(
+                    problems,
+                    "GROUP_ID_MISSING",
+                    "prediction group id is null or empty",
+                    "give every row of a ranking model its group (query) id",
+                    i,
+                    first_row,
+                    col,
+                )
             out["prediction_group_id"] = gid
         for role in ("relevance_label", "model_version", "batch_id"):
             if role in r:
@@ -1129,17 +1450,22 @@ class BatchMapper:
             for part, arr in self._boxes(side, batch, first_row, problems).items():
                 out[f"{side}_bbox_{part}"] = arr
         for name, emb in self.mapping.embedding_features.items():
-            out[f"embedding__{name}__vector"] = self._vectors(name, batch.column(emb.vector), emb.vector, first_row,
-                                                              problems)
+            out[f"embedding__{name}__vector"] = self._vectors(
+                name, batch.column(emb.vector), emb.vector, first_row, problems
+            )
             if emb.raw_data:
                 raw = _decode(batch.column(emb.raw_data))
                 out[f"embedding__{name}__raw_data"] = (
-                    raw.cast(pa.list_(pa.string())) if pa.types.is_list(raw.type) or pa.types.is_large_list(raw.type)
-                    else self._strings(raw, emb.raw_data, f"embedding {name!r} raw data", first_row, problems,
-                                       MAX_TEXT_CHARS))
+                    raw.cast(pa.list_(pa.string()))
+                    if pa.types.is_list(raw.type) or pa.types.is_large_list(raw.type)
+                    else self._strings(
+                        raw, emb.raw_data, f"embedding {name!r} raw data", first_row, problems, MAX_TEXT_CHARS
+                    )
+                )
             if emb.link_to_data:
                 out[f"embedding__{name}__link_to_data"] = self._strings(
-                    batch.column(emb.link_to_data), emb.link_to_data, "link", first_row, problems, MAX_TEXT_CHARS)
+                    batch.column(emb.link_to_data), emb.link_to_data, "link", first_row, problems, MAX_TEXT_CHARS
+                )
         for col in self.features:
             out[col] = self._scalar_column(col, batch, first_row, problems, "feature")
         for col in self.tags:

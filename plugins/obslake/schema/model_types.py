@@ -73,42 +73,63 @@ class FieldKind:
 
 FIELD_KINDS: dict[str, FieldKind] = {
     "prediction_id": FieldKind(
-        "string", "string, large_string, dictionary<string>", "integers → string; CSV: as text",
-        "null, empty, > 512 characters (record errors); floats, nested types (file error)"),
+        "string",
+        "string, large_string, dictionary<string>",
+        "integers → string; CSV: as text",
+        "null, empty, > 512 characters (record errors); floats, nested types (file error)",
+    ),
     "timestamp": FieldKind(
-        "timestamptz (µs, UTC)", "timestamp (any unit; naive = UTC), date",
+        "timestamptz (µs, UTC)",
+        "timestamp (any unit; naive = UTC), date",
         "integers/floats as epoch s, ms, µs or ns (unit from magnitude); strings in RFC 3339 / ISO 8601",
-        "unparseable text, NaN/inf, values outside [now − 5 years, now + 1 year]; null → ingest time"),
+        "unparseable text, NaN/inf, values outside [now − 5 years, now + 1 year]; null → ingest time",
+    ),
     "label (category)": FieldKind(
-        "string", "string, bool, integer", "bool/integers → string; CSV: as text",
-        "floats, nested types (file error)"),
+        "string", "string, bool, integer", "bool/integers → string; CSV: as text", "floats, nested types (file error)"
+    ),
     "label (number)": FieldKind(
-        "double", "integer, float", "CSV/string digits → double", "non-numeric text, NaN/inf (record errors)"),
+        "double", "integer, float", "CSV/string digits → double", "non-numeric text, NaN/inf (record errors)"
+    ),
     "score": FieldKind(
-        "double", "integer, float, decimal", "CSV/string digits → double", "non-numeric text, NaN/inf (record errors)"),
-    "prediction_group_id": FieldKind(
-        "string", "string, integer", "integers → string", "null/empty (record error)"),
+        "double", "integer, float, decimal", "CSV/string digits → double", "non-numeric text, NaN/inf (record errors)"
+    ),
+    "prediction_group_id": FieldKind("string", "string, integer", "integers → string", "null/empty (record error)"),
     "rank": FieldKind(
-        "int", "integer; float with an integral value", "CSV digits → int", "outside 1..100, non-integral (record errors)"),
+        "int",
+        "integer; float with an integral value",
+        "CSV digits → int",
+        "outside 1..100, non-integral (record errors)",
+    ),
     "relevance_label / version / batch_id / prompt / response": FieldKind(
-        "string", "string, integer, bool", "→ string", "nested types (file error)"),
+        "string", "string, integer, bool", "→ string", "nested types (file error)"
+    ),
     "scores (multi-class)": FieldKind(
-        "map<string, double>", "map<string, number>; list<struct<class_name, score>>; one numeric column per class "
-        "(prefix)", "CSV: per-class columns or a JSON object {\"class\": score}", "NaN/inf, non-numeric (record errors)"),
+        "map<string, double>",
+        "map<string, number>; list<struct<class_name, score>>; one numeric column per class (prefix)",
+        'CSV: per-class columns or a JSON object {"class": score}',
+        "NaN/inf, non-numeric (record errors)",
+    ),
     "embedding vector": FieldKind(
-        "list<float>", "list / large_list / fixed_size_list of numbers", "CSV: a JSON array \"[0.1, 0.2]\"",
-        "empty vectors, vectors whose length differs from the file's first vector, NaN/inf (record errors)"),
+        "list<float>",
+        "list / large_list / fixed_size_list of numbers",
+        'CSV: a JSON array "[0.1, 0.2]"',
+        "empty vectors, vectors whose length differs from the file's first vector, NaN/inf (record errors)",
+    ),
     "embedding raw_data / link_to_data": FieldKind(
-        "string (raw_data: also list<string> for token lists)", "string, list<string>", "→ string", "nested types"),
+        "string (raw_data: also list<string> for token lists)", "string, list<string>", "→ string", "nested types"
+    ),
     "bounding boxes": FieldKind(
         "coordinates list<list<double>>, categories list<string>, scores list<double>",
         "list<list<number>> with 4 numbers per box; list<string>; list<number>",
-        "CSV: JSON arrays", "a box without 4 coordinates, lists of different lengths in one row (record errors)"),
+        "CSV: JSON arrays",
+        "a box without 4 coordinates, lists of different lengths in one row (record errors)",
+    ),
     "features / tags / shap_values": FieldKind(
         "the input's type (CSV: inferred from the first block, or `schema.column_types`)",
         "any scalar: string, bool, integer, float, decimal, date, timestamp",
         "unsigned → signed, float16 → float, ns → µs, dictionary → values",
-        "nested types (list, struct, map) in a feature/tag: file error FEATURE_NESTED; shap values must be numeric"),
+        "nested types (list, struct, map) in a feature/tag: file error FEATURE_NESTED; shap values must be numeric",
+    ),
 }
 
 

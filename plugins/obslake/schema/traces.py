@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from typing import TYPE_CHECKING
-
 from obslake.exceptions import SchemaMismatchError
-from obslake.schema.mapping import LINEAGE_COLUMNS, PARTITION_COLUMN, TS_TYPE, BatchMapper, Problem, _decode, parse_ts_text_cells
+from obslake.schema.mapping import (
+    LINEAGE_COLUMNS,
+    PARTITION_COLUMN,
+    TS_TYPE,
+    BatchMapper,
+    Problem,
+    _decode,
+    parse_ts_text_cells,
+)
 from obslake.schema.types import JobKind
 
 if TYPE_CHECKING:
@@ -27,42 +34,52 @@ if TYPE_CHECKING:
 
 TS = TS_TYPE  # UTC microseconds, as every obslake timestamp
 
-SPAN_SCHEMA = pa.schema([
-    ("span_id", pa.string()),
-    ("trace_id", pa.string()),
-    ("parent_id", pa.string()),
-    ("name", pa.string()),
-    ("span_kind", pa.string()),
-    ("start_time", TS),
-    ("end_time", TS),
-    ("status_code", pa.string()),
-    ("status_message", pa.string()),
-    ("attributes", pa.string()),  # JSON object (nested OpenInference attributes, as Phoenix stores them)
-    ("events", pa.string()),  # JSON array
-    ("cumulative_error_count", pa.int64()),
-    ("cumulative_llm_token_count_prompt", pa.int64()),
-    ("cumulative_llm_token_count_completion", pa.int64()),
-    ("trace_start_time", TS),
-    ("trace_end_time", TS),
-    ("changed_at", TS),  # when the source last changed this span (ingest/update time, never event time)
-])
+SPAN_SCHEMA = pa.schema(
+    [
+        ("span_id", pa.string()),
+        ("trace_id", pa.string()),
+        ("parent_id", pa.string()),
+        ("name", pa.string()),
+        ("span_kind", pa.string()),
+        ("start_time", TS),
+        ("end_time", TS),
+        ("status_code", pa.string()),
+        ("status_message", pa.string()),
+        ("attributes", pa.string()),  # JSON object (nested OpenInference attributes, as Phoenix stores them)
+        ("events", pa.string()),  # JSON array
+        ("cumulative_error_count", pa.int64()),
+        ("cumulative_llm_token_count_prompt", pa.int64()),
+        ("cumulative_llm_token_count_completion", pa.int64()),
+        ("trace_start_time", TS),
+        ("trace_end_time", TS),
+        ("changed_at", TS),  # when the source last changed this span (ingest/update time, never event time)
+    ]
+)
 
-ANNOTATION_SCHEMA = pa.schema([
-    ("span_id", pa.string()),
-    ("name", pa.string()),
-    ("label", pa.string()),
-    ("score", pa.float64()),
-    ("explanation", pa.string()),
-    ("annotator_kind", pa.string()),  # LLM | CODE | HUMAN
-    ("identifier", pa.string()),  # "" when none
-    ("updated_at", TS),
-])
+ANNOTATION_SCHEMA = pa.schema(
+    [
+        ("span_id", pa.string()),
+        ("name", pa.string()),
+        ("label", pa.string()),
+        ("score", pa.float64()),
+        ("explanation", pa.string()),
+        ("annotator_kind", pa.string()),  # LLM | CODE | HUMAN
+        ("identifier", pa.string()),  # "" when none
+        ("updated_at", TS),
+    ]
+)
 
 
 ALIASES = {
-    "context.span_id": "span_id", "context.trace_id": "trace_id", "parent_span_id": "parent_id",
-    "kind": "span_kind", "status": "status_code", "annotation_name": "name", "result.label": "label",
-    "result.score": "score", "result.explanation": "explanation",
+    "context.span_id": "span_id",
+    "context.trace_id": "trace_id",
+    "parent_span_id": "parent_id",
+    "kind": "span_kind",
+    "status": "status_code",
+    "annotation_name": "name",
+    "result.label": "label",
+    "result.score": "score",
+    "result.explanation": "explanation",
 }
 REQUIRED = {JobKind.spans: ("span_id", "trace_id", "name", "start_time"), JobKind.annotations: ("span_id", "name")}
 
@@ -86,29 +103,42 @@ def _nest(flat: dict) -> dict:
 class TraceMapper:
     """Same interface as :class:`~obslake.schema.mapping.BatchMapper`, for span and annotation files."""
 
-    def __init__(self, job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime, fmt: str = "parquet"):
+    def __init__(
+        self, job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime, fmt: str = "parquet"
+    ):
         self.job, self.source, self.ingested_at, self.is_csv = job, source, ingested_at, fmt == "csv"
         self.kind = job.kind
         names = declared.names
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise SchemaMismatchError(f"{source}: duplicate column name(s) {dupes}; rename them so every column "
-                                      "name is unique", code="DUPLICATE_COLUMN")
+            raise SchemaMismatchError(
+                f"{source}: duplicate column name(s) {dupes}; rename them so every column name is unique",
+                code="DUPLICATE_COLUMN",
+            )
         self.columns = {ALIASES.get(n, n): n for n in names if not n.startswith("attributes.")}
         self.flat_attributes = [n for n in names if n.startswith("attributes.")]
         missing = [c for c in REQUIRED[self.kind] if c not in self.columns]
         if missing:
             raise SchemaMismatchError(
                 f"{source}: a {self.kind.value} file needs column(s) {missing} (or their OpenInference names "
-                f"context.span_id / context.trace_id); the file has {names[:40]}", code="COLUMN_MISSING")
+                f"context.span_id / context.trace_id); the file has {names[:40]}",
+                code="COLUMN_MISSING",
+            )
         self.target = SPAN_SCHEMA if self.kind == JobKind.spans else ANNOTATION_SCHEMA
 
     def _col(self, batch: pa.RecordBatch, name: str) -> pa.Array | None:
         src = self.columns.get(name)
         return None if src is None else _decode(batch.column(src))
 
-    def _time(self, arr: pa.Array | None, n: int, name: str, first_row: int, problems: list[Problem],
-              default: dt.datetime | None) -> pa.Array:
+    def _time(
+        self,
+        arr: pa.Array | None,
+        n: int,
+        name: str,
+        first_row: int,
+        problems: list[Problem],
+        default: dt.datetime | None,
+    ) -> pa.Array:
         if arr is None:
             return pa.array([default] * n, TS)
         if pa.types.is_timestamp(arr.type):
@@ -122,9 +152,17 @@ class TraceMapper:
             text = arr.cast(pa.string())
             out, bad = parse_ts_text_cells(text)
             for i in bad:
-                problems.append(Problem("TS_PARSE", f"{name} is not RFC 3339 / ISO 8601", self.source,
-                                        "write timestamps like 2024-05-01T12:00:00.123Z", row=first_row + i,
-                                        column=self.columns[name], value=str(text[i].as_py())[:80]))
+                problems.append(
+                    Problem(
+                        "TS_PARSE",
+                        f"{name} is not RFC 3339 / ISO 8601",
+                        self.source,
+                        "write timestamps like 2024-05-01T12:00:00.123Z",
+                        row=first_row + i,
+                        column=self.columns[name],
+                        value=str(text[i].as_py())[:80],
+                    )
+                )
         if default is not None:
             out = pc.fill_null(out, pa.scalar(default, TS))
         return out
@@ -144,17 +182,26 @@ class TraceMapper:
         for key in ("span_id", "trace_id", "name") if self.kind == JobKind.spans else ("span_id", "name"):
             col = self._col(batch, key)
             if col is None:  # __init__ checked the file has every REQUIRED column
-                raise SchemaMismatchError(f"{self.source}: a {self.kind.value} file needs column {key!r}",
-                                          code="COLUMN_MISSING")
+                raise SchemaMismatchError(
+                    f"{self.source}: a {self.kind.value} file needs column {key!r}", code="COLUMN_MISSING"
+                )
             arr = col.cast(pa.string())
             for i in pc.indices_nonzero(pc.fill_null(pc.equal(pc.utf8_length(arr), 0), True)).to_pylist()[:100]:
-                problems.append(Problem("ID_MISSING", f"{key} is null or empty", self.source,
-                                        f"give every row a {key}", row=first_row + i, column=self.columns[key]))
+                problems.append(
+                    Problem(
+                        "ID_MISSING",
+                        f"{key} is null or empty",
+                        self.source,
+                        f"give every row a {key}",
+                        row=first_row + i,
+                        column=self.columns[key],
+                    )
+                )
             out[key] = arr
         if self.kind == JobKind.spans:
             attrs = self._json(self._col(batch, "attributes"), n, "{}")
             if self.flat_attributes:
-                flat = {c[len("attributes."):]: batch.column(c).to_pylist() for c in self.flat_attributes}
+                flat = {c[len("attributes.") :]: batch.column(c).to_pylist() for c in self.flat_attributes}
                 merged = []
                 for i, base in enumerate(attrs.to_pylist()):
                     d = json.loads(base or "{}")
@@ -164,31 +211,57 @@ class TraceMapper:
             start = self._time(self._col(batch, "start_time"), n, "start_time", first_row, problems, None)
             for i in pc.indices_nonzero(pc.fill_null(pc.is_null(start), True)).to_pylist()[:100]:
                 if not any(p.row == first_row + i for p in problems):
-                    problems.append(Problem("TS_MISSING", "start_time is missing", self.source,
-                                            "give every span its start time", row=first_row + i, column="start_time"))
+                    problems.append(
+                        Problem(
+                            "TS_MISSING",
+                            "start_time is missing",
+                            self.source,
+                            "give every span its start time",
+                            row=first_row + i,
+                            column="start_time",
+                        )
+                    )
             values = {
-                "parent_id": self._col(batch, "parent_id"), "span_kind": self._col(batch, "span_kind"),
-                "status_code": self._col(batch, "status_code"), "status_message": self._col(batch, "status_message"),
+                "parent_id": self._col(batch, "parent_id"),
+                "span_kind": self._col(batch, "span_kind"),
+                "status_code": self._col(batch, "status_code"),
+                "status_message": self._col(batch, "status_message"),
                 "start_time": start,
                 "end_time": self._time(self._col(batch, "end_time"), n, "end_time", first_row, problems, None),
-                "attributes": attrs, "events": self._json(self._col(batch, "events"), n, "[]"),
-                "trace_start_time": None, "trace_end_time": None,
+                "attributes": attrs,
+                "events": self._json(self._col(batch, "events"), n, "[]"),
+                "trace_start_time": None,
+                "trace_end_time": None,
                 "changed_at": pa.array([self.ingested_at] * n, TS),
             }
             part_source = start
         else:
             updated = self._time(self._col(batch, "updated_at"), n, "updated_at", first_row, problems, self.ingested_at)
             kind = self._col(batch, "annotator_kind")
-            kind = pa.array(["HUMAN"] * n) if kind is None else pc.fill_null(pc.utf8_upper(kind.cast(pa.string())), "HUMAN")
+            kind = (
+                pa.array(["HUMAN"] * n)
+                if kind is None
+                else pc.fill_null(pc.utf8_upper(kind.cast(pa.string())), "HUMAN")
+            )
             bad_kind = pc.invert(pc.is_in(kind, pa.array(["LLM", "CODE", "HUMAN"])))
             for i in pc.indices_nonzero(bad_kind).to_pylist()[:100]:
-                problems.append(Problem("ANNOTATOR_KIND", "annotator_kind must be LLM, CODE or HUMAN", self.source,
-                                        "use LLM, CODE or HUMAN", row=first_row + i, column="annotator_kind",
-                                        value=kind[i].as_py()))
+                problems.append(
+                    Problem(
+                        "ANNOTATOR_KIND",
+                        "annotator_kind must be LLM, CODE or HUMAN",
+                        self.source,
+                        "use LLM, CODE or HUMAN",
+                        row=first_row + i,
+                        column="annotator_kind",
+                        value=kind[i].as_py(),
+                    )
+                )
             ident = self._col(batch, "identifier")
             values = {
-                "label": self._col(batch, "label"), "score": self._col(batch, "score"),
-                "explanation": self._col(batch, "explanation"), "annotator_kind": kind,
+                "label": self._col(batch, "label"),
+                "score": self._col(batch, "score"),
+                "explanation": self._col(batch, "explanation"),
+                "annotator_kind": kind,
                 "identifier": pa.array([""] * n) if ident is None else pc.fill_null(ident.cast(pa.string()), ""),
                 "updated_at": updated,
             }
@@ -203,8 +276,10 @@ class TraceMapper:
                 try:
                     arr = arr.cast(field.type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    raise SchemaMismatchError(f"{self.source}: column {field.name!r} is {arr.type}; it must be "
-                                              f"{field.type}", code="TYPE_MISMATCH") from None
+                    raise SchemaMismatchError(
+                        f"{self.source}: column {field.name!r} is {arr.type}; it must be {field.type}",
+                        code="TYPE_MISMATCH",
+                    ) from None
             out[field.name] = arr
         out[PARTITION_COLUMN] = pc.cast(pc.fill_null(part_source, pa.scalar(self.ingested_at, TS)), pa.date32())
         out[LINEAGE_COLUMNS[0]] = pa.array([self.source] * n, pa.string())
@@ -214,8 +289,14 @@ class TraceMapper:
         return pa.RecordBatch.from_arrays([out[k] for k in names], names=names), problems
 
 
-def make_mapper(job: ImportJob, declared: pa.Schema, source: str, ingested_at: dt.datetime, fmt: str,
-                table_schema: pa.Schema | None = None):
+def make_mapper(
+    job: ImportJob,
+    declared: pa.Schema,
+    source: str,
+    ingested_at: dt.datetime,
+    fmt: str,
+    table_schema: pa.Schema | None = None,
+):
     """The mapper for a job's kind: model files (BatchMapper) or trace files (TraceMapper)."""
     if job.kind.is_trace:
         return TraceMapper(job, declared, source, ingested_at, fmt)

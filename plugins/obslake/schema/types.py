@@ -121,8 +121,15 @@ class EmbeddingColumns(_Strict):
     def _arize_names(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"vector": value}
-        return _rename_keys(value, {"vector_column_name": "vector", "data_column_name": "raw_data",
-                                    "data": "raw_data", "link_to_data_column_name": "link_to_data"})
+        return _rename_keys(
+            value,
+            {
+                "vector_column_name": "vector",
+                "data_column_name": "raw_data",
+                "data": "raw_data",
+                "link_to_data_column_name": "link_to_data",
+            },
+        )
 
     def columns(self) -> list[str]:
         """The input columns this embedding uses."""
@@ -139,8 +146,14 @@ class BoundingBoxColumns(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _arize_names(cls, value: Any) -> Any:
-        return _rename_keys(value, {"bounding_boxes_coordinates_column_name": "coordinates",
-                                    "categories_column_name": "categories", "scores_column_name": "scores"})
+        return _rename_keys(
+            value,
+            {
+                "bounding_boxes_coordinates_column_name": "coordinates",
+                "categories_column_name": "categories",
+                "scores_column_name": "scores",
+            },
+        )
 
     def columns(self) -> list[str]:
         """The input columns of the boxes."""
@@ -261,7 +274,7 @@ class SchemaMapping(_Strict):
         return out
 
     @model_validator(mode="after")
-    def _one_role_per_column(self) -> "SchemaMapping":
+    def _one_role_per_column(self) -> SchemaMapping:
         seen: dict[str, str] = {}
         for role, column in self.role_columns().items():
             if column in seen:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -18,7 +17,6 @@ from obslake.storage.base import ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
     from obslake.config import ImportJob
-
 
 
 FILE_FIX = {
@@ -39,7 +37,7 @@ FILE_FIX = {
     "ROW_TOO_LARGE": "split the large values into several rows or store them elsewhere (a link)",
     "MEMORY_LIMIT": "split the file into smaller files, or give the worker more memory",
     "INTERNAL_ERROR": "report this file to the obslake maintainers (with the file or its schema and this message); "
-                      "the other files of the job are not affected",
+    "the other files of the job are not affected",
 }
 
 
@@ -50,8 +48,11 @@ def internal_problem(uri: str, exc: BaseException) -> Problem:
     """
     code = "MEMORY_LIMIT" if isinstance(exc, MemoryError) else "INTERNAL_ERROR"
     text = printable(str(exc).strip().splitlines()[0] if str(exc).strip() else "", 300)
-    what = ("the file needs more memory than the worker has" if code == "MEMORY_LIMIT"
-            else "obslake could not handle this file")
+    what = (
+        "the file needs more memory than the worker has"
+        if code == "MEMORY_LIMIT"
+        else "obslake could not handle this file"
+    )
     return Problem(code, f"{what} ({type(exc).__name__}: {text})", uri, FILE_FIX[code])
 
 
@@ -86,15 +87,24 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         """Plain form (JSON output of the dry run)."""
-        return {"file": self.file, "etag": self.etag, "status": self.status, "rows": self.rows,
-                "bad_rows": self.bad_rows, "problems": [p.to_dict() for p in self.problems], "notes": self.notes}
+        return {
+            "file": self.file,
+            "etag": self.etag,
+            "status": self.status,
+            "rows": self.rows,
+            "bad_rows": self.bad_rows,
+            "problems": [p.to_dict() for p in self.problems],
+            "notes": self.notes,
+        }
 
 
 def error_code(exc: TerminalError) -> str:
     """The README code of a terminal error: its own ``code``, else the one its class stands for."""
     return getattr(exc, "code", None) or {
-        "FileFormatError": "FILE_CORRUPT", "SchemaMismatchError": "TYPE_MISMATCH",
-        "StorageAccessError": "ACCESS_DENIED", "BucketOwnershipError": "BUCKET_NOT_OWNED",
+        "FileFormatError": "FILE_CORRUPT",
+        "SchemaMismatchError": "TYPE_MISMATCH",
+        "StorageAccessError": "ACCESS_DENIED",
+        "BucketOwnershipError": "BUCKET_NOT_OWNED",
     }.get(type(exc).__name__, "INTERNAL_ERROR")
 
 
@@ -107,12 +117,25 @@ def file_problem(uri: str, exc: TerminalError) -> Problem:
     code = error_code(exc)
     line, column = getattr(exc, "line", None), getattr(exc, "column", None)
     message = str(exc).removeprefix(f"{uri}: ")  # Problem.__str__ names the file already
-    return Problem(code, message, uri, FILE_FIX.get(code, "see the message"),
-                   row=line - 1 if line and line > 1 else None, column=column, line=line)
+    return Problem(
+        code,
+        message,
+        uri,
+        FILE_FIX.get(code, "see the message"),
+        row=line - 1 if line and line > 1 else None,
+        column=column,
+        line=line,
+    )
 
 
-def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch_rows: int = 65_536,
-                  table_schema: pa.Schema | None = None) -> ValidationReport:
+def validate_file(
+    job: ImportJob,
+    store: ObjectStore,
+    info: ObjectInfo,
+    *,
+    batch_rows: int = 65_536,
+    table_schema: pa.Schema | None = None,
+) -> ValidationReport:
     """Read the whole file (streaming) and report every problem (up to 100 listed), writing nothing.
 
     Args:
@@ -129,24 +152,34 @@ def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch
         if info.size > job.max_file_bytes:
             raise TerminalError(
                 f"{uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,})",
-                code="FILE_TOO_LARGE")
+                code="FILE_TOO_LARGE",
+            )
         fmt = format_for_key(info.key, job.formats)
         if fmt is None:
-            raise TerminalError(f"{uri}: extension not among the job's formats {list(job.formats)}",
-                                code="FORMAT_NOT_ALLOWED")
-        now = dt.datetime.now(dt.timezone.utc)
+            raise TerminalError(
+                f"{uri}: extension not among the job's formats {list(job.formats)}", code="FORMAT_NOT_ALLOWED"
+            )
+        now = dt.datetime.now(dt.UTC)
         with store.open(info.key, etag=info.etag) as f:
-            mapper = make_mapper(job, read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes), uri, now, fmt,
-                                 table_schema=table_schema)
+            mapper = make_mapper(
+                job,
+                read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes),
+                uri,
+                now,
+                fmt,
+                table_schema=table_schema,
+            )
             dropped = getattr(mapper, "dropped", [])
             if dropped:
                 report.notes.append(
                     f"{len(dropped)} column(s) not imported (not claimed by the job's schema): "
-                    f"{[printable(c, 60) for c in dropped[:20]]}{' ...' if len(dropped) > 20 else ''}")
+                    f"{[printable(c, 60) for c in dropped[:20]]}{' ...' if len(dropped) > 20 else ''}"
+                )
             row = 1
             checked = False
-            for batch in read_batches(f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv",
-                                      max_bytes=job.max_file_bytes):
+            for batch in read_batches(
+                f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv", max_bytes=job.max_file_bytes
+            ):
                 mapped, problems = mapper.map(batch, row)
                 if not checked and table_schema is not None:
                     check_table_types(mapped.schema, table_schema, uri)
@@ -156,8 +189,9 @@ def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch
                 row += batch.num_rows
                 report.rows += batch.num_rows
         if report.rows == 0:
-            report.problems.append(Problem("FILE_EMPTY", "the file has a header but no data rows", uri,
-                                           FILE_FIX["FILE_EMPTY"]))
+            report.problems.append(
+                Problem("FILE_EMPTY", "the file has a header but no data rows", uri, FILE_FIX["FILE_EMPTY"])
+            )
             report.status = "failed"
             return report
     except TransientError:
@@ -171,7 +205,6 @@ def validate_file(job: ImportJob, store: ObjectStore, info: ObjectInfo, *, batch
         report.status = "failed"
         return report
     if report.bad_rows:
-        within = (report.bad_rows <= job.max_bad_rows
-                  and report.bad_rows <= job.max_bad_fraction * max(report.rows, 1))
+        within = report.bad_rows <= job.max_bad_rows and report.bad_rows <= job.max_bad_fraction * max(report.rows, 1)
         report.status = "partial" if job.on_error == OnError.skip_rows and within else "failed"
     return report

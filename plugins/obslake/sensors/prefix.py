@@ -88,7 +88,9 @@ class S3KeyPrefixSensor(BaseSensorOperator):
     def _nothing_new(self):
         from airflow.sdk.exceptions import AirflowSkipException
 
-        return AirflowSkipException(f"no new files under {self.source} within {self.timeout:g}s; the next run polls again")
+        return AirflowSkipException(
+            f"no new files under {self.source} within {self.timeout:g}s; the next run polls again"
+        )
 
     def resume_execution(self, next_method: str, next_kwargs: dict | None, context) -> Any:
         """Turn the deferral timeout (nothing new) into a skip; everything else propagates."""

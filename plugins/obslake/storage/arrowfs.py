@@ -37,19 +37,19 @@ class _StoreHandler(pafs.FileSystemHandler):
         bucket, _, key = path.partition("/")
         return GCSStore(bucket, self.client), key
 
-    def __eq__(self, other):  # noqa: D105
+    def __eq__(self, other):
         return isinstance(other, _StoreHandler) and other.client is self.client
 
-    def __ne__(self, other):  # noqa: D105
+    def __ne__(self, other):
         return not self == other
 
-    def get_type_name(self):  # noqa: D102
+    def get_type_name(self):
         return "obslake-gcs"
 
-    def normalize_path(self, path):  # noqa: D102
+    def normalize_path(self, path):
         return path
 
-    def get_file_info(self, paths):  # noqa: D102
+    def get_file_info(self, paths):
         out = []
         for path in paths:
             store, key = self._store(path)
@@ -63,51 +63,51 @@ class _StoreHandler(pafs.FileSystemHandler):
                 out.append(pafs.FileInfo(path, pafs.FileType.File, size=info.size))
         return out
 
-    def get_file_info_selector(self, selector):  # noqa: D102
+    def get_file_info_selector(self, selector):
         store, key = self._store(selector.base_dir.rstrip("/"))
         prefix = key.rstrip("/") + "/" if key else ""
         return [pafs.FileInfo(f"{store.bucket}/{o.key}", pafs.FileType.File, size=o.size) for o in store.list(prefix)]
 
-    def create_dir(self, path, recursive):  # noqa: D102
+    def create_dir(self, path, recursive):
         pass  # object stores have no directories
 
-    def delete_dir(self, path):  # noqa: D102
+    def delete_dir(self, path):
         store, key = self._store(path)
         for o in list(store.list(key.rstrip("/") + "/")):
             store.delete(o.key)
 
-    def delete_dir_contents(self, path, missing_dir_ok=False):  # noqa: D102
+    def delete_dir_contents(self, path, missing_dir_ok=False):
         self.delete_dir(path)
 
-    def delete_root_dir_contents(self):  # noqa: D102
+    def delete_root_dir_contents(self):
         raise OSError("refusing to delete a whole bucket")
 
-    def delete_file(self, path):  # noqa: D102
+    def delete_file(self, path):
         store, key = self._store(path)
         store.delete(key)
 
-    def move(self, src, dest):  # noqa: D102
+    def move(self, src, dest):
         self.copy_file(src, dest)
         self.delete_file(src)
 
-    def copy_file(self, src, dest):  # noqa: D102
+    def copy_file(self, src, dest):
         s, skey = self._store(src)
         d, dkey = self._store(dest)
         with s.open(skey) as f:
             d.write(dkey, f.read())
 
-    def open_input_stream(self, path):  # noqa: D102
+    def open_input_stream(self, path):
         store, key = self._store(path)
         return pa.PythonFile(store.open(key), mode="r")
 
-    def open_input_file(self, path):  # noqa: D102
+    def open_input_file(self, path):
         return self.open_input_stream(path)
 
-    def open_output_stream(self, path, metadata):  # noqa: D102
+    def open_output_stream(self, path, metadata):
         store, key = self._store(path)
         return pa.PythonFile(_UploadOnClose(store, key), mode="w")
 
-    def open_append_stream(self, path, metadata):  # noqa: D102
+    def open_append_stream(self, path, metadata):
         raise OSError("append is not supported on object storage")
 
 
@@ -118,15 +118,15 @@ class _UploadOnClose(io.RawIOBase):
         import tempfile
 
         self.store, self.key = store, key
-        self.buf = tempfile.SpooledTemporaryFile(max_size=64 * 1024**2)
+        self.buf = tempfile.SpooledTemporaryFile(max_size=64 * 1024**2)  # noqa: SIM115 - closed by close()
 
-    def writable(self):  # noqa: D102
+    def writable(self):
         return True
 
-    def write(self, b):  # noqa: D102
+    def write(self, b):
         return self.buf.write(b)
 
-    def close(self):  # noqa: D102
+    def close(self):
         if not self.closed:
             self.buf.seek(0)
             self.store.write(self.key, self.buf.read())

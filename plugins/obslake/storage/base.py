@@ -11,7 +11,8 @@ import datetime as dt
 import io
 import os
 import re
-from typing import BinaryIO, Callable, Iterator, Protocol, cast, runtime_checkable
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Protocol, cast, runtime_checkable
 from urllib.parse import urlparse
 
 from obslake.exceptions import ObjectChangedError, UnsupportedURIError, printable
@@ -44,7 +45,7 @@ class ObjectInfo:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ObjectInfo":
+    def from_dict(cls, d: dict) -> ObjectInfo:
         """Inverse of :meth:`to_dict`."""
         return cls(
             bucket=d["bucket"],
@@ -112,8 +113,10 @@ def bucket_name_problem(scheme: str, bucket: str) -> str | None:
         if not 3 <= len(bucket) <= 63:
             return f"S3 bucket name '{shown}' must be 3-63 characters long"
         if not _S3_BUCKET_RE.fullmatch(bucket):
-            return (f"S3 bucket name '{shown}' may only use lowercase letters, digits, '.' and '-', and must "
-                    "start and end with a letter or digit")
+            return (
+                f"S3 bucket name '{shown}' may only use lowercase letters, digits, '.' and '-', and must "
+                "start and end with a letter or digit"
+            )
         if ".." in bucket:
             return f"S3 bucket name '{shown}' must not contain '..'"
         if _IPV4_RE.fullmatch(bucket):
@@ -130,8 +133,10 @@ def bucket_name_problem(scheme: str, bucket: str) -> str | None:
         if not 3 <= len(bucket) <= (222 if len(parts) > 1 else 63):
             return f"GCS bucket name '{shown}' must be 3-63 characters long (up to 222 with dots)"
         if not _GCS_BUCKET_RE.fullmatch(bucket):
-            return (f"GCS bucket name '{shown}' may only use lowercase letters, digits, '-', '_' and '.', and "
-                    "must start and end with a letter or digit")
+            return (
+                f"GCS bucket name '{shown}' may only use lowercase letters, digits, '-', '_' and '.', and "
+                "must start and end with a letter or digit"
+            )
         if any(not 1 <= len(p) <= 63 for p in parts):
             return f"GCS bucket name '{shown}': each dot-separated part must be 1-63 characters (no '..')"
         if _IPV4_RE.fullmatch(bucket):
@@ -251,8 +256,8 @@ READALL_CHUNK = 64 * 1024 * 1024
 def to_utc(value: dt.datetime) -> dt.datetime:
     """Return ``value`` as a timezone-aware UTC datetime (naive values are taken to be UTC)."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
 
 
 class RangedRawReader(io.RawIOBase):
@@ -328,7 +333,7 @@ class RangedRawReader(io.RawIOBase):
         self._pos = target
         return target
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
+    def readinto(self, buffer) -> int:
         """Fill ``buffer`` from the current position with one ranged request; return the byte count.
 
         Returns 0 at (or past) the end of the object without making a request.

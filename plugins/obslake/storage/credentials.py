@@ -78,26 +78,40 @@ class StorageCredentials:
         env = dict(os.environ if env is None else env)
         scheme = uri_or_scheme.split("://", 1)[0] if "://" in uri_or_scheme else uri_or_scheme
         if scheme == "s3":
-            return cls("s3", endpoint=env.get("OBSLAKE_S3_ENDPOINT_URL") or None,
-                       region=env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
-                       access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-                       secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-                       session_token=env.get("AWS_SESSION_TOKEN") or None)
+            return cls(
+                "s3",
+                endpoint=env.get("OBSLAKE_S3_ENDPOINT_URL") or None,
+                region=env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+                access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+                secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+                session_token=env.get("AWS_SESSION_TOKEN") or None,
+            )
         if scheme in ("gs", "gcs"):
             host = env.get("STORAGE_EMULATOR_HOST")
-            return cls("gs", endpoint=emulator_url(host) if host else None, gcs_project=env.get("GOOGLE_CLOUD_PROJECT") or None)
+            return cls(
+                "gs", endpoint=emulator_url(host) if host else None, gcs_project=env.get("GOOGLE_CLOUD_PROJECT") or None
+            )
         return cls("file")
 
     @classmethod
     def from_fileio_properties(cls, scheme: str, props: dict[str, str]) -> StorageCredentials:
         """The inverse of :meth:`fileio_properties` (a table's FileIO knows how it reached its storage)."""
         if scheme == "s3":
-            return cls("s3", endpoint=props.get(S3_ENDPOINT), region=props.get(S3_REGION) or DEFAULT_REGION,
-                       access_key_id=props.get(S3_ACCESS_KEY_ID), secret_access_key=props.get(S3_SECRET_ACCESS_KEY),
-                       session_token=props.get(S3_SESSION_TOKEN))
+            return cls(
+                "s3",
+                endpoint=props.get(S3_ENDPOINT),
+                region=props.get(S3_REGION) or DEFAULT_REGION,
+                access_key_id=props.get(S3_ACCESS_KEY_ID),
+                secret_access_key=props.get(S3_SECRET_ACCESS_KEY),
+                session_token=props.get(S3_SESSION_TOKEN),
+            )
         if scheme in ("gs", "gcs"):
-            return cls("gs", endpoint=props.get(GCS_ENDPOINT), gcs_token=props.get(GCS_TOKEN),
-                       gcs_project=props.get(GCS_PROJECT))
+            return cls(
+                "gs",
+                endpoint=props.get(GCS_ENDPOINT),
+                gcs_token=props.get(GCS_TOKEN),
+                gcs_project=props.get(GCS_PROJECT),
+            )
         return cls("file")
 
     # -- translations ----------------------------------------------------------------------------------
@@ -105,8 +119,12 @@ class StorageCredentials:
         """pyiceberg FileIO properties (kept in the catalog's properties, never written into table metadata)."""
         if self.scheme == "s3":
             props = {S3_REGION: self.region}
-            for key, value in ((S3_ENDPOINT, self.endpoint), (S3_ACCESS_KEY_ID, self.access_key_id),
-                               (S3_SECRET_ACCESS_KEY, self.secret_access_key), (S3_SESSION_TOKEN, self.session_token)):
+            for key, value in (
+                (S3_ENDPOINT, self.endpoint),
+                (S3_ACCESS_KEY_ID, self.access_key_id),
+                (S3_SECRET_ACCESS_KEY, self.secret_access_key),
+                (S3_SESSION_TOKEN, self.session_token),
+            ):
                 if value:
                     props[key] = value
             return props
@@ -143,8 +161,13 @@ class StorageCredentials:
         """A boto3 S3 client with obslake's retry and timeout policy (:func:`obslake.storage.s3.make_s3_client`)."""
         from obslake.storage.s3 import make_s3_client
 
-        return make_s3_client(endpoint_url=self.endpoint, region_name=self.region, aws_access_key_id=self.access_key_id,
-                              aws_secret_access_key=self.secret_access_key, aws_session_token=self.session_token)
+        return make_s3_client(
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            aws_session_token=self.session_token,
+        )
 
     def gcs_client(self) -> Any:
         """A ``google.cloud.storage.Client``: anonymous against an emulator endpoint, else a token or ADC."""

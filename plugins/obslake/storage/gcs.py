@@ -9,7 +9,8 @@ Versions are GCS *generations*: :attr:`ObjectInfo.etag` is ``str(generation)``, 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from obslake.exceptions import (
     ObjectChangedError,
@@ -67,9 +68,7 @@ def make_gcs_client(
     return storage.Client(project=project, credentials=credentials, client_options=client_options)
 
 
-def map_gcs_error(
-    exc: BaseException, uri: str, permission: str, *, pinned: bool = False
-) -> ObslakeError | None:
+def map_gcs_error(exc: BaseException, uri: str, permission: str, *, pinned: bool = False) -> ObslakeError | None:
     """Translate a google-cloud-storage (or transport) error into an :mod:`obslake.exceptions` error.
 
     Args:
@@ -93,17 +92,12 @@ def map_gcs_error(
         )
     if isinstance(exc, gexc.NotFound):
         if pinned:
-            return ObjectChangedError(
-                f"{uri}: the generation being read is gone (the object was rewritten or deleted)"
-            )
+            return ObjectChangedError(f"{uri}: the generation being read is gone (the object was rewritten or deleted)")
         return StorageAccessError(
-            f"{uri}: not found (no such bucket or object); check the name, and that the "
-            f"credentials have {permission}"
+            f"{uri}: not found (no such bucket or object); check the name, and that the credentials have {permission}"
         )
     if isinstance(exc, (gexc.Forbidden, gexc.Unauthorized)):
-        return StorageAccessError(
-            f"{uri}: access denied ({exc.code}); the credentials likely lack {permission}"
-        )
+        return StorageAccessError(f"{uri}: access denied ({exc.code}); the credentials likely lack {permission}")
     if isinstance(exc, (gexc.TooManyRequests, gexc.ServerError, gexc.RetryError)):
         return StorageUnavailableError(f"{uri}: GCS is unavailable ({printable(exc, 500)}); retry later")
     if isinstance(exc, gexc.GoogleAPICallError):

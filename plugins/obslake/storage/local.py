@@ -19,7 +19,7 @@ import logging
 import os
 import stat
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 from obslake.exceptions import (
     ConfigError,
@@ -65,7 +65,8 @@ def map_os_error(exc: OSError, uri: str, *, etag: str | None = None) -> ObslakeE
         return StorageAccessError(f"{uri}: no such file or directory")
     if isinstance(exc, PermissionError):
         return StorageAccessError(
-            f"{uri}: permission denied; the worker's user needs read access ({printable(exc, 300)})")
+            f"{uri}: permission denied; the worker's user needs read access ({printable(exc, 300)})"
+        )
     if isinstance(exc, (IsADirectoryError, NotADirectoryError)) or exc.errno in (
         errno.ENAMETOOLONG,
         errno.ELOOP,
@@ -94,7 +95,8 @@ class LocalStore:
     def __init__(self, root: str, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
         if not os.path.isabs(root):
             raise ConfigError(
-                f"local storage root '{printable(root, 200)}' must be an absolute path (file:///abs/path/)")
+                f"local storage root '{printable(root, 200)}' must be an absolute path (file:///abs/path/)"
+            )
         self.root = os.path.normpath(root)
         self.buffer_size = buffer_size
 
@@ -137,14 +139,13 @@ class LocalStore:
             key=key,
             etag=local_etag(st),
             size=st.st_size,
-            mtime=dt.datetime.fromtimestamp(st.st_mtime_ns // 1_000_000_000, tz=dt.timezone.utc)
+            mtime=dt.datetime.fromtimestamp(st.st_mtime_ns // 1_000_000_000, tz=dt.UTC)
             + dt.timedelta(microseconds=(st.st_mtime_ns % 1_000_000_000) // 1000),
         )
 
     def _check_root(self) -> None:
         if not os.path.isdir(self.root):
-            raise StorageAccessError(
-                f"{printable(self.uri())}: root directory does not exist (or is not a directory)")
+            raise StorageAccessError(f"{printable(self.uri())}: root directory does not exist (or is not a directory)")
 
     def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[ObjectInfo]:
         """Yield every file under ``prefix`` recursively, in key order.
@@ -192,9 +193,13 @@ class LocalStore:
                 if stat.S_ISLNK(st.st_mode) or not start_inside:
                     real = os.path.realpath(path)
                     if not _inside(real, real_root):
-                        log.warning("%s: skipped: it resolves (through a symbolic link) to %s, outside the root "
-                                    "%s; obslake never follows links out of a file:// root",
-                                    printable(self.uri(key)), printable(real), printable(self.root))
+                        log.warning(
+                            "%s: skipped: it resolves (through a symbolic link) to %s, outside the root "
+                            "%s; obslake never follows links out of a file:// root",
+                            printable(self.uri(key)),
+                            printable(real),
+                            printable(self.root),
+                        )
                         continue
                     st = os.stat(path)
             except FileNotFoundError:
@@ -242,8 +247,12 @@ class LocalStore:
         path = self._path(key)
         real = self._contained(key, path, real_root)
         try:
-            raw = open(real, "rb", buffering=0,  # noqa: SIM115 - returned to the caller
-                       opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NOFOLLOW", 0)))
+            raw = open(  # noqa: SIM115 - returned to the caller
+                real,
+                "rb",
+                buffering=0,
+                opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NOFOLLOW", 0)),
+            )
         except OSError as exc:
             raise map_os_error(exc, uri, etag=etag) from exc
         raw.name = path  # the key's path, as before (not the link's target)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from obslake.exceptions import (
     ObjectChangedError,
@@ -114,9 +115,7 @@ def make_s3_client(
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
-def map_s3_error(
-    exc: BaseException, uri: str, permission: str, *, etag: str | None = None
-) -> ObslakeError | None:
+def map_s3_error(exc: BaseException, uri: str, permission: str, *, etag: str | None = None) -> ObslakeError | None:
     """Translate a boto3/botocore (or socket) error into an :mod:`obslake.exceptions` error.
 
     Args:
@@ -144,9 +143,7 @@ def map_s3_error(
                 "rewritten); the next poll picks up the new version"
             )
         if etag is not None and code in _MISSING_KEY_CODES:
-            return ObjectChangedError(
-                f"{uri}: version {etag!r} is gone (the object was deleted after it was listed)"
-            )
+            return ObjectChangedError(f"{uri}: version {etag!r} is gone (the object was deleted after it was listed)")
         if code in _TRANSIENT_CODES or status == 429 or status >= 500:
             return StorageUnavailableError(
                 f"{uri}: S3 answered {code or status} ({message or 'server error'}); retry later"
@@ -184,14 +181,16 @@ def map_s3_error(
         )
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.NoRegionError)):
         return StorageAccessError(
-            f"{uri}: no usable AWS credentials/region ({printable(exc, 500)}); {permission} needed")
+            f"{uri}: no usable AWS credentials/region ({printable(exc, 500)}); {permission} needed"
+        )
     if isinstance(exc, bce.ParamValidationError):
         return StorageAccessError(f"{uri}: invalid request parameters ({printable(exc, 500)})")
     if isinstance(exc, (bce.BotoCoreError, OSError)):
         # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
         # ResponseStreamingError, IncompleteReadError, raw socket errors...
         return StorageUnavailableError(
-            f"{uri}: S3 did not answer ({type(exc).__name__}: {printable(exc, 500)}); retry later")
+            f"{uri}: S3 did not answer ({type(exc).__name__}: {printable(exc, 500)}); retry later"
+        )
     return None
 
 
@@ -256,9 +255,7 @@ class S3Store:
         """
         paginator = self.client.get_paginator("list_objects_v2")
         with self._errors(self.uri(prefix), "s3:ListBucket"):
-            pages = paginator.paginate(
-                Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
-            )
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size})
             for page in pages:
                 for obj in page.get("Contents", ()) or ():
                     key = obj["Key"]
@@ -322,9 +319,7 @@ class S3Store:
 
         def fetch(start: int, end: int) -> bytes:
             with self._errors(uri, "s3:GetObject", etag=_strip(pinned)):
-                part = self.client.get_object(
-                    Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}", IfMatch=pinned
-                )
+                part = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}", IfMatch=pinned)
                 body = part["Body"]
                 try:
                     return body.read()
@@ -347,7 +342,7 @@ class S3Store:
             resp = self.client.head_object(Bucket=self.bucket, Key=key)
         info = self._info(key, resp)
         if info.etag != etag:  # rewritten again in between: report what we wrote
-            info = ObjectInfo(self.bucket, key, etag, len(data), dt.datetime.now(dt.timezone.utc))
+            info = ObjectInfo(self.bucket, key, etag, len(data), dt.datetime.now(dt.UTC))
         return info
 
     def delete(self, key: str) -> None:

@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, AsyncIterator
-
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from collections.abc import AsyncIterator
+from typing import Any
 
 # Imported once when the triggerer loads this class (as provider triggers do), never inside a poll:
 # the first poll then does no module loading in its worker thread.
-import boto3  # noqa: F401,E402
-import google.cloud.storage  # noqa: F401,E402
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: F401,E402
+import boto3  # noqa: F401
+import google.cloud.storage  # noqa: F401
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: F401
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-import obslake.hooks  # noqa: F401,E402
-import obslake.lake.discovery  # noqa: F401,E402
-import obslake.storage.gcs  # noqa: F401,E402
-import obslake.storage.s3  # noqa: F401,E402
-
+import obslake.hooks
+import obslake.lake.discovery
+import obslake.storage.gcs
+import obslake.storage.s3  # noqa: F401
 
 STORE_TTL_SECONDS = 900.0
 _stores: dict[tuple[str, str | None], tuple[float, object, str]] = {}
@@ -81,11 +80,16 @@ class NewFilesTrigger(BaseTrigger):
         while True:
             try:
                 files, total = await asyncio.to_thread(_poll, self.job)
-            except Exception as exc:  # reported to the task, which fails or retries
+            except Exception as exc:  # noqa: BLE001 - reported to the task, which fails or retries
                 from obslake.exceptions import printable
 
-                yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {printable(exc, 2000)}",
-                                    "terminal": _is_terminal(exc)})
+                yield TriggerEvent(
+                    {
+                        "status": "error",
+                        "message": f"{type(exc).__name__}: {printable(exc, 2000)}",
+                        "terminal": _is_terminal(exc),
+                    }
+                )
                 return
             if files:
                 yield TriggerEvent({"status": "success", "files": files, "total_new": total})
