@@ -25,6 +25,7 @@ from obslake.schema.mapping import (
     BatchMapper,
     Problem,
     _decode,
+    _epoch_unit,
     parse_ts_text_cells,
 )
 from obslake.schema.types import JobKind
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from obslake.config import ImportJob
 
 TS = TS_TYPE  # UTC microseconds, as every obslake timestamp
+MIN_US, MAX_US = -62_135_596_800e6, 253_402_300_799e6  # 0001-01-01 .. 9999-12-31 (as float µs: compared with floats)
 
 SPAN_SCHEMA = pa.schema(
     [
@@ -144,10 +146,19 @@ class TraceMapper:
         if pa.types.is_timestamp(arr.type):
             out = (pc.assume_timezone(arr, "UTC") if arr.type.tz is None else arr).cast(TS)
         elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-            num = arr.cast(pa.float64())
-            mx = pc.max(pc.abs(num)).as_py() or 0
-            factor = 1_000_000 if mx < 1e11 else 1_000 if mx < 1e14 else 1 if mx < 1e17 else 0.001
-            out = pc.round(pc.multiply(num, factor)).cast(pa.int64()).cast(TS)
+            num = pc.cast(arr, pa.float64(), safe=False)  # int64 ns epochs (about 1.7e18) are beyond 2**53
+            factor = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[_epoch_unit(num)]
+            micros = pc.multiply(num, factor)
+            finite = pc.is_finite(micros)
+            outside = pc.or_(pc.less(micros, MIN_US), pc.greater(micros, MAX_US))
+            for mask, code, what in ((pc.invert(finite), "TS_INVALID", "is not a finite number"),
+                                     (pc.and_(finite, outside), "TS_OUT_OF_RANGE", "is outside the years 1-9999")):
+                for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()[:100]:
+                    problems.append(Problem(code, f"{name} {what}", self.source, "write epoch seconds, ms, us or ns",
+                                            row=first_row + i, column=self.columns[name], value=str(num[i].as_py())))
+            fits = pc.and_(finite, pc.invert(outside))
+            micros = pc.if_else(fits, micros, pa.scalar(None, pa.float64()))
+            out = pc.round(micros).cast(pa.int64()).cast(TS)
         else:
             text = arr.cast(pa.string())
             out, bad = parse_ts_text_cells(text)
