@@ -7,7 +7,7 @@ those tests again so that ``python -m bench`` prints all seven results in one pl
   commit, and after the commit before the ledger update; then a re-run: rows and keys in the lake
   are exactly the source's (tests/lake/test_importer.py);
 * ``kill -9`` during a Data Fabric sync (after the data files are written, after the commit); then a
-  re-run: the exported table holds exactly the source's spans (tests/fabric/test_fabric_lake.py);
+  re-run: the exported table holds exactly the source's spans (tests/fabric/test_export.py);
 * 8 writer processes committing to one table on the Postgres catalog: nothing lost or duplicated.
 
 Baseline: the number of scenarios; ours: the number that passed; ratio = passed / scenarios.
@@ -25,7 +25,7 @@ from bench.common import report
 ROOT = Path(__file__).parent.parent
 TESTS = [
     "tests/lake/test_importer.py::test_kill_9_at_each_stage_then_retry_is_exactly_once",
-    "tests/fabric/test_fabric_lake.py::test_kill_9_during_a_sync_then_rerun_gives_exactly_the_source",
+    "tests/fabric/test_export.py::test_kill_9_during_a_sync_then_rerun_gives_exactly_the_source",
     "tests/lake/test_importer.py::test_eight_concurrent_writer_processes_on_postgres_lose_nothing",
 ]
 

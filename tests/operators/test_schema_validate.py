@@ -1,0 +1,27 @@
+"""SchemaValidateOperator: the dry run per file; failed files go to the ledger, the others go on."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from lake_fixtures import inference_rows, to_bytes
+from obslake.operators.schema_validate import SchemaValidateOperator
+from obslake.storage.local import LocalStore
+
+
+def test_valid_files_pass_and_bad_ones_are_failed_in_the_ledger_with_their_location(lake, make_job, tmp_path):
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    good = store.write("day=1/a.parquet", to_bytes(inference_rows(10), "parquet"))
+    rows = inference_rows(3, id_prefix="b")
+    rows = rows.set_column(rows.schema.get_field_index("prediction_id"), "prediction_id", pa.array(["b0", None, "b2"]))
+    bad = store.write("day=1/b.csv", to_bytes(rows, "csv"))
+    garbage = store.write("day=2/c.parquet", b"PAR1 this is not parquet")
+    op = SchemaValidateOperator(task_id="validate_files", job=job,
+                                files=[good.to_dict(), bad.to_dict(), garbage.to_dict()])
+    assert op.execute({}) == [good.to_dict()]  # only the valid file goes on to the import
+    failed = lake.ledger.get(job.name, bad)
+    assert failed["status"] == "failed" and "[ID_MISSING]" in failed["error"] and "row 2" in failed["error"]
+    assert lake.ledger.get(job.name, garbage)["status"] == "failed"
+    assert lake.ledger.get(job.name, good) is None  # validation writes nothing for a good file
+    assert SchemaValidateOperator(task_id="v", job=job, files=[]).execute({}) == []
