@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from obslake.exceptions import ObslakeError, StorageAccessError
+from obslake.exceptions import StorageAccessError, TerminalError
 from obslake.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def probe_storage(store: ObjectStore, prefix: str) -> str:
     def step(name: str, fn):
         try:
             return fn()
-        except ObslakeError as exc:
+        except TerminalError as exc:  # refused: a missing permission (a transient error propagates and retries)
             raise StorageAccessError(
                 f"permission probe: cannot {name} {uri}: grant {perms[name]} on {store.uri(prefix.strip('/') + '/')} "
                 f"to the Airflow worker's identity ({exc})",

@@ -28,7 +28,7 @@ def make_source(
     from obslake.fabric.phoenix import PhoenixSource
 
     uri = cfg.uri
-    if uri is None:
+    if not uri:  # as TraceSourceConfig's validator reads it: an empty uri is no uri
         if connection_uri is None:
             raise ConfigError(
                 f"the phoenix source uses conn_id {cfg.conn_id!r}, an Airflow connection: run the sync "

@@ -62,6 +62,11 @@ class LakeSettings:
             extra: dict[str, Any] = json.loads(env.get("OBSLAKE_CATALOG_PROPERTIES") or "{}")
         except json.JSONDecodeError as exc:
             raise ConfigError(f"OBSLAKE_CATALOG_PROPERTIES is not valid JSON: {exc}") from exc
+        if not isinstance(extra, dict):
+            raise ConfigError(
+                f"OBSLAKE_CATALOG_PROPERTIES must be a JSON object of pyiceberg catalog properties, e.g. "
+                f'{{"uri": "postgresql+psycopg2://..."}}; got {type(extra).__name__}'
+            )
         props = {k: str(v) for k, v in extra.items()}
         home = None
         if ctype == "sql":
