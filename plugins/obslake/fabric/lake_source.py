@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from obslake.config import _ident
 from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS, ChangeBatch, Changes
+from obslake.schema.mapping import INGESTED_AT, SOURCE_FILE, SOURCE_ROW
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -67,13 +68,13 @@ class LakeTraceSource:
     @staticmethod
     def _files_since(table, snapshot_id: int | None, window: tuple[dt.datetime, dt.datetime] | None):
         """Source files committed after ``snapshot_id`` (or inside ``window``); None = the cursor is gone."""
+        from obslake.lake.iceberg import snapshot_lineage
         from obslake.lake.importer import PROP_SOURCE_FILE
 
         if table is None or table.current_snapshot() is None:
             return set()
         files: set[str] = set()
-        snap = table.current_snapshot()
-        while snap is not None:
+        for snap in snapshot_lineage(table):
             if window is None and snap.snapshot_id == snapshot_id:
                 return files
             when = dt.datetime.fromtimestamp(snap.timestamp_ms / 1000, dt.UTC)
@@ -81,7 +82,6 @@ class LakeTraceSource:
                 f = snap.summary.get(PROP_SOURCE_FILE) if snap.summary is not None else None
                 if f:
                     files.add(f)
-            snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
         return files if (window is not None or snapshot_id is None) else None
 
     def changes(
@@ -130,7 +130,7 @@ class LakeTraceSource:
             if span_files:
                 traces |= set(
                     spans_t.scan(
-                        row_filter=In("_source_file", span_files),  # type: ignore[call-arg, arg-type]
+                        row_filter=In(SOURCE_FILE, span_files),  # type: ignore[call-arg, arg-type]
                         selected_fields=("trace_id",),
                     )
                     .to_arrow()["trace_id"]
@@ -139,7 +139,7 @@ class LakeTraceSource:
             if ann_files:
                 ann_spans = set(
                     ann_t.scan(
-                        row_filter=In("_source_file", ann_files),  # type: ignore[call-arg, arg-type]
+                        row_filter=In(SOURCE_FILE, ann_files),  # type: ignore[call-arg, arg-type]
                         selected_fields=("span_id",),
                     )
                     .to_arrow()["span_id"]
@@ -157,7 +157,7 @@ class LakeTraceSource:
 
         def batches() -> Iterator[ChangeBatch]:
             spans = spans_t.scan(row_filter=span_filter).to_arrow()
-            spans = latest_by(spans, ["span_id"], ["_ingested_at", "_source_file", "_source_row"])
+            spans = latest_by(spans, ["span_id"], [INGESTED_AT, SOURCE_FILE, SOURCE_ROW])
             bounds = spans.group_by("trace_id").aggregate([("start_time", "min"), ("end_time", "max")])
             spans = spans.join(bounds, "trace_id", join_type="left outer")
             spans = spans.set_column(
@@ -171,7 +171,7 @@ class LakeTraceSource:
             if ann_t is not None and ann_t.current_snapshot() is not None:
                 filt = AlwaysTrue() if full else In("span_id", set(spans["span_id"].to_pylist()))  # type: ignore[call-arg, arg-type]
                 ann = ann_t.scan(row_filter=filt).to_arrow()
-                ann = latest_by(ann, ["span_id", "name", "identifier"], ["updated_at", "_ingested_at"])
+                ann = latest_by(ann, ["span_id", "name", "identifier"], ["updated_at", INGESTED_AT])
                 ann = ann.select(ANNOTATION_SCHEMA.names).cast(ANNOTATION_SCHEMA)
             for off in range(0, spans.num_rows, batch_spans):
                 chunk = spans.slice(off, batch_spans)

@@ -63,9 +63,11 @@ from obslake.lake.iceberg import (
 )
 from obslake.lake.ledger import Ledger
 from obslake.schema.mapping import (
-    LINEAGE_COLUMNS,
+    INGESTED_AT,
     MAX_PROBLEMS,
     PARTITION_COLUMN,
+    SOURCE_FILE,
+    SOURCE_ROW,
     TS_TYPE,
     RecordErrors,
     check_table_types,
@@ -130,7 +132,7 @@ def _table_definition(job: ImportJob, arrow_schema: pa.Schema) -> dict[str, Any]
         **model,
         "obslake.job.kind": job.kind.value,
         # full (untruncated) bounds let a replace drop whole files by metadata alone
-        f"write.metadata.metrics.column.{LINEAGE_COLUMNS[0]}": "full",
+        f"write.metadata.metrics.column.{SOURCE_FILE}": "full",
     }
     return {"schema": schema, "partition_spec": identity_spec(schema, [PARTITION_COLUMN]), "properties": properties}
 
@@ -228,7 +230,7 @@ def _commit(
                 raise _SchemaRace(f"{uri}: the table's schema changed while the file was written")
         if replace:
             # pydantic makes mypy see keyword-only constructors; pyiceberg's expressions take (term, literal)
-            replaced = EqualTo(LINEAGE_COLUMNS[0], uri)  # type: ignore[call-arg, arg-type]
+            replaced = EqualTo(SOURCE_FILE, uri)  # type: ignore[call-arg, arg-type]
             current_tx.delete(replaced, snapshot_properties={PROP_JOB: props[PROP_JOB]})
         if data_files or replace:
             with current_tx.update_snapshot(snapshot_properties=props).fast_append() as append:
@@ -248,10 +250,10 @@ class TooManyBadRowsError(TerminalError):
 
 QUARANTINE_SCHEMA = pa.schema(
     [
-        ("_source_file", pa.string()),
+        (SOURCE_FILE, pa.string()),
         ("_source_etag", pa.string()),
-        ("_source_row", pa.int64()),
-        ("_ingested_at", TS_TYPE),
+        (SOURCE_ROW, pa.int64()),
+        (INGESTED_AT, TS_TYPE),
         ("error_codes", pa.string()),
         ("errors", pa.string()),
         ("record", pa.string()),
@@ -274,10 +276,10 @@ class _Quarantine:
             record = batch.slice(idx, 1).to_pylist()[0]
             self.rows.append(
                 {
-                    "_source_file": self.uri,
+                    SOURCE_FILE: self.uri,
                     "_source_etag": self.etag,
-                    "_source_row": first_row + idx,
-                    "_ingested_at": self.ingested_at,
+                    SOURCE_ROW: first_row + idx,
+                    INGESTED_AT: self.ingested_at,
                     "error_codes": ",".join(sorted({p.code for p in probs})),
                     "errors": "\n".join(str(p) for p in probs),
                     "record": json.dumps(record, default=str)[:100_000],

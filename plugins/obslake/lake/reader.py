@@ -22,7 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obslake.exceptions import SchemaMismatchError
-from obslake.schema.mapping import LINEAGE_COLUMNS, TS_TYPE
+from obslake.schema.mapping import (
+    INGESTED_AT,
+    LINEAGE_COLUMNS,
+    LINEAGE_FIELDS,
+    PARTITION_COLUMN,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    TS_TYPE,
+)
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -32,23 +40,20 @@ ACTUALS_SUFFIX = "__actuals"
 VIEW_SUFFIX = "__with_actuals"
 KEY_COLUMN = "prediction_id"
 #: Columns of an actuals table that are bookkeeping, not actuals (never joined onto predictions).
-NON_ACTUAL_COLUMNS = frozenset({KEY_COLUMN, "prediction_timestamp", "date", *LINEAGE_COLUMNS})
+NON_ACTUAL_COLUMNS = frozenset({KEY_COLUMN, "prediction_timestamp", PARTITION_COLUMN, *LINEAGE_COLUMNS})
 #: Tie-break order of "latest wins" (shared by :func:`latest_per_prediction` and :func:`view_ddl`).
-LATEST_ORDER = ("_ingested_at", "_source_file", "_source_row")
+LATEST_ORDER = (INGESTED_AT, SOURCE_FILE, SOURCE_ROW)
 ACTUAL_INGESTED_AT = "actual_ingested_at"
 DEFAULT_ACTUAL_COLUMNS = ("actual_label", "actual_score")
 ENGINES = ("duckdb", "trino", "spark", "snowflake", "bigquery")
 _ENGINE_ALIASES = {"athena": "trino", "presto": "trino", "databricks": "spark"}
 
-_TS = TS_TYPE
 _EMPTY_ACTUALS_SCHEMA = pa.schema(
     [
         pa.field(KEY_COLUMN, pa.string()),
-        pa.field("prediction_timestamp", _TS),
-        pa.field("date", pa.date32()),
-        pa.field("_source_file", pa.string()),
-        pa.field("_source_row", pa.int64()),
-        pa.field("_ingested_at", _TS),
+        pa.field("prediction_timestamp", TS_TYPE),
+        pa.field(PARTITION_COLUMN, pa.date32()),
+        *LINEAGE_FIELDS,
     ]
 )
 
@@ -218,9 +223,9 @@ def read_model(
         actual_cols = [c for c in actual_cols if c in wanted]
 
     if pred_table is None:
-        fields = [actuals.schema.field(KEY_COLUMN).with_type(pa.string()), pa.field("prediction_timestamp", _TS)]
+        fields = [actuals.schema.field(KEY_COLUMN).with_type(pa.string()), pa.field("prediction_timestamp", TS_TYPE)]
         fields += [actuals.schema.field(c) for c in actual_cols]
-        fields.append(pa.field(ACTUAL_INGESTED_AT, _TS))
+        fields.append(pa.field(ACTUAL_INGESTED_AT, TS_TYPE))
         if wanted is not None:
             fields = [f for f in fields if f.name in wanted]
         return pa.schema(fields).empty_table()
@@ -255,7 +260,7 @@ def read_model(
             out = out.set_column(i, out.schema.field(col), _fill(out[col], values, col))
         else:
             out = out.append_column(actuals.schema.field(col), values)
-    ingested = actuals["_ingested_at"].take(take)
+    ingested = actuals[INGESTED_AT].take(take)
     if ACTUAL_INGESTED_AT in out.schema.names:
         out = out.drop_columns([ACTUAL_INGESTED_AT])
     out = out.append_column(pa.field(ACTUAL_INGESTED_AT, ingested.type), ingested)
@@ -329,7 +334,7 @@ def view_ddl(
 
     key = q(KEY_COLUMN)
     order = ", ".join(f"{q(c)} DESC NULLS LAST" for c in LATEST_ORDER)
-    inner_cols = ", ".join([key, *(q(c) for c in actual_columns), q("_ingested_at")])
+    inner_cols = ", ".join([key, *(q(c) for c in actual_columns), q(INGESTED_AT)])
     latest = (
         f"SELECT {inner_cols} FROM (\n"
         f"    SELECT {inner_cols},\n"

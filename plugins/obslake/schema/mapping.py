@@ -33,9 +33,12 @@ from obslake.schema.types import JobKind, SchemaMapping
 if TYPE_CHECKING:  # the job is read for its mapping, model and kind; the configuration layer sits above
     from obslake.config import ImportJob
 
-LINEAGE_COLUMNS = ("_source_file", "_source_row", "_ingested_at")
+SOURCE_FILE, SOURCE_ROW, INGESTED_AT = "_source_file", "_source_row", "_ingested_at"
+LINEAGE_COLUMNS = (SOURCE_FILE, SOURCE_ROW, INGESTED_AT)
+"""Lineage of every row obslake writes: the file URI, its 1-based data row, when it was ingested."""
 PARTITION_COLUMN = "date"
 TS_TYPE = pa.timestamp("us", tz="UTC")
+LINEAGE_FIELDS = (pa.field(SOURCE_FILE, pa.string()), pa.field(SOURCE_ROW, pa.int64()), pa.field(INGESTED_AT, TS_TYPE))
 MAX_ID_CHARS = 512
 MAX_VALUE_CHARS = 10_000  # a feature or tag cell
 MAX_TEXT_CHARS = 1_000_000  # prompt, response, embedding raw data
@@ -1475,9 +1478,9 @@ class BatchMapper:
         n = batch.num_rows
         out[PARTITION_COLUMN] = pc.cast(out["prediction_timestamp"], pa.date32())
         # constant and sequential columns straight from Arrow/numpy (no Python list of n objects)
-        out["_source_file"] = pa.repeat(pa.scalar(self.source, pa.string()), n)
-        out["_source_row"] = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
-        out["_ingested_at"] = pa.repeat(pa.scalar(self.ingested_at, TS_TYPE), n)
+        out[SOURCE_FILE] = pa.repeat(pa.scalar(self.source, pa.string()), n)
+        out[SOURCE_ROW] = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
+        out[INGESTED_AT] = pa.repeat(pa.scalar(self.ingested_at, TS_TYPE), n)
         arrays = []
         for arr in out.values():
             if isinstance(arr, pa.ChunkedArray):

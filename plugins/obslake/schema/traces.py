@@ -19,8 +19,11 @@ import pyarrow.compute as pc
 
 from obslake.exceptions import SchemaMismatchError
 from obslake.schema.mapping import (
+    INGESTED_AT,
     LINEAGE_COLUMNS,
     PARTITION_COLUMN,
+    SOURCE_FILE,
+    SOURCE_ROW,
     TS_TYPE,
     BatchMapper,
     Problem,
@@ -151,11 +154,22 @@ class TraceMapper:
             micros = pc.multiply(num, factor)
             finite = pc.is_finite(micros)
             outside = pc.or_(pc.less(micros, MIN_US), pc.greater(micros, MAX_US))
-            for mask, code, what in ((pc.invert(finite), "TS_INVALID", "is not a finite number"),
-                                     (pc.and_(finite, outside), "TS_OUT_OF_RANGE", "is outside the years 1-9999")):
+            for mask, code, what in (
+                (pc.invert(finite), "TS_INVALID", "is not a finite number"),
+                (pc.and_(finite, outside), "TS_OUT_OF_RANGE", "is outside the years 1-9999"),
+            ):
                 for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()[:100]:
-                    problems.append(Problem(code, f"{name} {what}", self.source, "write epoch seconds, ms, us or ns",
-                                            row=first_row + i, column=self.columns[name], value=str(num[i].as_py())))
+                    problems.append(
+                        Problem(
+                            code,
+                            f"{name} {what}",
+                            self.source,
+                            "write epoch seconds, ms, us or ns",
+                            row=first_row + i,
+                            column=self.columns[name],
+                            value=str(num[i].as_py()),
+                        )
+                    )
             fits = pc.and_(finite, pc.invert(outside))
             micros = pc.if_else(fits, micros, pa.scalar(None, pa.float64()))
             out = pc.round(micros).cast(pa.int64()).cast(TS)
@@ -293,9 +307,9 @@ class TraceMapper:
                     ) from None
             out[field.name] = arr
         out[PARTITION_COLUMN] = pc.cast(pc.fill_null(part_source, pa.scalar(self.ingested_at, TS)), pa.date32())
-        out[LINEAGE_COLUMNS[0]] = pa.array([self.source] * n, pa.string())
-        out[LINEAGE_COLUMNS[1]] = pa.array(range(first_row, first_row + n), pa.int64())
-        out[LINEAGE_COLUMNS[2]] = pa.array([self.ingested_at] * n, TS)
+        out[SOURCE_FILE] = pa.array([self.source] * n, pa.string())
+        out[SOURCE_ROW] = pa.array(range(first_row, first_row + n), pa.int64())
+        out[INGESTED_AT] = pa.array([self.ingested_at] * n, TS)
         names = [f.name for f in self.target] + [PARTITION_COLUMN, *LINEAGE_COLUMNS]
         return pa.RecordBatch.from_arrays([out[k] for k in names], names=names), problems
 
