@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
@@ -13,6 +14,7 @@ from obslake.schema.types import (
     EmbeddingColumns,
     JobKind,
     SchemaMapping,
+    arrow_type,
 )
 
 NAMES = ["id", "feature_b", "ts", "feature_a", "region", "f_extra", "score"]
@@ -124,13 +126,6 @@ def test_arize_json_embedding_list_form_is_merged():
         SchemaMapping.model_validate({"embedding_features": ["vec"]})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: with prompt_column_names/response_column_names as an "
-    "embedding, SchemaMapping._arize_form writes value['embedding_features'] = {prompt} and the "
-    "alias renaming then lets it overwrite embedding_feature_column_names (the other embeddings "
-    "vanish silently); our own key in the Arize JSON list form fails in dict(list) instead",
-)
 @pytest.mark.parametrize(
     "embeddings",
     [
@@ -169,15 +164,13 @@ def test_column_types_must_be_arrow_type_names():
     assert "column_types['feature_x']: unknown type 'decimal-ish'" in str(err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValidationError,
-    reason="product bug: the column_types error message recommends 'timestamp[us, tz=UTC]', but "
-    "pa.type_for_alias has no alias for a time-zoned timestamp, so that spelling is refused",
-)
 def test_the_timestamp_spelling_the_column_types_message_recommends_is_accepted():
     m = SchemaMapping.model_validate({"column_types": {"ts": "timestamp[us, tz=UTC]"}})
     assert m.column_types == {"ts": "timestamp[us, tz=UTC]"}
+    assert arrow_type("timestamp[ms, tz=Asia/Kolkata]") == pa.timestamp("ms", tz="Asia/Kolkata")
+    assert arrow_type("timestamp[us, tz=+05:30]") == pa.timestamp("us", tz="+05:30")
+    with pytest.raises(ValidationError, match="unknown type"):
+        SchemaMapping.model_validate({"column_types": {"ts": "timestamp[us, tz=Mars/Olympus]"}})
 
 
 @pytest.mark.parametrize(

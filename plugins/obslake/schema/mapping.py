@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from obslake.exceptions import SchemaMismatchError, printable
 from obslake.schema.model_types import REQUIREMENTS, label_kind
-from obslake.schema.types import JobKind, SchemaMapping
+from obslake.schema.types import JobKind, SchemaMapping, arrow_type
 
 if TYPE_CHECKING:  # the job is read for its mapping, model and kind; the configuration layer sits above
     from obslake.config import ImportJob
@@ -529,7 +529,7 @@ class BatchMapper:
                 code="DUPLICATE_COLUMN",
                 column=dupes[0],
             )
-        overrides = {c: pa.type_for_alias(t) for c, t in m.column_types.items()}
+        overrides = {c: arrow_type(t) for c, t in m.column_types.items()}
         self.declared = {f.name: overrides.get(f.name, _plain_type(f.type)) for f in declared}
         roles = m.role_columns()
         needed = dict(roles)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from obslake.exceptions import printable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def _q(value: Any) -> str:
@@ -188,6 +191,32 @@ _ARIZE_ALIASES = {
 }
 
 
+_TIMESTAMP_TZ = re.compile(r"timestamp\[(s|ms|us|ns),\s*tz=([^\]]+)\]")
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """The Arrow type a ``column_types`` entry names: a pyarrow alias (``string``, ``int64``,
+    ``timestamp[us]``, ...) or a time-zoned timestamp, ``timestamp[us, tz=UTC]`` (which has no alias).
+
+    Raises:
+        ValueError: no such type.
+    """
+    import pyarrow as pa  # here, not at module level: keep pyarrow out of DAG parsing
+
+    match = _TIMESTAMP_TZ.fullmatch(name.strip())
+    if match:
+        tz = match.group(2).strip()
+        if not re.fullmatch(r"[+-]\d{2}:\d{2}", tz):
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(tz)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {tz!r}") from None
+        return pa.timestamp(match.group(1), tz=tz)
+    return pa.type_for_alias(name)
+
+
 class SchemaMapping(_Strict):
     """Which input column plays which role (Arize's column mapping).
 
@@ -228,11 +257,9 @@ class SchemaMapping(_Strict):
     def _arrow_types(cls, v: dict[str, str]) -> dict[str, str]:
         if not v:
             return v  # keep pyarrow out of DAG parsing
-        import pyarrow as pa
-
         for col, name in v.items():
             try:
-                pa.type_for_alias(name)
+                arrow_type(name)
             except (ValueError, KeyError):
                 raise ValueError(
                     f"column_types[{_q(col)}]: unknown type {_q(name)}; use e.g. string, int64, double, bool, "
@@ -246,13 +273,12 @@ class SchemaMapping(_Strict):
         if not isinstance(value, dict):
             return value
         value = dict(value)
+        llm_embeddings: dict[str, Any] = {}
         for plural, role in (("prompt_column_names", "prompt"), ("response_column_names", "response")):
             if plural in value:  # Arize LLM form: EmbeddingColumnNames(vector, data) or a text column
                 v = value.pop(plural)
                 if isinstance(v, dict):
-                    emb = dict(value.get("embedding_features") or {})
-                    emb[role] = v
-                    value["embedding_features"] = emb
+                    llm_embeddings[role] = v  # joins the other embeddings once their form is known (below)
                 else:
                     value[role] = v
         shap = value.get("shap_values_column_names")
@@ -268,6 +294,8 @@ class SchemaMapping(_Strict):
                     raise ValueError("embedding_features entries must be {name: {vector: …, raw_data: …}}")
                 merged.update(item)
             out["embedding_features"] = merged
+        if llm_embeddings:
+            out["embedding_features"] = {**(out.get("embedding_features") or {}), **llm_embeddings}
         for key in ("prediction_scores", "actual_scores", "threshold_scores"):
             if isinstance(out.get(key), str) and not out[key].endswith(("_", "/", ".")):
                 out[key] = {"columns": [out[key]]}  # a single map column, not a prefix
