@@ -66,3 +66,18 @@ def test_export_operator_with_nothing_to_export_commits_nothing(lake, tmp_path):
                                project="rag-app")
     result = op.execute({"run_id": "manual__" + dt.datetime.now(dt.timezone.utc).isoformat()})
     assert (result["mode"], result["rows"], result["snapshot_id"]) == ("unchanged", 0, None)
+
+
+def test_the_dags_show_the_design_cards_operator_names(make_job, tmp_path):
+    """The import and fabric DAGs keep S3KeyPrefixSensor, TagVerifyOperator, SchemaValidateOperator and
+    IcebergSyncOperator as the names Airflow shows, with single-purpose classes underneath."""
+    from obslake.dag_factory import build_fabric_dag, build_import_dag
+
+    imports = build_import_dag(make_job(f"file://{tmp_path}/in/"))
+    assert {t.task_id: t.operator_name for t in imports.tasks} == {
+        "wait_for_new_files": "S3KeyPrefixSensor", "verify_bucket_ownership": "TagVerifyOperator",
+        "validate_files": "SchemaValidateOperator", "import_file": "IcebergSyncOperator"}
+    assert imports.get_task("import_file").operator_class is IcebergImportOperator
+    fabric = build_fabric_dag(Connector.model_validate(_connector("s3://some-bucket/fabric")))
+    assert fabric.get_task("sync_project").operator_name == "IcebergSyncOperator"
+    assert fabric.get_task("sync_project").operator_class is IcebergExportOperator
