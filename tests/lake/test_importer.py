@@ -229,3 +229,63 @@ def test_discovery_over_1050_files_across_pages_is_capped_and_then_empty(lake, s
             lake.ledger.mark_succeeded(job.name, o, rows=3, table_name="t", snapshot_id=None)
         seen |= {o.key for o in batch}
     assert seen == set(keys) and len(infos) == 1050
+
+
+# -- exactly once at a cost that does not grow with the table's history ------------------------------------
+def _pending_again(lake, job, info, since):
+    """What a crash between the commit and the ledger update leaves: the row pending since ``since``."""
+    import sqlalchemy as sa
+
+    from obslake.lake.ledger import ledger_table as t
+
+    with lake.ledger.engine.begin() as conn:
+        conn.execute(t.update().where(t.c.job == job.name, t.c.key == info.key, t.c.etag == info.etag)
+                     .values(status="pending", pending_since=since, finished_at=None))
+
+
+def test_the_crash_check_reads_only_snapshots_since_the_attempt_began(lake, s3, make_job):
+    import datetime as dt
+
+    from obslake.lake.importer import find_committed
+
+    job = make_job(s3.uri("models/ctr/"))
+    infos = [_put(s3, f"models/ctr/f{i}.parquet", inference_rows(20, id_prefix=f"f{i}"), "parquet") for i in range(3)]
+    for info in infos:
+        assert import_file(job, s3, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    table = lake.catalog.load_table(job.table_identifier)
+    first, uri = infos[0], s3.uri(infos[0].key)
+    committed_at = dt.datetime.fromtimestamp(table.snapshots()[0].timestamp_ms / 1000, dt.UTC)
+    assert find_committed(table, uri, first.etag, committed_at).snapshot_id == table.snapshots()[0].snapshot_id
+    # an attempt that began after the commit (beyond the clock-skew margin) never reads that far back
+    read = []
+    real = table.snapshot_by_id
+    table.snapshot_by_id = lambda sid: read.append(sid) or real(sid)
+    assert find_committed(table, uri, first.etag, committed_at + dt.timedelta(hours=1)) is None
+    assert read == [table.metadata.current_snapshot_id]  # the current one only: already older than the window
+
+    # a crash after the commit: the retry finds its commit among the recent snapshots and repairs the ledger
+    _pending_again(lake, job, first, committed_at)
+    again = import_file(job, s3, first, catalog=lake.catalog, ledger=lake.ledger)
+    assert (again.status, again.rows) == ("already-imported", 20)
+    assert lake.ledger.get(job.name, first)["status"] == "succeeded"
+    assert _scan(lake, job).num_rows == 60
+
+
+def test_a_changed_file_replaces_its_rows_after_the_first_versions_snapshot_expired(lake, s3, make_job):
+    import datetime as dt
+
+    job = make_job(s3.uri("models/ctr/"))
+    v1 = _put(s3, "models/ctr/day.parquet", inference_rows(30, id_prefix="v1"), "parquet")
+    assert import_file(job, s3, v1, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    other = _put(s3, "models/ctr/other.parquet", inference_rows(10, id_prefix="o"), "parquet")
+    assert import_file(job, s3, other, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    table = lake.catalog.load_table(job.table_identifier)
+    table.maintenance.expire_snapshots().older_than(dt.datetime.now(dt.UTC)).commit()  # all but the current
+    table = lake.catalog.load_table(job.table_identifier)
+    assert [s.summary.get(PROP_SOURCE_FILE) for s in table.snapshots()] == [s3.uri(other.key)]  # v1's is gone
+    v2 = _put(s3, "models/ctr/day.parquet", inference_rows(25, id_prefix="v2"), "parquet")
+    assert v2.etag != v1.etag
+    result = import_file(job, s3, v2, catalog=lake.catalog, ledger=lake.ledger)
+    assert (result.status, result.replaced) == ("imported", True)
+    ids = _scan(lake, job)["prediction_id"].to_pylist()
+    assert len(ids) == 35 and not any(i.startswith("v1") for i in ids)  # v1's rows replaced, never kept beside

@@ -283,3 +283,30 @@ def test_a_ledger_created_by_an_older_version_gains_the_new_columns(state_uri):
     ledger.mark_failed(JOB, bad, error="still bad", fingerprint="fp-now", code="TYPE_MISMATCH")
     assert ledger.get(JOB, bad)["attempts"] == 2
     assert ledger.done_versions(JOB, "fp-now") == {_vid(bad), _vid(good)}
+
+
+def test_mark_pending_says_since_when_an_unrecorded_commit_is_possible(ledger):
+    """The bounded crash check: None for a first attempt; the start of the unfinished attempts otherwise."""
+    obj = _obj(key="in/crash.parquet")
+    assert ledger.mark_pending(JOB, obj) is None  # new: nothing of this version can have committed
+    first = _utc(ledger.get(JOB, obj)["pending_since"])
+    ledger.mark_retry(JOB, obj, error="catalog down")
+    again = ledger.mark_pending(JOB, obj)  # the earlier attempt may have committed before it died
+    assert again is not None and _utc(again) == first
+    assert ledger.mark_pending(JOB, obj) == again  # kept across attempts: the window never shrinks
+    ledger.mark_failed(JOB, obj, error="bad file", code="ID_MISSING")
+    assert ledger.get(JOB, obj)["pending_since"] is None
+    assert ledger.mark_pending(JOB, obj) is None  # a failed attempt never commits: a fresh start
+
+
+def test_has_other_version_reads_the_ledger_not_the_table(ledger):
+    v1, v2 = _obj(key="in/day.csv", etag="v1"), _obj(key="in/day.csv", etag="v2")
+    assert not ledger.has_other_version(JOB, v2)
+    ledger.mark_pending(JOB, v1)  # an unfinished attempt on v1 may have committed: v2 must replace it
+    assert ledger.has_other_version(JOB, v2)
+    ledger.mark_failed(JOB, v1, error="bad", code="ID_MISSING")  # a failed v1 never committed
+    assert not ledger.has_other_version(JOB, v2)
+    ledger.mark_succeeded(JOB, v1, rows=3, table_name="t", snapshot_id=1)
+    assert ledger.has_other_version(JOB, v2)
+    assert not ledger.has_other_version(JOB, _obj(key="in/other.csv", etag="v9"))
+    assert not ledger.has_other_version("another_job", v2)

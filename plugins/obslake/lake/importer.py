@@ -2,14 +2,19 @@
 
 The recipe (one Iceberg transaction per file):
 
-1. The ledger row for (job, bucket, key, etag) goes to ``pending``.
-2. If a snapshot in the table's current lineage carries ``obslake.source-file`` = the file's URI and
-   ``obslake.source-etag`` = its etag, the file is already committed (a crash hit between the commit
-   and the ledger update): the ledger is repaired from the snapshot summary, nothing is appended.
+1. The ledger is the index of what was imported: a version it records as ``succeeded`` is not imported
+   again. Otherwise its row goes to ``pending``; the ledger says whether an earlier attempt on it is
+   unfinished, and since when (:meth:`~obslake.lake.ledger.Ledger.mark_pending`).
+2. Only then, and only among the snapshots committed since that time, a snapshot carrying
+   ``obslake.source-file`` = the file's URI and ``obslake.source-etag`` = its etag means the file is
+   already committed (a crash hit between the commit and the ledger update): the ledger is repaired from
+   the snapshot summary, nothing is appended. Neither step reads the table's whole history, so the cost
+   of an import does not grow with it.
 3. The file is streamed in record batches, mapped (:class:`~obslake.schema.mapping.BatchMapper`) and
    written as Parquet data files in chunks of bounded size, each on a background thread while the
    next one is read (:class:`~obslake.lake.iceberg.DataFileWriter`) — memory does not grow with the file.
-4. One transaction deletes the rows of any earlier version of the same key (the file changed) and
+4. One transaction deletes the rows of any earlier version of the same key (the file changed: the
+   ledger knows, even after that version's snapshot has expired) and
    appends the new data files, with the source key and etag in the snapshot properties. A commit
    conflict refreshes the table and retries with the same data files.
 5. The ledger row goes to ``succeeded`` (rows, snapshot id).
@@ -87,6 +92,8 @@ PROP_SOURCE_FILE = "obslake.source-file"
 PROP_SOURCE_ETAG = "obslake.source-etag"
 PROP_JOB = "obslake.job"
 PROP_ROWS = "obslake.rows"
+CLOCK_SKEW = dt.timedelta(minutes=10)
+"""How far the clocks of two workers (which stamp snapshots and ledger rows) may disagree."""
 
 
 class FileTooLargeError(TerminalError):
@@ -146,17 +153,21 @@ def ensure_table(catalog: Catalog, job: ImportJob, arrow_schema: pa.Schema) -> T
     return load_or_create(catalog, job.table_identifier, lambda: _table_definition(job, arrow_schema))
 
 
-def find_committed(table: Table, uri: str, etag: str) -> Any:
-    """The snapshot in the current lineage that committed this file version, or None."""
+def find_committed(table: Table, uri: str, etag: str, since: dt.datetime) -> Any:
+    """The snapshot that committed this file version since ``since``, or None.
+
+    Only the snapshots committed since then (less :data:`CLOCK_SKEW`) are read, newest first: the ledger
+    says when the unfinished attempts of this version began (:meth:`Ledger.mark_pending`), so the cost is
+    the number of commits since, never the table's whole history.
+    """
+    cutoff_ms = (since - CLOCK_SKEW).timestamp() * 1000
     for snap in snapshot_lineage(table):
+        if snap.timestamp_ms < cutoff_ms:
+            return None
         s = snap.summary
         if s is not None and s.get(PROP_SOURCE_FILE) == uri and s.get(PROP_SOURCE_ETAG) == etag:
             return snap
     return None
-
-
-def _has_earlier_version(table: Table, uri: str) -> bool:
-    return any(s.summary is not None and s.summary.get(PROP_SOURCE_FILE) == uri for s in snapshot_lineage(table))
 
 
 def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str) -> pa.RecordBatch:
@@ -202,8 +213,12 @@ def _commit(
     data_files: list[DataFile],
     props: dict[str, str],
     replace: bool,
+    since: dt.datetime,
 ) -> tuple[Table, Any, bool]:
     """Commit the file's transaction (table creation / new columns, replace, append), retrying conflicts.
+
+    ``since``: the earliest time an attempt on this version may have committed (a retry after a conflict
+    looks for its own commit only among the snapshots since then).
 
     Returns:
         (table, the snapshot that holds the file (or None), whether an earlier version was replaced).
@@ -221,10 +236,9 @@ def _commit(
         nonlocal current_tx, replace
         if n:  # a conflict: start again from the table as it is now
             table = catalog.load_table(job.table_identifier)
-            done = find_committed(table, uri, etag)
+            done = find_committed(table, uri, etag, since)
             if done is not None:
                 return table, done, False
-            replace = replace or _has_earlier_version(table, uri)
             current_tx = _begin(catalog, job, table, arrow_schema)
             if not same_field_ids(written, current_tx.table_metadata.schema()):
                 raise _SchemaRace(f"{uri}: the table's schema changed while the file was written")
@@ -237,7 +251,7 @@ def _commit(
                 for df in data_files:
                     append.append_data_file(df)
         table = current_tx.commit_transaction()
-        return table, find_committed(table, uri, etag), replace
+        return table, find_committed(table, uri, etag, since), replace
 
     return commit_with_retry(attempt, what=uri)
 
@@ -287,8 +301,11 @@ class _Quarantine:
             )
         return set(by_row)
 
-    def commit(self, catalog: Catalog) -> None:
-        """Append the bad rows to ``<table>__quarantine`` exactly once per file version."""
+    def commit(self, catalog: Catalog, since: dt.datetime | None) -> None:
+        """Append the bad rows to ``<table>__quarantine`` exactly once per file version.
+
+        ``since``: when unfinished earlier attempts on this version began (None: this is the first).
+        """
         if not self.rows:
             return
         ident = self.job.quarantine_table_identifier
@@ -306,7 +323,7 @@ class _Quarantine:
         def attempt(n: int) -> None:
             if n:
                 table.refresh()
-            if find_committed(table, self.uri, self.etag) is not None:
+            if (n or since is not None) and find_committed(table, self.uri, self.etag, since or self.ingested_at):
                 return
             table.append(data, snapshot_properties=props)
             log.info("%s: %d bad row(s) kept in %s", self.uri, len(self.rows), ".".join(ident))
@@ -369,7 +386,19 @@ def import_file(
     uri = store.uri(info.key)
     table_name = ".".join(job.table_identifier)
     fingerprint = job.schema_.fingerprint()
-    ledger.mark_pending(job.name, info)
+    done = ledger.get(job.name, info)
+    if done is not None and done["status"] == "succeeded":  # the ledger is the index of what was imported
+        log.info("%s (etag %s) was imported already (ledger); nothing to do", printable(uri), printable(info.etag))
+        return ImportResult(
+            uri,
+            info.etag,
+            "already-imported",
+            done["rows"] or 0,
+            table_name,
+            done["snapshot_id"],
+            seconds=time.monotonic() - started,
+        )
+    since = ledger.mark_pending(job.name, info)
     log.info("importing %s (etag %s, %d bytes) into %s", printable(uri), printable(info.etag), info.size, table_name)
 
     def failed(code: str, message: str) -> ImportResult:
@@ -392,6 +421,7 @@ def import_file(
             ledger=ledger,
             batch_rows=batch_rows,
             chunk_rows=chunk_rows,
+            since=since,
         )
     except ObjectChangedError as exc:
         msg = f"{exc} (this version is gone; the new version is imported on the next poll)"
@@ -423,6 +453,7 @@ def _import(
     ledger: Ledger,
     batch_rows: int,
     chunk_rows: int,
+    since: dt.datetime | None,
 ) -> ImportResult:
     if info.size > job.max_file_bytes:
         raise FileTooLargeError(
@@ -450,6 +481,7 @@ def _import(
                 ledger=ledger,
                 batch_rows=batch_rows,
                 chunk_rows=chunk_rows,
+                since=since,
             )
         except _SchemaRace as exc:
             log.info("%s; writing the file again (attempt %d)", printable(exc), attempt + 2)
@@ -470,6 +502,7 @@ def _import_once(
     ledger: Ledger,
     batch_rows: int,
     chunk_rows: int,
+    since: dt.datetime | None,
 ) -> ImportResult:
     ingested_at = dt.datetime.now(dt.UTC)
     quarantine = _Quarantine(job, uri, info.etag, ingested_at)
@@ -523,7 +556,8 @@ def _import_once(
                     code="FILE_EMPTY",
                 )
             if table is not None:
-                done = find_committed(table, uri, info.etag)
+                # an earlier, unfinished attempt may have committed without reaching the ledger
+                done = find_committed(table, uri, info.etag, since) if since is not None else None
                 if done is not None:
                     rows = int(done.summary.get(PROP_ROWS, "0"))
                     log.info(
@@ -569,8 +603,8 @@ def _import_once(
                 f"{uri}: {counts['bad']} of {counts['read']} rows are bad, over max_bad_fraction="
                 f"{job.max_bad_fraction:g} (on_error: skip_rows); fix the file or raise the threshold"
             )
-        quarantine.commit(catalog)
-        replace = table is not None and _has_earlier_version(table, uri)
+        quarantine.commit(catalog, since)
+        replace = table is not None and ledger.has_other_version(job.name, info)
         props = {PROP_SOURCE_FILE: uri, PROP_SOURCE_ETAG: info.etag, PROP_JOB: job.name, PROP_ROWS: str(total)}
         note = (
             f"{counts['bad']} bad row(s) kept in {'.'.join(job.quarantine_table_identifier)}" if counts["bad"] else None
@@ -587,7 +621,9 @@ def _import_once(
                 note=note,
             )
             return ImportResult(uri, info.etag, "imported", 0, table_name, seconds=time.monotonic() - started)
-        table, snap, replaced = _commit(catalog, job, tx, first.schema, uri, info.etag, data_files, props, replace)
+        table, snap, replaced = _commit(
+            catalog, job, tx, first.schema, uri, info.etag, data_files, props, replace, since or ingested_at
+        )
         data_files = []  # committed: referenced by the table now
     except BaseException:
         if io is not None and data_files:

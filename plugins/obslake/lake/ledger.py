@@ -37,6 +37,9 @@ ledger_table = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
     sa.Column("started_at", sa.DateTime(timezone=True)),
+    # when the current run of unfinished attempts began (NULL once finished): a commit of this version that
+    # the ledger has not recorded can only be in a snapshot committed since then (the bounded crash check)
+    sa.Column("pending_since", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Index("ix_obslake_ledger_job_status", "job", "status"),
 )
@@ -55,6 +58,11 @@ DONE = (FileStatus.succeeded.value, FileStatus.failed.value)
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _aware(when: dt.datetime) -> dt.datetime:
+    """A timestamp read back from the state database as UTC-aware (SQLite returns naive ones)."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 @lru_cache(maxsize=8)
@@ -120,6 +128,28 @@ class Ledger:
             row = conn.execute(q).mappings().first()
         return dict(row) if row else None
 
+    def has_other_version(self, job: str, obj: ObjectInfo) -> bool:
+        """True if another version (etag) of the same key was imported, or an attempt on one is unfinished
+        (it may have committed): its rows must be replaced, not kept beside the new ones.
+
+        Answered from the ledger's primary key (job, bucket, key, ...), so it costs the same whatever the
+        table's history, and holds after the earlier version's snapshot has expired.
+        """
+        t = ledger_table
+        q = (
+            sa.select(sa.literal(1))
+            .where(
+                t.c.job == job,
+                t.c.bucket == obj.bucket,
+                t.c.key == obj.key,
+                t.c.etag != obj.etag,
+                t.c.status.in_((FileStatus.succeeded.value, FileStatus.pending.value)),
+            )
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
+
     def rows(self, job: str) -> list[dict]:
         """Every ledger row of ``job`` (for status reports and tests)."""
         t = ledger_table
@@ -137,15 +167,32 @@ class Ledger:
             return out
 
     # -- writes ----------------------------------------------------------------------------------
-    def mark_pending(self, job: str, obj: ObjectInfo) -> None:
-        """Record that an attempt on this version starts (creates the row, counts the attempt)."""
+    def mark_pending(self, job: str, obj: ObjectInfo) -> dt.datetime | None:
+        """Record that an attempt on this version starts (creates the row, counts the attempt).
+
+        Returns:
+            None when no earlier attempt can have committed this version unrecorded (a new row, or the
+            last attempt finished); otherwise the time the unfinished attempts began: a commit that a
+            crash kept out of the ledger is in a snapshot committed since then. One indexed row read
+            and write, whatever the ledger's or the table's size.
+        """
         t = ledger_table
         now = _now()
+        key = (t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
         with self.engine.begin() as conn:
+            row = conn.execute(sa.select(t.c.status, t.c.pending_since, t.c.first_seen).where(*key)).first()
+            since = None
+            if row is not None and row.status == FileStatus.pending.value:
+                since = _aware(row.pending_since or row.first_seen)  # rows from before the column: first seen
             updated = conn.execute(
                 t.update()
-                .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
-                .values(status=FileStatus.pending.value, attempts=t.c.attempts + 1, started_at=now)
+                .where(*key)
+                .values(
+                    status=FileStatus.pending.value,
+                    attempts=t.c.attempts + 1,
+                    started_at=now,
+                    pending_since=since or now,
+                )
             ).rowcount
             if not updated:
                 try:
@@ -161,14 +208,17 @@ class Ledger:
                                 attempts=1,
                                 first_seen=now,
                                 started_at=now,
+                                pending_since=now,
                             )
                         )
-                except sa.exc.IntegrityError:  # a concurrent attempt inserted it first
+                except sa.exc.IntegrityError:  # a concurrent attempt inserted it first: it may commit
                     conn.execute(
                         t.update()
-                        .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
+                        .where(*key)
                         .values(status=FileStatus.pending.value, attempts=t.c.attempts + 1, started_at=now)
                     )
+                    return now
+            return since
 
     def _finish(self, job: str, obj: ObjectInfo, **values) -> None:
         t = ledger_table
@@ -177,7 +227,7 @@ class Ledger:
             updated = conn.execute(
                 t.update()
                 .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
-                .values(finished_at=now, **values)
+                .values(finished_at=now, pending_since=None, **values)
             ).rowcount
             if not updated:
                 conn.execute(
