@@ -368,6 +368,25 @@ def _write_tasks(
     return tasks
 
 
+def parquet_write_options(properties: dict[str, str], sample: pa.Table) -> tuple[dict[str, Any], int]:
+    """How the one write path writes Parquet for a table's properties: ``ParquetWriter`` keyword arguments
+    (compression and level, page sizes, the dictionary-encoded columns chosen from ``sample``) and the row
+    group size. The benchmark floor (``bench/p1_throughput.py``) writes with exactly these."""
+    from pyiceberg.io.pyarrow import _get_parquet_writer_kwargs
+    from pyiceberg.table import TableProperties
+    from pyiceberg.utils.properties import property_as_int
+
+    row_group_size = property_as_int(
+        properties, TableProperties.PARQUET_ROW_GROUP_LIMIT, TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT
+    )
+    options = {
+        "store_decimal_as_integer": True,
+        "use_dictionary": _dictionary_columns(sample),
+        **_get_parquet_writer_kwargs(properties),
+    }
+    return options, row_group_size or TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT
+
+
 def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any) -> DataFile:
     """Write one pyiceberg ``WriteTask`` as a Parquet data file; its DataFile (with column metrics).
 
@@ -376,7 +395,6 @@ def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any
     """
     from pyiceberg.io.fileformat import FileFormatFactory
     from pyiceberg.io.pyarrow import (
-        _get_parquet_writer_kwargs,
         _to_requested_schema,
         compute_statistics_plan,
         data_file_statistics_from_parquet_metadata,
@@ -384,10 +402,9 @@ def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any
     )
     from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
     from pyiceberg.schema import sanitize_column_names
-    from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE, TableProperties
+    from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE
     from pyiceberg.typedef import Record
     from pyiceberg.utils.config import Config
-    from pyiceberg.utils.properties import property_as_int
 
     file_schema = sanitize_column_names(metadata.schema())
     downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
@@ -408,20 +425,9 @@ def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any
     file_path = locations.new_data_location(
         data_file_name=task.generate_data_file_filename("parquet"), partition_key=task.partition_key
     )
-    row_group_size = property_as_int(
-        metadata.properties, TableProperties.PARQUET_ROW_GROUP_LIMIT, TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT
-    )
+    options, row_group_size = parquet_write_options(metadata.properties, df)
     out = io.new_output(file_path)
-    with (
-        out.create(overwrite=True) as fos,
-        pq.ParquetWriter(
-            fos,
-            schema=df.schema,
-            store_decimal_as_integer=True,
-            use_dictionary=_dictionary_columns(df),
-            **_get_parquet_writer_kwargs(metadata.properties),
-        ) as writer,
-    ):
+    with out.create(overwrite=True) as fos, pq.ParquetWriter(fos, schema=df.schema, **options) as writer:
         writer.write(df, row_group_size=row_group_size)
     statistics = data_file_statistics_from_parquet_metadata(
         parquet_metadata=writer.writer.metadata,
