@@ -221,3 +221,31 @@ def test_pyiceberg_private_apis_only_in_the_iceberg_module():
             "_initialize_fs"} <= used.pop(
         "lake/iceberg.py")
     assert {path: sorted(names) for path, names in used.items() if names} == {}
+
+
+def test_a_transaction_computes_each_metadata_state_once(lake, make_job, tmp_path, monkeypatch):
+    """pyiceberg re-applies the staged updates and deep-copies the whole table metadata (every snapshot) on
+    each access of Transaction.table_metadata, ~18 times a commit; obslake computes each state once."""
+    import pyiceberg.table.update
+    from pyiceberg.table.update import update_table_metadata
+
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    for i in range(3):  # some history
+        info = store.write(f"h{i}.parquet", to_bytes(inference_rows(10, id_prefix=f"h{i}"), "parquet"))
+        assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    table = lake.catalog.load_table(job.table_identifier)
+    tx = table.transaction()
+    assert tx.table_metadata is tx.table_metadata  # one state, one object
+    before = tx.table_metadata
+    tx.set_properties({"obslake.test": "1"})
+    assert tx.table_metadata is not before and tx.table_metadata.properties["obslake.test"] == "1"
+    assert before.properties.get("obslake.test") is None  # the earlier state is unchanged (frozen models)
+
+    calls = []
+    monkeypatch.setattr(pyiceberg.table.update, "update_table_metadata",
+                        lambda *a, **k: calls.append(1) or update_table_metadata(*a, **k))
+    info = store.write("x.parquet", to_bytes(inference_rows(10, id_prefix="x"), "parquet"))
+    assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    assert 0 < len(calls) <= 6, len(calls)  # one per staged state (was about 18 per commit)
+    assert lake.catalog.load_table(job.table_identifier).scan().to_arrow().num_rows == 40
