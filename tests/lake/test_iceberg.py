@@ -249,3 +249,40 @@ def test_a_transaction_computes_each_metadata_state_once(lake, make_job, tmp_pat
     assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
     assert 0 < len(calls) <= 6, len(calls)  # one per staged state (was about 18 per commit)
     assert lake.catalog.load_table(job.table_identifier).scan().to_arrow().num_rows == 40
+
+
+# -- bounded metadata ------------------------------------------------------------------------------------
+def test_metadata_files_are_bounded_and_manifests_merge_as_the_table_grows(lake, make_job, tmp_path):
+    """120 imports: at most 11 metadata.json files stay (the current one and 10 earlier), the current snapshot
+    plans over fewer than 100 manifests, and a reader we did not write (DuckDB) reads every row."""
+    import glob
+
+    from fabric.fabric_helpers import duckdb_connection
+
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    for i in range(120):
+        info = store.write(f"f{i:03d}.parquet", to_bytes(inference_rows(5, id_prefix=f"f{i}-"), "parquet"))
+        assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    table = lake.catalog.load_table(job.table_identifier)
+    metadata_dir = table.metadata_location.removeprefix("file://").rsplit("/", 1)[0]
+    assert len(glob.glob(f"{metadata_dir}/*.metadata.json")) <= 11
+    assert len(table.metadata.metadata_log) <= 10
+    assert len(table.current_snapshot().manifests(table.io)) < 100  # merged (was one manifest per import)
+    con = duckdb_connection()
+    assert con.execute(f"SELECT count(*) FROM iceberg_scan('{table.metadata_location}')").fetchone()[0] == 600
+
+
+def test_a_table_of_an_earlier_version_gets_the_bounded_metadata_properties_at_its_next_commit(lake, tmp_path):
+    from obslake.lake.iceberg import DEFAULT_TABLE_PROPERTIES, begin
+
+    schema = pa.schema([("id", pa.string())])
+    lake.catalog.create_namespace("old")
+    old = lake.catalog.create_table(("old", "t"), schema=schema, properties={"write.metadata.previous-versions-max": "3"})
+    tx = begin(lake.catalog, ("old", "t"), old, schema, lambda: {})
+    with tx.update_snapshot().merge_append() as append:
+        for f in write_data_files(tx.table_metadata, old.io, pa.table({"id": ["a"]})):
+            append.append_data_file(f)
+    props = tx.commit_transaction().properties
+    assert props["write.metadata.previous-versions-max"] == "3"  # the owner's choice stays
+    assert all(props[k] == v for k, v in DEFAULT_TABLE_PROPERTIES.items() if k != "write.metadata.previous-versions-max")

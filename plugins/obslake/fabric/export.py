@@ -42,6 +42,7 @@ from obslake.fabric.model import FLAT_ATTRIBUTES, TS, ChangeBatch, TraceSource
 from obslake.lake.iceberg import (
     DEFAULT_TABLE_PROPERTIES,
     commit_with_retry,
+    ensure_properties,
     evolve,
     iceberg_schema,
     identity_spec,
@@ -397,6 +398,7 @@ class ProjectExporter:
                 # manual run raced us: an overwrite whose files are gone fails validation below
                 table.refresh()
             tx = table.transaction()
+            ensure_properties(tx, table.properties)  # bounded metadata also for tables of earlier versions
             if replaced:  # one OVERWRITE snapshot: the old files of the touched partitions out, the new in
                 with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
                     for f in replaced:
@@ -404,7 +406,7 @@ class ProjectExporter:
                     for f in data_files:
                         ow.append_data_file(f)
             else:
-                with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+                with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
                     for f in data_files:
                         append.append_data_file(f)
             return tx.commit_transaction()

@@ -46,8 +46,17 @@ DDL_ATTEMPTS = 5
 CHUNK_ROWS = 1_000_000
 CHUNK_BYTES = 64 * 1024**2
 DICTIONARY_SAMPLE_ROWS = 10_000
-DEFAULT_TABLE_PROPERTIES = {"write.parquet.compression-codec": "zstd"}
-"""Properties of every table obslake creates (imports, quarantine, Data Fabric exports)."""
+DEFAULT_TABLE_PROPERTIES = {
+    "write.parquet.compression-codec": "zstd",
+    # bounded metadata: each commit deletes the metadata.json files beyond the last 10 ...
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "10",
+    # ... and appends merge manifests once there are 100 (commit.manifest-merge.min-count-to-merge), so
+    # query planning reads a bounded number of manifests however many files were imported
+    "commit.manifest-merge.enabled": "true",
+}
+"""Properties of every table obslake writes (imports, quarantine, Data Fabric exports); set on creation,
+and added to an existing table (created by an earlier version) at its next commit, unless it has its own."""
 
 
 # -- retries -----------------------------------------------------------------------------------------
@@ -228,8 +237,17 @@ def begin(
         ensure_namespace(catalog, ident[0])
         return catalog.create_table_transaction(ident, **definition())
     tx = table.transaction()
+    ensure_properties(tx, table.properties)
     evolve(tx, table.schema().as_arrow(), arrow_schema)
     return tx
+
+
+def ensure_properties(tx: Transaction, current: dict[str, str]) -> None:
+    """Stage :data:`DEFAULT_TABLE_PROPERTIES` that the table lacks (a table created by an earlier version);
+    a property the table has, whatever its value, is the owner's choice and stays."""
+    missing = {k: v for k, v in DEFAULT_TABLE_PROPERTIES.items() if k not in current}
+    if missing:
+        tx.set_properties(missing)
 
 
 def evolve(target: Table | Transaction, current: pa.Schema, wanted: pa.Schema) -> list[str]:

@@ -247,7 +247,7 @@ def _commit(
             replaced = EqualTo(SOURCE_FILE, uri)  # type: ignore[call-arg, arg-type]
             current_tx.delete(replaced, snapshot_properties={PROP_JOB: props[PROP_JOB]})
         if data_files or replace:
-            with current_tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+            with current_tx.update_snapshot(snapshot_properties=props).merge_append() as append:
                 for df in data_files:
                     append.append_data_file(df)
         table = current_tx.commit_transaction()
