@@ -28,6 +28,8 @@ import pyarrow.parquet as pq
 from obslake.exceptions import CommitConflictError, printable
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from pyiceberg.catalog import Catalog
     from pyiceberg.manifest import DataFile
     from pyiceberg.partitioning import PartitionSpec
@@ -89,12 +91,17 @@ def is_commit_conflict(exc: BaseException) -> bool:
     pyiceberg's ``CommitFailedException``; a table or namespace created by a parallel task
     (``TableAlreadyExistsError``, or the SQL catalog's ``IntegrityError``); SQLite's "database is locked".
     A ``ValidationException`` (a concurrent commit removed a file this one rewrites) is not a conflict to
-    retry blindly: the caller's work is stale and the error propagates.
+    retry blindly: the caller's work is stale and the error propagates; except when the transaction's
+    starting snapshot was expired meanwhile, which starting again from the current table resolves.
     """
-    from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
+    from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError, ValidationException
     from sqlalchemy.exc import IntegrityError, OperationalError
 
     if isinstance(exc, (CommitFailedException, TableAlreadyExistsError, IntegrityError)):
+        return True
+    if isinstance(exc, ValidationException) and "Cannot find starting snapshot" in str(exc):
+        # pyiceberg's own retry cannot rebase a transaction whose starting snapshot expired meanwhile (the
+        # lake upkeep ran): ours starts the transaction again from the table as it is now
         return True
     return isinstance(exc, OperationalError) and "locked" in str(exc).lower()
 
@@ -627,6 +634,28 @@ def read_data_files(table: Table, data_files: list[DataFile]) -> pa.Table:
 
     scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     return scan.to_table([FileScanTask(f) for f in data_files])
+
+
+def list_files(io: Any, location: str) -> Iterator[tuple[str, int, dt.datetime]]:
+    """(URI, size, modification time) of every file below ``location`` through the table's FileIO filesystem.
+
+    A file whose store reports no modification time gets "now", so it never looks old.
+    """
+    import datetime as dt
+
+    from pyarrow.fs import FileSelector, FileType
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    scheme, netloc, path = PyArrowFileIO.parse_location(location)
+    fs = io.fs_by_scheme(scheme, netloc)
+    now = dt.datetime.now(dt.UTC)
+    for info in fs.get_file_info(FileSelector(path, recursive=True, allow_not_found=True)):
+        if info.type != FileType.File:
+            continue
+        mtime = info.mtime or now
+        mtime = mtime if mtime.tzinfo is not None else mtime.replace(tzinfo=dt.UTC)
+        uri = f"file://{info.path}" if scheme == "file" else f"{scheme}://{info.path}"
+        yield uri, info.size or 0, mtime
 
 
 def snapshot_lineage(table: Table) -> Iterator[Any]:

@@ -66,7 +66,10 @@ class _StoreHandler(pafs.FileSystemHandler):
     def get_file_info_selector(self, selector):
         store, key = self._store(selector.base_dir.rstrip("/"))
         prefix = key.rstrip("/") + "/" if key else ""
-        return [pafs.FileInfo(f"{store.bucket}/{o.key}", pafs.FileType.File, size=o.size) for o in store.list(prefix)]
+        return [
+            pafs.FileInfo(f"{store.bucket}/{o.key}", pafs.FileType.File, size=o.size, mtime=o.mtime)
+            for o in store.list(prefix)
+        ]
 
     def create_dir(self, path, recursive):
         pass  # object stores have no directories
