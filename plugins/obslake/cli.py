@@ -7,6 +7,7 @@ obslake status [JOB]         files pending/succeeded/failed, rows, last import, 
 obslake schema-doc           the model-type and expected-type tables
 obslake fabric ddl CONNECTOR query DDL (BigQuery, Databricks, Snowflake, Athena, DuckDB) with real paths
 obslake fabric sync CONNECTOR run a connector's sync now, outside Airflow
+obslake maintenance TABLE    lake upkeep of one table: expire, compact, remove orphans (--dry-run)
 """
 
 from __future__ import annotations
@@ -192,6 +193,41 @@ def cmd_fabric_sync(args) -> int:
     return 0
 
 
+def cmd_maintenance(args) -> int:
+    """Lake upkeep of one table now (what the ``obslake_maintenance`` DAG does daily); ``--dry-run`` only plans."""
+    import datetime as dt
+
+    from obslake.lake.catalog import LakeSettings, load_catalog
+    from obslake.lake.iceberg import load_table
+    from obslake.lake.ledger import Ledger
+    from obslake.lake.maintenance import Policy, maintain
+    from obslake.storage.credentials import StorageCredentials
+
+    ident = tuple(args.table.split(".", 1))
+    if len(ident) != 2:
+        raise ObslakeError(f"table {args.table!r}: give it as namespace.name (e.g. ctr_space.ctr__production)")
+    settings = LakeSettings.from_env()
+    catalog = load_catalog(settings)
+    table = load_table(catalog, ident)
+    if table is None:
+        raise ObslakeError(f"no table {args.table} in the catalog")
+    scheme = table.location().split("://", 1)[0]
+    if scheme in ("s3", "gs"):  # a table in a bucket (Data Fabric): credentials from the environment
+        catalog = load_catalog(settings, StorageCredentials.from_env(scheme))
+    policy = Policy()
+    if args.retention_hours is not None:
+        policy = Policy(retention=dt.timedelta(hours=args.retention_hours))
+    report = maintain(
+        catalog,
+        ident,
+        policy,
+        dry_run=args.dry_run,
+        protect_since=Ledger(settings.state_uri).oldest_pending_since(),
+    )
+    print(report.summary())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="obslake", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     d = fab.add_parser("ddl", help="CREATE statements for BigQuery, Databricks, Snowflake, Athena, DuckDB")
     d.add_argument("connector")
     d.add_argument("--engine", choices=["bigquery", "databricks", "snowflake", "athena", "duckdb"])
+    mt = sub.add_parser("maintenance", help="lake upkeep of one table: expire, compact, remove orphans")
+    mt.add_argument("table", help="namespace.name")
+    mt.add_argument("--dry-run", action="store_true", help="print what it would do, change nothing")
+    mt.add_argument("--retention-hours", type=float, help="keep snapshots this young (default 7 days)")
     sy = fab.add_parser("sync", help="sync a connector now, outside Airflow")
     sy.add_argument("connector")
     sy.add_argument("--project")
@@ -242,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             "dry-run": cmd_dry_run,
             "status": cmd_status,
             "schema-doc": cmd_schema_doc,
+            "maintenance": cmd_maintenance,
         }[args.cmd](args)
     except ObslakeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -34,9 +34,9 @@ def test_repo_dags_parse_without_errors_and_carry_tags_and_retries(monkeypatch):
     bag = _bag()
     assert bag.import_errors == {}
     assert bag.dags, "include/import_jobs/ ships at least one example job"
-    assert {"obslake_import__demo_ctr", "obslake_fabric__demo_traces"} <= set(bag.dags)
+    assert {"obslake_import__demo_ctr", "obslake_fabric__demo_traces", "obslake_maintenance"} <= set(bag.dags)
     for dag_id, dag in bag.dags.items():
-        assert dag_id.startswith(("obslake_import__", "obslake_fabric__"))
+        assert dag_id.startswith(("obslake_import__", "obslake_fabric__")) or dag_id == "obslake_maintenance"
         assert "obslake" in dag.tags
         assert dag.max_active_runs == 1
         for task in dag.tasks:
@@ -76,7 +76,8 @@ def test_life_cycle_statuses_and_config_errors(tmp_path, monkeypatch):
     (jobs / "broken.yaml").write_text(_job_yaml("broken", "ftp://nope/"))
     bag = _bag(tmp_path, monkeypatch)
     assert bag.import_errors == {}
-    assert set(bag.dags) == {"obslake_import__live", "obslake_import__resting", "obslake_import__broken"}
+    assert set(bag.dags) == {"obslake_import__live", "obslake_import__resting", "obslake_import__broken",
+                             "obslake_maintenance"}
     assert bag.dags["obslake_import__live"].is_paused_upon_creation is False
     assert bag.dags["obslake_import__resting"].is_paused_upon_creation is True
     broken = bag.dags["obslake_import__broken"]

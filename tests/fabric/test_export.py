@@ -172,3 +172,31 @@ def pa_equal(table, column, value):
     import pyarrow.compute as pc
 
     return pc.equal(table[column], value)
+
+
+def test_lake_upkeep_keeps_latest_metadata_and_the_cursor_of_an_export(fabric):
+    """Expiry commits to a Data Fabric table and orphan removal deletes the partitions' rewritten files:
+    latest.metadata.json follows the commit (DuckDB reads every span through it), and the next sync still
+    starts from the stored cursor (it exports only what changed)."""
+    from obslake.fabric.export import PROP_SOURCE, PROP_WATERMARK
+    from obslake.lake.maintenance import Policy, maintain
+
+    put, sync, read, conn, catalog = fabric
+    hour = NOW - dt.timedelta(days=2)
+    for i in range(5):  # five syncs, each adding a span to the same hour: the partition rewritten each time
+        put("spans", spans_table([{"span_id": f"s{i}", "trace_id": f"t{i}", "name": "llm",
+                                   "start": hour + dt.timedelta(minutes=i)}]))
+        assert sync().rows == 1
+    exporter = ProjectExporter(conn, "rag-app", catalog)
+    cursor = exporter.last_cursor()
+    policy = Policy(retention=dt.timedelta(0), orphan_age=dt.timedelta(0), min_files=2)
+    report = maintain(catalog, exporter.identifier, policy,
+                      now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5), after_commit=exporter.publish,
+                      carry_properties=(PROP_CURSOR, PROP_WATERMARK, PROP_SOURCE))
+    assert report.snapshots_expired >= 4 and report.orphans_removed >= 4  # the partition's earlier versions
+    assert sorted(read()["span_id"].to_pylist()) == [f"s{i}" for i in range(5)]  # via latest.metadata.json
+    assert exporter.last_cursor() == cursor  # in the current snapshot, which is never expired
+    put("spans", spans_table([{"span_id": "s9", "trace_id": "t9", "name": "llm", "start": NOW}]))
+    after = sync()
+    assert (after.mode, after.rows) == ("incremental", 1)  # not a re-export of everything
+    assert len(read()) == 6

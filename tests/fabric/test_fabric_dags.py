@@ -100,6 +100,13 @@ def test_fabric_dag_run_exports_to_s3_and_a_second_connector_keeps_its_own_names
     probes = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="exports/ml/_obslake_probe/")
     assert probes.get("KeyCount", 0) == 0  # the probe cleans up after itself
 
+    # the daily lake upkeep runs over both connectors' tables in the bucket; readers see the same rows
+    run = bag.dags["obslake_maintenance"].test()
+    assert str(run.state) == "success"
+    for ns in ("ml", "search"):
+        uri = f"s3://{s3_bucket}/exports/{ns}/rag-app/metadata/latest.metadata.json"
+        assert con.execute(f"SELECT count(*) FROM iceberg_scan('{uri}')").fetchone()[0] == 6
+
     # wrong tag: the run fails before anything is written
     s3_client.put_bucket_tagging(Bucket=s3_bucket, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": "x"}]})
     run = bag.dags["obslake_fabric__first"].test()

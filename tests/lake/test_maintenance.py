@@ -83,6 +83,16 @@ def test_each_step_keeps_every_row_and_a_second_run_does_nothing(filled):
     assert _duck_ids(lake.catalog.load_table(job.table_identifier)) == before
 
 
+def test_compaction_carries_the_summary_properties_it_is_asked_to(filled):
+    """A Data Fabric table keeps its sync cursor in the latest snapshot's summary: compaction copies it."""
+    lake, job, _ = filled
+    maintain(lake.catalog, job.table_identifier, Policy(min_files=4), carry_properties=("obslake.job", "absent"))
+    snap = lake.catalog.load_table(job.table_identifier).current_snapshot()
+    assert snap.summary.get("obslake.maintenance") == "compaction"
+    assert snap.summary.get("obslake.job") == job.name and snap.summary.get("absent") is None
+    assert snap.summary.get("obslake.source-file") is None  # never an import's: its crash check reads those
+
+
 def test_orphan_removal_never_deletes_a_file_a_snapshot_references(filled, tmp_path):
     lake, job, _ = filled
     table = lake.catalog.load_table(job.table_identifier)

@@ -266,17 +266,7 @@ class ProjectExporter:
         if window:
             props[PROP_CURSOR] = cursor_json(self.last_cursor())  # a backfill never moves the cursor
         table = self._commit(table, data_files, replaced, props)
-        write_pointers(table)
-        if "delta" in self.connector.formats:
-            from obslake.fabric.delta import files_from_iceberg, sync_delta_log
-
-            sync_delta_log(
-                self.location,
-                table.schema().as_arrow(),
-                PARTITIONS,
-                files_from_iceberg(table),
-                storage_options=delta_storage_options(table),
-            )
+        self.publish(table)
         snap = table.current_snapshot()
         result = SyncResult(
             self.project,
@@ -300,6 +290,21 @@ class ProjectExporter:
             result.seconds,
         )
         return result
+
+    def publish(self, table: Table) -> None:
+        """After any commit to the project's table (a sync, or the lake upkeep's expiry and compaction): the
+        ``latest.metadata.json`` pointer and, with ``delta`` in the formats, the Delta log follow it."""
+        write_pointers(table)
+        if "delta" in self.connector.formats:
+            from obslake.fabric.delta import files_from_iceberg, sync_delta_log
+
+            sync_delta_log(
+                self.location,
+                table.schema().as_arrow(),
+                PARTITIONS,
+                files_from_iceberg(table),
+                storage_options=delta_storage_options(table),
+            )
 
     @staticmethod
     def _write_files(table: Table, rows: pa.Table, write_uuid: uuid.UUID, counter: itertools.count[int]) -> list:

@@ -150,6 +150,19 @@ class Ledger:
         with self.engine.connect() as conn:
             return conn.execute(q).first() is not None
 
+    def oldest_pending_since(self, jobs: list[str] | None = None) -> dt.datetime | None:
+        """The earliest start of an unfinished import attempt (of ``jobs``, default all): the lake upkeep keeps
+        every snapshot committed since then, which that attempt's crash check may read."""
+        t = ledger_table
+        q = sa.select(sa.func.min(sa.func.coalesce(t.c.pending_since, t.c.first_seen))).where(
+            t.c.status == FileStatus.pending.value
+        )
+        if jobs is not None:
+            q = q.where(t.c.job.in_(jobs))
+        with self.engine.connect() as conn:
+            value = conn.execute(q).scalar()
+        return _aware(value) if value is not None else None
+
     def rows(self, job: str) -> list[dict]:
         """Every ledger row of ``job`` (for status reports and tests)."""
         t = ledger_table

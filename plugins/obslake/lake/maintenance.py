@@ -110,6 +110,7 @@ def maintain(
     protect_since: dt.datetime | None = None,
     now: dt.datetime | None = None,
     after_commit: Any = None,
+    carry_properties: tuple[str, ...] = (),
 ) -> Report:
     """Expire, compact and remove orphans on one table (see the module docstring).
 
@@ -119,6 +120,8 @@ def maintain(
         now: the clock (tests).
         after_commit: called with the table after each commit (a Data Fabric table rewrites its
             ``latest.metadata.json`` and Delta log there).
+        carry_properties: snapshot summary properties the compaction's snapshot copies from the current
+            one (a Data Fabric table's sync cursor lives in the latest snapshot's summary).
     """
     now = now or dt.datetime.now(dt.UTC)
     table = catalog.load_table(ident)
@@ -129,7 +132,7 @@ def maintain(
         return report
     policy = (policy or Policy()).for_table(table.properties)
     table = _expire(table, policy, report, now, protect_since, dry_run, after_commit)
-    table = _compact(table, policy, report, dry_run, after_commit)
+    table = _compact(table, policy, report, dry_run, after_commit, carry_properties)
     _remove_orphans(table, policy, report, now, dry_run)
     log.info("%s", report.summary())
     return report
@@ -173,7 +176,9 @@ def _live_files(table: Table) -> list[Any]:
     ]
 
 
-def _compact(table: Table, policy: Policy, report: Report, dry_run: bool, after_commit: Any) -> Table:
+def _compact(
+    table: Table, policy: Policy, report: Report, dry_run: bool, after_commit: Any, carry: tuple[str, ...]
+) -> Table:
     by_partition: dict[Any, list[Any]] = defaultdict(list)
     for f in _live_files(table):
         if f.file_size_in_bytes < policy.small_file_bytes and f.content == 0:
@@ -200,12 +205,19 @@ def _compact(table: Table, policy: Policy, report: Report, dry_run: bool, after_
         from pyiceberg.exceptions import CommitFailedException, ValidationException
 
         current = table.refresh() if n else table
+        snap = current.current_snapshot()
+        summary = snap.summary if snap is not None else None
+        props: dict[str, str] = {"obslake.maintenance": "compaction"}
+        for key in carry:
+            value = summary.get(key) if summary is not None else None
+            if value is not None:
+                props[key] = str(value)
         if n and not old_paths <= {f.file_path for f in _live_files(current)}:
             raise CommitConflictError(f"{report.table}: files being compacted were removed by another writer")
         try:
             with (
                 current.transaction() as tx,
-                tx.update_snapshot(snapshot_properties={"obslake.maintenance": "compaction"}).overwrite() as ow,
+                tx.update_snapshot(snapshot_properties=props).overwrite() as ow,
             ):
                 for f in old:
                     ow.delete_data_file(f)
