@@ -24,3 +24,6 @@ def test_demo_runs_and_prints_what_landed(tmp_path):
     assert "DuckDB iceberg_scan(latest.metadata.json): 90 spans" in out
     assert "91 spans" in out and "'hallucinated', 're-checked by a reviewer'" in out and "late-tool-call" in out
     assert "deltalake reads the same files as Delta: version 1, 91 rows" in out
+    # the lake upkeep DAG runs: the model table keeps only its current snapshot and every row
+    assert "maintenance run finished: success" in out
+    assert "snapshots -> 1 (this table keeps no snapshot history" in out and "13,600 rows, metadata files" in out

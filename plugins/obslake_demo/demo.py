@@ -200,6 +200,7 @@ def _demo_body(workdir: Path, endpoint: str, key: str, t0: float) -> int:
 
     _report(workdir)
     _fabric_demo(store, endpoint, today)
+    _maintenance_demo(workdir)
     print(f"\ndemo finished in {time.monotonic() - t0:.1f}s; everything is under {workdir}")
     return 0
 
@@ -395,6 +396,28 @@ def _expect(workdir: Path, *, succeeded: int, failed: int) -> None:
             f"demo: expected {succeeded} succeeded and {failed} failed file versions, the ledger has "
             f"{counts}; see the task logs above (AIRFLOW__LOGGING__LOGGING_LEVEL=INFO for more)"
         )
+
+
+def _maintenance_demo(workdir: Path) -> None:
+    """The daily lake upkeep, run once: the demo's model table keeps no snapshot history (its own table
+    property), so the run shows expiry at work; the default keeps 7 days."""
+    from obslake.config import load_import_job
+    from obslake.lake.catalog import LakeSettings, load_catalog
+
+    job = load_import_job(workdir / "include" / "import_jobs" / "demo_ctr.yaml")
+    catalog = load_catalog(LakeSettings.from_env())
+    table = catalog.load_table(job.table_identifier)
+    before = len(table.snapshots())
+    table.transaction().set_properties({"obslake.maintenance.snapshot-retention-hours": "0"}).commit_transaction()
+    _say("lake upkeep: dag.test() of obslake_maintenance (expire snapshots, compact small files, remove orphans)")
+    run = _load_dag("obslake_maintenance").test()
+    after = catalog.load_table(job.table_identifier)
+    print(f"maintenance run finished: {getattr(run, 'state', run)}")
+    print(
+        f"  {'.'.join(job.table_identifier)}: {before} snapshots -> {len(after.snapshots())} (this table keeps no "
+        f"snapshot history: obslake.maintenance.snapshot-retention-hours=0), "
+        f"{after.scan().to_arrow().num_rows:,} rows, metadata files kept: at most 11"
+    )
 
 
 def _load_dag(dag_id: str):
