@@ -310,3 +310,16 @@ def test_has_other_version_reads_the_ledger_not_the_table(ledger):
     assert ledger.has_other_version(JOB, v2)
     assert not ledger.has_other_version(JOB, _obj(key="in/other.csv", etag="v9"))
     assert not ledger.has_other_version("another_job", v2)
+
+
+def test_a_new_attempt_after_a_failure_clears_the_old_error_a_retry_keeps_its_own(ledger):
+    obj = _obj(key="in/fixed.csv")
+    ledger.mark_pending(JOB, obj)
+    ledger.mark_failed(JOB, obj, error="[TYPE_MISMATCH] column x", code="TYPE_MISMATCH")
+    ledger.mark_pending(JOB, obj)  # the schema was fixed: validated and imported again
+    row = ledger.get(JOB, obj)
+    assert (row["status"], row["error"], row["code"]) == ("pending", None, None)
+    ledger.mark_retry(JOB, obj, error="catalog down")
+    ledger.mark_pending(JOB, obj)  # a transient error stays visible while the file is retried
+    row = ledger.get(JOB, obj)
+    assert row["status"] == "pending" and "catalog down" in row["error"] and row["code"] == "RETRYING"

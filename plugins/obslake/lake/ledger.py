@@ -197,16 +197,17 @@ class Ledger:
             since = None
             if row is not None and row.status == FileStatus.pending.value:
                 since = _aware(row.pending_since or row.first_seen)  # rows from before the column: first seen
-            updated = conn.execute(
-                t.update()
-                .where(*key)
-                .values(
-                    status=FileStatus.pending.value,
-                    attempts=t.c.attempts + 1,
-                    started_at=now,
-                    pending_since=since or now,
-                )
-            ).rowcount
+            values: dict = {
+                "status": FileStatus.pending.value,
+                "attempts": t.c.attempts + 1,
+                "started_at": now,
+                "pending_since": since or now,
+            }
+            if row is not None and row.status == FileStatus.failed.value:
+                # a new attempt after a failure (e.g. the schema was fixed): the old error no longer applies;
+                # a pending row keeps its last transient error, shown by status while it is retried
+                values.update(error=None, code=None)
+            updated = conn.execute(t.update().where(*key).values(**values)).rowcount
             if not updated:
                 try:
                     with conn.begin_nested():
