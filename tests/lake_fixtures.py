@@ -128,18 +128,26 @@ def make_job() -> Callable[..., ImportJob]:
     return _make
 
 
+def aws_connection(monkeypatch, endpoint: str, conn_id: str = "aws_default", region: str = "us-east-1",
+                   **extra: Any) -> str:
+    """Give Airflow the connection ``conn_id`` (in the environment, as a deployment would) to an S3 endpoint
+    on loopback with moto's dummy credentials; ``extra`` joins the connection's extras. Returns ``conn_id``."""
+    import json
+
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": endpoint, "region_name": region, **extra}}))
+    return conn_id
+
+
 def own_bucket_for_airflow(monkeypatch, s3_client, bucket: str, moto_server: str, variable: str) -> str:
     """Tag ``bucket`` with a fresh ingestion key and give Airflow what a DAG needs to use it.
 
     Sets the ``aws_default`` connection (the moto server) and the Variable ``variable`` (the key)
     in the environment, as a deployment would. Returns the key.
     """
-    import json
-
     key = "k-" + os.urandom(8).hex()
     s3_client.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": key}]})
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}))
+    aws_connection(monkeypatch, moto_server)
     monkeypatch.setenv(f"AIRFLOW_VAR_{variable.upper()}", key)
     return key

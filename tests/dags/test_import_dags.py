@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from lake_fixtures import inference_rows, own_bucket_for_airflow, to_bytes
+from lake_fixtures import aws_connection, inference_rows, own_bucket_for_airflow, to_bytes
 
 PROJECT = Path(__file__).resolve().parents[2]
 HEAVY = ("boto3", "botocore", "pyiceberg", "pyarrow", "fastavro", "google.cloud", "airflow.providers.amazon",
@@ -255,9 +255,7 @@ def test_trigger_waits_without_blocking_the_event_loop_then_fires(s3_client, s3_
     from obslake.airflow_support import job_to_dict
     from obslake.triggers.prefix import NewFilesTrigger
 
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}))
+    aws_connection(monkeypatch, moto_server)
     job = make_job(f"s3://{s3_bucket}/in/", conn_id="aws_default", poll_interval=0.2)
     trigger = NewFilesTrigger(job=job_to_dict(job), poll_interval=0.2)
     path, kwargs = trigger.serialize()

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 
+from lake_fixtures import aws_connection
 from obslake.hooks import ObslakeHook, credentials_for, store_for
 from obslake.lake.catalog import LakeSettings
 from obslake.storage.credentials import StorageCredentials
 
 
 def _aws_connection(monkeypatch, conn_id: str, endpoint: str) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": endpoint, "region_name": "eu-central-1"}}))
+    aws_connection(monkeypatch, endpoint, conn_id, region="eu-central-1")
 
 
 def test_s3_connection_gives_one_set_of_credentials_for_every_library(monkeypatch, moto_server, s3_client, s3_bucket):

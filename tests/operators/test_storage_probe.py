@@ -5,29 +5,18 @@ Local directories, and moto S3 buckets through Airflow connections from the envi
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
+from lake_fixtures import aws_connection
 from obslake.operators.storage_probe import StorageProbeOperator
 
 
 @pytest.fixture
 def aws_conn(monkeypatch, moto_server) -> str:
     conn_id = f"obslake_exports_{uuid.uuid4().hex[:6]}"
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{conn_id.upper()}",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"},
-            }
-        ),
-    )
-    return conn_id
+    return aws_connection(monkeypatch, moto_server, conn_id)
 
 
 @pytest.mark.parametrize("suffix", ["/", ""])

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from lake_fixtures import own_bucket_for_airflow
+from lake_fixtures import aws_connection, own_bucket_for_airflow
 from obslake.operators.tag_verify import TagVerifyOperator
 
 KEY = "k-" + "7f3a9c" * 4
@@ -94,17 +94,7 @@ def test_s3_bucket_tag_through_the_airflow_connection(monkeypatch, s3_client, s3
     assert _op(f"s3://{s3_bucket}/in/", "obslake_s3_key").execute({}) is None
 
     # the same bucket through another named connection
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_OBSLAKE_OTHER_AWS",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"},
-            }
-        ),
-    )
+    aws_connection(monkeypatch, moto_server, "obslake_other_aws")
     assert _op(f"s3://{s3_bucket}/in/", "obslake_s3_key", conn_id="obslake_other_aws").execute({}) is None
 
     s3_client.put_bucket_tagging(

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import time
 
 import pytest
 
+from lake_fixtures import aws_connection
 from obslake.airflow_support import job_to_dict
 from obslake.sensors.prefix import S3KeyPrefixSensor
 from obslake.storage.base import ObjectInfo
@@ -21,17 +21,7 @@ from obslake.triggers.prefix import NewFilesTrigger
 
 @pytest.fixture(autouse=True)
 def aws_default(monkeypatch, moto_server, lake):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"},
-            }
-        ),
-    )
+    aws_connection(monkeypatch, moto_server)
 
 
 @pytest.fixture

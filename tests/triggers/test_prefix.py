@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from lake_fixtures import free_port
+from lake_fixtures import aws_connection, free_port
 from obslake.airflow_support import job_from_dict, job_to_dict
 from obslake.storage.base import ObjectInfo
 from obslake.triggers.prefix import NewFilesTrigger
@@ -21,17 +21,7 @@ from obslake.triggers.prefix import NewFilesTrigger
 
 @pytest.fixture
 def aws_default(monkeypatch, moto_server):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"},
-            }
-        ),
-    )
+    aws_connection(monkeypatch, moto_server)
 
 
 def _trigger(make_job, source: str, poll: float = 0.05, **job) -> NewFilesTrigger:
@@ -107,24 +97,9 @@ def test_a_missing_bucket_is_a_terminal_error_event(aws_default, lake, make_job)
 
 
 def test_an_unreachable_endpoint_is_a_retryable_error_event(monkeypatch, lake, make_job):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_S3_DOWN",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {
-                    "endpoint_url": f"http://127.0.0.1:{free_port()}",
-                    "region_name": "us-east-1",
-                    "config_kwargs": {
-                        "retries": {"max_attempts": 1, "mode": "standard"},
-                        "connect_timeout": 1,
-                        "read_timeout": 1,
-                    },
-                },
-            }
-        ),
+    aws_connection(
+        monkeypatch, f"http://127.0.0.1:{free_port()}", "s3_down",
+        config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 1, "read_timeout": 1},
     )
     trigger = _trigger(make_job, "s3://obslake-unreachable/in/", conn_id="s3_down")
     payload = asyncio.run(_first(trigger)).payload
