@@ -60,6 +60,26 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _row(job: str, obj: ObjectInfo) -> tuple:
+    """The WHERE clause of one file version's row (the primary key)."""
+    t = ledger_table
+    return (t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
+
+
+def _new_row(job: str, obj: ObjectInfo, now: dt.datetime) -> dict:
+    """The columns every first row of a file version starts with (its first attempt starts ``now``)."""
+    return {
+        "job": job,
+        "bucket": obj.bucket,
+        "key": obj.key,
+        "etag": obj.etag,
+        "bytes": obj.size,
+        "attempts": 1,
+        "first_seen": now,
+        "started_at": now,
+    }
+
+
 def _aware(when: dt.datetime) -> dt.datetime:
     """A timestamp read back from the state database as UTC-aware (SQLite returns naive ones)."""
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
@@ -123,7 +143,7 @@ class Ledger:
     def get(self, job: str, obj: ObjectInfo) -> dict | None:
         """The ledger row of one file version, as a dict, or None."""
         t = ledger_table
-        q = sa.select(t).where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
+        q = sa.select(t).where(*_row(job, obj))
         with self.engine.connect() as conn:
             row = conn.execute(q).mappings().first()
         return dict(row) if row else None
@@ -191,7 +211,7 @@ class Ledger:
         """
         t = ledger_table
         now = _now()
-        key = (t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
+        key = _row(job, obj)
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(t.c.status, t.c.pending_since, t.c.first_seen).where(*key)).first()
             since = None
@@ -213,16 +233,7 @@ class Ledger:
                     with conn.begin_nested():
                         conn.execute(
                             t.insert().values(
-                                job=job,
-                                bucket=obj.bucket,
-                                key=obj.key,
-                                etag=obj.etag,
-                                bytes=obj.size,
-                                status=FileStatus.pending.value,
-                                attempts=1,
-                                first_seen=now,
-                                started_at=now,
-                                pending_since=now,
+                                **_new_row(job, obj, now), status=FileStatus.pending.value, pending_since=now
                             )
                         )
                 except sa.exc.IntegrityError:  # a concurrent attempt inserted it first: it may commit
@@ -239,25 +250,10 @@ class Ledger:
         now = _now()
         with self.engine.begin() as conn:
             updated = conn.execute(
-                t.update()
-                .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
-                .values(finished_at=now, pending_since=None, **values)
+                t.update().where(*_row(job, obj)).values(finished_at=now, pending_since=None, **values)
             ).rowcount
             if not updated:
-                conn.execute(
-                    t.insert().values(
-                        job=job,
-                        bucket=obj.bucket,
-                        key=obj.key,
-                        etag=obj.etag,
-                        bytes=obj.size,
-                        attempts=1,
-                        first_seen=now,
-                        started_at=now,
-                        finished_at=now,
-                        **values,
-                    )
-                )
+                conn.execute(t.insert().values(**_new_row(job, obj, now), finished_at=now, **values))
 
     def mark_succeeded(
         self,
@@ -307,26 +303,10 @@ class Ledger:
             "finished_at": now,
         }
         with self.engine.begin() as conn:
-            updated = conn.execute(
-                t.update()
-                .where(t.c.job == job, t.c.bucket == obj.bucket, t.c.key == obj.key, t.c.etag == obj.etag)
-                .values(**values)
-            ).rowcount
+            updated = conn.execute(t.update().where(*_row(job, obj)).values(**values)).rowcount
             if not updated:
                 try:
                     with conn.begin_nested():
-                        conn.execute(
-                            t.insert().values(
-                                job=job,
-                                bucket=obj.bucket,
-                                key=obj.key,
-                                etag=obj.etag,
-                                bytes=obj.size,
-                                attempts=1,
-                                first_seen=now,
-                                started_at=now,
-                                **values,
-                            )
-                        )
+                        conn.execute(t.insert().values(**_new_row(job, obj, now), **values))
                 except sa.exc.IntegrityError:
                     pass
