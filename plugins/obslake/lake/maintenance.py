@@ -31,7 +31,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from obslake.exceptions import CommitConflictError, printable
-from obslake.lake.iceberg import commit_with_retry, list_files, read_data_files, write_data_files
+from obslake.lake.iceberg import commit_with_retry, list_files, load_table, read_data_files, write_data_files
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -44,6 +44,8 @@ PROP_RETENTION = "obslake.maintenance.snapshot-retention-hours"
 PROP_ORPHAN_AGE = "obslake.maintenance.orphan-age-hours"
 PROP_SMALL_FILE = "obslake.maintenance.small-file-bytes"
 PROP_DISABLED = "obslake.maintenance.disabled"
+NO_TABLE = "no such table yet"
+"""``Report.skipped`` of a table that does not exist (e.g. a job's quarantine before its first bad row)."""
 _PYICEBERG_METADATA = re.compile(r"(\d+-[0-9a-f-]{36}\.metadata\.json|snap-.*\.avro|[0-9a-f-]{36}-m\d+\.avro)$")
 
 
@@ -124,9 +126,12 @@ def maintain(
             one (a Data Fabric table's sync cursor lives in the latest snapshot's summary).
     """
     now = now or dt.datetime.now(dt.UTC)
-    table = catalog.load_table(ident)
+    table = load_table(catalog, ident)
     name = ".".join(ident)
     report = Report(name, dry_run)
+    if table is None:
+        report.skipped = NO_TABLE
+        return report
     if table.properties.get(PROP_DISABLED, "").lower() == "true":
         report.skipped = f"{PROP_DISABLED}=true"
         return report

@@ -35,16 +35,12 @@ class MaintenanceOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from obslake.exceptions import TransientError, printable
-        from obslake.lake.iceberg import load_table
-        from obslake.lake.maintenance import maintain
+        from obslake.lake.maintenance import NO_TABLE, maintain
 
         reports, failures = [], []
         for catalog, ident, after_commit, protect, carry in self._tables():
             name = ".".join(ident)
             try:
-                if load_table(catalog, ident) is None:
-                    self.log.info("%s: no such table yet, nothing to maintain", name)
-                    continue
                 report = maintain(
                     catalog,
                     ident,
@@ -58,7 +54,8 @@ class MaintenanceOperator(BaseOperator):
                 failures.append((name, exc))
                 continue
             self.log.info("%s", report.summary())
-            reports.append(report.to_dict())
+            if report.skipped != NO_TABLE:
+                reports.append(report.to_dict())
         if failures:
             text = "; ".join(f"{n}: {type(e).__name__}: {printable(e, 300)}" for n, e in failures)
             if all(isinstance(e, TransientError) for _, e in failures):
