@@ -6,6 +6,8 @@ names the point where the process dies with SIGKILL, exactly as an OOM kill or a
 * ``during-read``: after the first mapped batch of a file went to the data-file writer;
 * ``after-write``: every data file of the file written, nothing committed;
 * ``after-commit``: the Iceberg commit done, the ledger not yet updated;
+* ``batch-after-write``: a batch's files all staged and written, its commit not begun;
+* ``batch-after-commit``: a batch committed, no ledger row of it updated yet;
 * ``fabric-after-write`` / ``fabric-after-commit``: a Data Fabric sync's data files written / committed,
   before its pointer files and Delta log.
 """
@@ -16,7 +18,8 @@ import functools
 import os
 import signal
 
-POINTS = ("during-read", "after-write", "after-commit", "fabric-after-write", "fabric-after-commit")
+POINTS = ("during-read", "after-write", "after-commit", "batch-after-write", "batch-after-commit", "fabric-after-write",
+          "fabric-after-commit")
 
 
 def _die() -> None:
@@ -51,6 +54,10 @@ def install(point: str) -> None:
         importer._Quarantine.commit = _before(importer._Quarantine.commit)
     elif point == "after-commit":
         importer._commit = _after(importer._commit)
+    elif point == "batch-after-write":
+        importer._Batch._commit = _before(importer._Batch._commit)
+    elif point == "batch-after-commit":
+        importer._File.succeeded = _before(importer._File.succeeded)
     elif point == "fabric-after-write":
         ProjectExporter._commit = _before(ProjectExporter._commit)
     elif point == "fabric-after-commit":

@@ -56,6 +56,9 @@ from obslake.storage.base import check_storage_uri, parse_uri
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_TAG_NAME = "arize-ingestion-key"
 DEFAULT_MAX_FILE_BYTES = 1024**3  # 1 GiB, as Arize's file importer
+DEFAULT_BATCH_FILES = 50
+DEFAULT_BATCH_BYTES = 128 * 1024**2
+DEFAULT_LARGE_FILE_BYTES = 32 * 1024**2
 
 
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -262,6 +265,24 @@ class ModelRef(_Strict):
         return v
 
 
+class BatchSettings(_Strict):
+    """How the import task groups small files: each group is imported in one Iceberg commit.
+
+    A file larger than ``large_file_bytes`` gets its own task and is streamed; the smaller ones go in
+    groups of at most ``max_files`` files and ``max_bytes`` bytes (in discovery order). ``max_files: 1``
+    turns batching off (one task and one commit per file). The defaults come from ``bench/p8_history.py``
+    and ``bench/p6_scale_out.py`` (README "Performance").
+    """
+
+    max_files: int = Field(
+        default=DEFAULT_BATCH_FILES, ge=1, le=1000, description="files per import task (1: no batching)"
+    )
+    max_bytes: int = Field(default=DEFAULT_BATCH_BYTES, gt=0, description="bytes (as listed) per import task")
+    large_file_bytes: int = Field(
+        default=DEFAULT_LARGE_FILE_BYTES, gt=0, description="a larger file is imported alone, streamed"
+    )
+
+
 class ImportJob(_Strict):
     """One import job: a bucket prefix watched for inference files of one model."""
 
@@ -282,6 +303,7 @@ class ImportJob(_Strict):
     poll_interval: float = Field(10.0, gt=0, le=3600)
     sensor_timeout: float = Field(3600.0, gt=0, description="seconds a run waits for new files before it ends")
     max_file_bytes: int = Field(DEFAULT_MAX_FILE_BYTES, gt=0)
+    batch: BatchSettings = BatchSettings()
     max_files_per_run: int = Field(500, gt=0, le=1000, description="the rest waits for the next run")
     schedule: str | None = Field("@continuous", description="Airflow schedule; @continuous keeps one run polling")
     deferrable: bool | None = Field(None, description="None: Airflow's [operators] default_deferrable")

@@ -37,7 +37,8 @@ def _stem(path: Path) -> str:
 
 
 def build_import_dag(job: ImportJob) -> Any:
-    """The DAG ``obslake_import__<job>``: wait for new files → verify bucket → validate → import (mapped)."""
+    """The DAG ``obslake_import__<job>``: wait for new files → verify bucket → validate → import (mapped over
+    batches of small files, a large file alone)."""
     from airflow.configuration import conf
     from airflow.sdk import DAG
 
@@ -87,7 +88,7 @@ def build_import_dag(job: ImportJob) -> Any:
             tag_name=job.tag_name,
         )
         valid = SchemaValidateOperator(task_id="validate_files", job=job_dict, files=files.output)
-        imported = IcebergImportOperator.partial(task_id="import_file", job=job_dict).expand(file=valid.output)
+        imported = IcebergImportOperator.partial(task_id="import_files", job=job_dict).expand(files=valid.output)
         files >> verify >> valid >> imported
     return dag
 

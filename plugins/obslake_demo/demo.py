@@ -208,7 +208,8 @@ def _demo_body(workdir: Path, endpoint: str, key: str, t0: float) -> int:
 def trace_files(today: dt.date, seed: int = 7) -> tuple[pa.Table, pa.Table]:
     """Spans of 30 support-bot traces over the last days (chain → retriever + llm) and their annotations."""
     rng = np.random.default_rng(seed)
-    spans, anns = [], []
+    spans: list[dict[str, object]] = []
+    anns: list[dict[str, object]] = []
     start0 = dt.datetime.combine(today - dt.timedelta(days=3), dt.time(9), tzinfo=dt.UTC)
     for t in range(30):
         start = start0 + dt.timedelta(hours=int(t * 2.3), seconds=int(rng.integers(0, 3000)))

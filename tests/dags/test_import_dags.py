@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 from lake_fixtures import aws_connection, inference_rows, own_bucket_for_airflow, to_bytes
+from obslake.lake.importer import source_files
 
 PROJECT = Path(__file__).resolve().parents[2]
 HEAVY = ("boto3", "botocore", "pyiceberg", "pyarrow", "fastavro", "google.cloud", "airflow.providers.amazon",
@@ -44,7 +45,7 @@ def test_repo_dags_parse_without_errors_and_carry_tags_and_retries(monkeypatch):
         if dag_id.startswith("obslake_import__"):
             assert "import" in dag.tags
             assert [t.task_id for t in dag.topological_sort()] == [
-                "wait_for_new_files", "verify_bucket_ownership", "validate_files", "import_file"]
+                "wait_for_new_files", "verify_bucket_ownership", "validate_files", "import_files"]
 
 
 def _job_yaml(name: str, source: str, status: str = "active", extra: str = "") -> str:
@@ -180,7 +181,7 @@ def _states(run) -> dict[str, list[str]]:
 
 @pytest.mark.airflow
 @pytest.mark.slow
-def test_dag_run_imports_each_file_once_in_mapped_tasks(s3_job, s3_client, s3_bucket, lake):
+def test_dag_run_imports_each_file_once_in_batches(s3_job, s3_client, s3_bucket, lake):
     dag = s3_job()
     for i, fmt in enumerate(["parquet", "csv", "avro"]):
         s3_client.put_object(Bucket=s3_bucket, Key=f"in/2024/0{i}/part.{fmt}",
@@ -190,8 +191,11 @@ def test_dag_run_imports_each_file_once_in_mapped_tasks(s3_job, s3_client, s3_bu
     run = dag.test()
     assert str(run.state) == "success", _states(run)
     states = _states(run)
-    assert states["import_file"] == ["success"] * 3  # one mapped task per valid file
-    data = lake.catalog.load_table(("tests", "e2e__production")).scan().to_arrow()
+    assert states["import_files"] == ["success"]  # the three small valid files: one batch, one mapped task
+    table = lake.catalog.load_table(("tests", "e2e__production"))
+    # the table's first file creates it alone; the other two are committed together
+    assert [len(source_files(s.summary)) for s in table.snapshots()] == [1, 2]
+    data = table.scan().to_arrow()
     assert data.num_rows == 300 and pc.count_distinct(data["prediction_id"]).as_py() == 300
     counts = lake.ledger.counts("e2e")
     assert counts == {"pending": 0, "succeeded": 3, "failed": 1}

@@ -251,6 +251,38 @@ def test_a_transaction_computes_each_metadata_state_once(lake, make_job, tmp_pat
     assert lake.catalog.load_table(job.table_identifier).scan().to_arrow().num_rows == 40
 
 
+def test_staged_metadata_equals_pyicebergs_without_its_deep_copy(lake, make_job, tmp_path):
+    """obslake's update_table_metadata gives exactly pyiceberg's result for the updates of a real commit (a
+    new column, properties, an append), but shares the unchanged snapshots instead of deep-copying them."""
+    from obslake.lake import iceberg
+
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    for i in range(3):
+        info = store.write(f"h{i}.parquet", to_bytes(inference_rows(10, id_prefix=f"h{i}"), "parquet"))
+        assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    table = lake.catalog.load_table(job.table_identifier)
+    wider = table.scan().to_arrow().slice(0, 5).append_column("feature_new", pa.array([1.0] * 5))
+    tx = iceberg.begin(lake.catalog, job.table_identifier, table, wider.schema, lambda: {})
+    tx.set_properties({"obslake.test": "1"})
+    with tx.update_snapshot().fast_append() as append:
+        for df in iceberg.write_data_files(tx.table_metadata, iceberg.transaction_io(tx), wider, uuid.uuid4(),
+                                           itertools.count()):
+            append.append_data_file(df)
+    updates = tuple(tx._updates)
+    assert len(updates) >= 4
+    original = iceberg._PYICEBERG_UPDATE_TABLE_METADATA
+    for location in (None, table.metadata_location):
+        theirs = original(table.metadata, updates, metadata_location=location)
+        ours = iceberg._update_table_metadata(table.metadata, updates, metadata_location=location)
+        assert ours.model_dump() == theirs.model_dump()
+        assert ours.snapshots[0] is table.metadata.snapshots[0]  # shared, not copied
+        assert theirs.snapshots[0] is not table.metadata.snapshots[0]
+    tx.commit_transaction()
+    data = lake.catalog.load_table(job.table_identifier).scan().to_arrow()
+    assert data.num_rows == 35 and data["feature_new"].null_count == 30
+
+
 # -- bounded metadata ------------------------------------------------------------------------------------
 def test_metadata_files_are_bounded_and_manifests_merge_as_the_table_grows(lake, make_job, tmp_path):
     """120 imports: at most 11 metadata.json files stay (the current one and 10 earlier), the current snapshot

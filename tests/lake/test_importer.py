@@ -36,7 +36,7 @@ def _scan(lake, job):
     return lake.catalog.load_table(job.table_identifier).scan().to_arrow()
 
 
-def _worker(lake, moto_server, job, infos, *, fault=None, chunk_rows=None):
+def _worker(lake, moto_server, job, infos, *, fault=None, chunk_rows=None, batch=False):
     env = {**os.environ, **lake.env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     env.pop("OBSLAKE_FAULT_AT", None)
@@ -46,6 +46,8 @@ def _worker(lake, moto_server, job, infos, *, fault=None, chunk_rows=None):
                "infos": [i.to_dict() for i in infos]}
     if chunk_rows:
         payload["chunk_rows"] = chunk_rows
+    if batch:
+        payload["batch"] = True
     return subprocess.run([sys.executable, str(WORKER), json.dumps(payload)], env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -289,3 +291,168 @@ def test_a_changed_file_replaces_its_rows_after_the_first_versions_snapshot_expi
     assert (result.status, result.replaced) == ("imported", True)
     ids = _scan(lake, job)["prediction_id"].to_pylist()
     assert len(ids) == 35 and not any(i.startswith("v1") for i in ids)  # v1's rows replaced, never kept beside
+
+
+# -- batches of small files ---------------------------------------------------------------------------
+def _batch(lake, job, store, infos):
+    from obslake.lake.importer import import_files
+
+    return import_files(job, store, infos, catalog=lake.catalog, ledger=lake.ledger)
+
+
+class _Interfering:
+    """A store that runs ``on_open(key)`` before opening a file (a concurrent writer, a failing read)."""
+
+    def __init__(self, store, on_open):
+        self._store, self._on_open = store, on_open
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def open(self, key, **kwargs):
+        self._on_open(key)
+        return self._store.open(key, **kwargs)
+
+
+def test_small_files_are_committed_together_with_each_files_lineage(lake, s3, make_job):
+    from obslake.lake.importer import source_files
+
+    job = make_job(s3.uri("models/ctr/"))
+    fmts = ["parquet", "csv", "avro", "arrow"]
+    infos = [_put(s3, f"models/ctr/d{i % 3}/f{i}.{fmts[i % 4]}", inference_rows(10 + i, id_prefix=f"f{i}"), fmts[i % 4])
+             for i in range(9)]
+    results = _batch(lake, job, s3, infos)
+    assert [(r.status, r.rows) for r in results] == [("imported", 10 + i) for i in range(9)]
+    table = lake.catalog.load_table(job.table_identifier)
+    first, batch = table.snapshots()  # the table's first file creates it alone, the other eight: one commit
+    assert source_files(first.summary) == [(s3.uri(infos[0].key), infos[0].etag, 10)]
+    assert source_files(batch.summary) == [(s3.uri(i.key), i.etag, 10 + n) for n, i in enumerate(infos) if n]
+    for n, info in enumerate(infos):
+        row = lake.ledger.get(job.name, info)
+        want = first if n == 0 else batch
+        assert (row["status"], row["rows"], row["snapshot_id"]) == ("succeeded", 10 + n, want.snapshot_id)
+    data = _scan(lake, job)
+    per_file = dict(zip(*data.group_by("_source_file").aggregate([("prediction_id", "count_distinct")])
+                        .select(["_source_file", "prediction_id_count_distinct"]).to_pydict().values()))
+    assert per_file == {s3.uri(i.key): 10 + n for n, i in enumerate(infos)}  # each row keeps its own file
+    assert data.num_rows == sum(10 + i for i in range(9))
+    again = _batch(lake, job, s3, infos)
+    assert {r.status for r in again} == {"already-imported"}
+    assert len(lake.catalog.load_table(job.table_identifier).snapshots()) == 2  # nothing committed again
+
+
+def test_a_bad_file_in_a_batch_fails_alone_and_changes_nothing(lake, s3, make_job):
+    job = make_job(s3.uri("models/ctr/"))
+    seed = _put(s3, "models/ctr/seed.parquet", inference_rows(5, id_prefix="seed"), "parquet")
+    assert import_file(job, s3, seed, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    bad_rows = inference_rows(10, id_prefix="bad").to_pylist()
+    bad_rows[3]["prediction_id"] = None
+    wider_bad = pa.Table.from_pylist(bad_rows, inference_rows(1).schema).append_column(
+        "feature_never", pa.array([1.0] * 10))
+    files = {
+        "g1": _put(s3, "models/ctr/g1.parquet", inference_rows(20, id_prefix="g1"), "parquet"),
+        "bad": _put(s3, "models/ctr/bad.parquet", pa.Table.from_pylist(bad_rows, inference_rows(1).schema), "parquet"),
+        "garbage": s3.write("models/ctr/garbage.parquet", b"PAR1 not parquet at all"),
+        "wider_bad": _put(s3, "models/ctr/wider_bad.csv", wider_bad, "csv"),
+        "empty": s3.write("models/ctr/empty.csv", (",".join(inference_rows(1).column_names) + "\n").encode()),
+        "g2": _put(s3, "models/ctr/g2.avro", inference_rows(30, id_prefix="g2"), "avro"),
+    }
+    results = {r.uri.rsplit("/", 1)[1].split(".")[0]: r for r in _batch(lake, job, s3, list(files.values()))}
+    assert {k: (r.status, r.code) for k, r in results.items()} == {
+        "g1": ("imported", None), "g2": ("imported", None), "bad": ("failed", "ID_MISSING"),
+        "garbage": ("failed", "FILE_CORRUPT"), "wider_bad": ("failed", "ID_MISSING"), "empty": ("failed", "FILE_EMPTY")}
+    assert "row 4" in results["bad"].error
+    table = lake.catalog.load_table(job.table_identifier)
+    assert "feature_never" not in table.schema().column_names  # a failed file's new column never lands
+    assert results["g1"].snapshot_id == results["g2"].snapshot_id == table.current_snapshot().snapshot_id
+    ids = _scan(lake, job)["prediction_id"].to_pylist()
+    assert len(ids) == 55 and not any(i.startswith("bad") for i in ids)
+    assert lake.ledger.counts(job.name) == {"pending": 0, "succeeded": 3, "failed": 4}
+
+
+def test_files_that_add_columns_or_replace_a_version_are_committed_alone(lake, s3, make_job):
+    from obslake.lake.importer import source_files
+
+    job = make_job(s3.uri("models/ctr/"))
+    v1 = _put(s3, "models/ctr/day.parquet", inference_rows(30, id_prefix="v1"), "parquet")
+    assert import_file(job, s3, v1, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    wider = inference_rows(10, id_prefix="w").append_column("feature_new", pa.array([2.5] * 10))
+    batch = [_put(s3, "models/ctr/a.parquet", inference_rows(10, id_prefix="a"), "parquet"),
+             _put(s3, "models/ctr/wide.parquet", wider, "parquet"),
+             _put(s3, "models/ctr/day.parquet", inference_rows(25, id_prefix="v2"), "parquet"),
+             _put(s3, "models/ctr/b.parquet", inference_rows(10, id_prefix="b"), "parquet")]
+    results = _batch(lake, job, s3, batch)
+    assert [(r.status, r.replaced) for r in results] == [("imported", False), ("imported", False),
+                                                          ("imported", True), ("imported", False)]
+    table = lake.catalog.load_table(job.table_identifier)
+    committed = [[uri.rsplit("/", 1)[1] for uri, _, _ in source_files(s.summary)] for s in table.snapshots()]
+    assert [c for c in committed if c] == [["day.parquet"], ["a.parquet", "b.parquet"], ["wide.parquet"],
+                                           ["day.parquet"]]
+    data = _scan(lake, job)
+    ids = data["prediction_id"].to_pylist()
+    assert len(ids) == 55 and not any(i.startswith("v1") for i in ids)
+    assert data.filter(pc.starts_with(data["prediction_id"], "w"))["feature_new"].to_pylist() == [2.5] * 10
+
+
+def test_a_batch_commit_conflict_retries_without_duplicates(lake, s3, make_job):
+    job = make_job(s3.uri("models/ctr/"))
+    seed = _put(s3, "models/ctr/seed.parquet", inference_rows(5, id_prefix="seed"), "parquet")
+    assert import_file(job, s3, seed, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    infos = [_put(s3, f"models/ctr/f{i}.parquet", inference_rows(10, id_prefix=f"f{i}"), "parquet") for i in range(4)]
+    pending = [_put(s3, "models/ctr/rival.parquet", inference_rows(7, id_prefix="r"), "parquet")]
+
+    def rival_commits(key):  # another worker commits while the batch reads its files
+        if pending and key == infos[-1].key:
+            assert import_file(job, s3, pending.pop(), catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+
+    results = _batch(lake, job, _Interfering(s3, rival_commits), infos)
+    assert {r.status for r in results} == {"imported"} and not pending
+    data = _scan(lake, job)
+    assert data.num_rows == 5 + 40 + 7 and pc.count_distinct(data["prediction_id"]).as_py() == 52
+    assert len({lake.ledger.get(job.name, i)["snapshot_id"] for i in infos}) == 1
+
+
+def test_a_transient_error_leaves_one_file_pending_and_the_others_commit(lake, s3, make_job):
+    from obslake.exceptions import TransientError
+
+    job = make_job(s3.uri("models/ctr/"))
+    seed = _put(s3, "models/ctr/seed.parquet", inference_rows(5, id_prefix="seed"), "parquet")
+    assert import_file(job, s3, seed, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    infos = [_put(s3, f"models/ctr/f{i}.parquet", inference_rows(10, id_prefix=f"f{i}"), "parquet") for i in range(4)]
+    flaky = {infos[1].key}
+
+    def network_down(key):
+        if key in flaky:
+            raise ConnectionError("connection reset by peer")
+
+    with pytest.raises(TransientError, match=r"1 of 4 file\(s\) hit a transient error(.|\n)*f1\.parquet"):
+        _batch(lake, job, _Interfering(s3, network_down), infos)
+    assert _scan(lake, job).num_rows == 5 + 30
+    row = lake.ledger.get(job.name, infos[1])
+    assert row["status"] == "pending" and "connection reset" in row["error"]
+    flaky.clear()  # the task's retry
+    results = _batch(lake, job, s3, infos)
+    assert [r.status for r in results] == ["already-imported", "imported", "already-imported", "already-imported"]
+    assert _scan(lake, job).num_rows == 45 and lake.ledger.counts(job.name)["succeeded"] == 5
+
+
+@pytest.mark.parametrize("fault", ["batch-after-write", "batch-after-commit"])
+def test_kill_9_in_a_batch_then_retry_is_exactly_once(lake, s3, make_job, moto_server, fault):
+    job = make_job(s3.uri("models/ctr/"))
+    seed = _put(s3, "models/ctr/seed.parquet", inference_rows(5, id_prefix="seed"), "parquet")
+    assert import_file(job, s3, seed, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    infos = [_put(s3, f"models/ctr/f{i}.parquet", inference_rows(100, id_prefix=f"f{i}"), "parquet")
+             for i in range(5)]
+    crashed = _worker(lake, moto_server, job, infos, fault=fault, batch=True)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    committed = fault == "batch-after-commit"
+    assert _scan(lake, job).num_rows == 5 + (500 if committed else 0)
+    assert {lake.ledger.get(job.name, i)["status"] for i in infos} == {"pending"}
+    retry = _worker(lake, moto_server, job, infos, batch=True)
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    results = [json.loads(line) for line in retry.stdout.strip().splitlines()]
+    assert [r["status"] for r in results] == ["already-imported" if committed else "imported"] * 5
+    data = _scan(lake, job)
+    assert data.num_rows == 505 and pc.count_distinct(data["prediction_id"]).as_py() == 505
+    assert {(lake.ledger.get(job.name, i)["status"], lake.ledger.get(job.name, i)["rows"]) for i in infos} == {
+        ("succeeded", 100)}

@@ -36,9 +36,9 @@ class LakeTraceSource:
     """Changes of a project's ``<space>.<project>__spans`` and ``__annotations`` tables.
 
     The cursor is exact, not time-based: it holds the last *snapshot* of each trace table that was
-    exported. Every import commits one snapshot naming its source file (``obslake.source-file``), so
-    the changes are the rows of the files committed after the cursor snapshot — a file whose import
-    started long ago but committed late is never skipped (the failure of time-based cursors). Changed
+    exported. Every import commits one snapshot naming its source file(s) (``obslake.source-file`` or,
+    for a batch, ``obslake.source-files``), so the changes are the rows of the files committed after the
+    cursor snapshot — a file whose import started long ago but committed late is never skipped (the failure of time-based cursors). Changed
     spans are expanded to their whole traces (a late child changes its trace's end time). A
     ``{"window": [start, end]}`` cursor re-reads the files committed in that window (backfill).
 
@@ -69,7 +69,7 @@ class LakeTraceSource:
     def _files_since(table, snapshot_id: int | None, window: tuple[dt.datetime, dt.datetime] | None):
         """Source files committed after ``snapshot_id`` (or inside ``window``); None = the cursor is gone."""
         from obslake.lake.iceberg import snapshot_lineage
-        from obslake.lake.importer import PROP_SOURCE_FILE
+        from obslake.lake.importer import source_files
 
         if table is None or table.current_snapshot() is None:
             return set()
@@ -79,9 +79,7 @@ class LakeTraceSource:
                 return files
             when = dt.datetime.fromtimestamp(snap.timestamp_ms / 1000, dt.UTC)
             if window is None or window[0] <= when < window[1]:
-                f = snap.summary.get(PROP_SOURCE_FILE) if snap.summary is not None else None
-                if f:
-                    files.add(f)
+                files.update(uri for uri, _etag, _rows in source_files(snap.summary))
         return files if (window is not None or snapshot_id is None) else None
 
     def changes(

@@ -33,8 +33,8 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -87,11 +87,13 @@ if TYPE_CHECKING:
     from pyiceberg.table import Table, Transaction
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROP_SOURCE_FILE = "obslake.source-file"
 PROP_SOURCE_ETAG = "obslake.source-etag"
 PROP_JOB = "obslake.job"
 PROP_ROWS = "obslake.rows"
+PROP_SOURCE_FILES = "obslake.source-files"
 CLOCK_SKEW = dt.timedelta(minutes=10)
 """How far the clocks of two workers (which stamp snapshots and ledger rows) may disagree."""
 
@@ -153,6 +155,32 @@ def ensure_table(catalog: Catalog, job: ImportJob, arrow_schema: pa.Schema) -> T
     return load_or_create(catalog, job.table_identifier, lambda: _table_definition(job, arrow_schema))
 
 
+def source_files(summary: Any) -> list[tuple[str, str, int]]:
+    """The (uri, etag, rows) of the file versions a snapshot committed (from its summary properties).
+
+    A one-file import names its file in ``obslake.source-file``/``-etag``/``obslake.rows``; a batch lists
+    its files in ``obslake.source-files`` (JSON ``[[uri, etag, rows], ...]``). Other snapshots (upkeep,
+    deletes) name none.
+    """
+    if summary is None:
+        return []
+    listed = summary.get(PROP_SOURCE_FILES)
+    if listed:
+        try:
+            return [(str(u), str(e), int(r)) for u, e, r in json.loads(listed)]
+        except (ValueError, TypeError):
+            log.warning("a snapshot's %s is not a JSON list of [uri, etag, rows]; ignored", PROP_SOURCE_FILES)
+            return []
+    uri = summary.get(PROP_SOURCE_FILE)
+    if uri is None:
+        return []
+    try:
+        rows = int(summary.get(PROP_ROWS, "0"))
+    except ValueError:
+        rows = 0
+    return [(uri, summary.get(PROP_SOURCE_ETAG, ""), rows)]
+
+
 def find_committed(table: Table, uri: str, etag: str, since: dt.datetime) -> Any:
     """The snapshot that committed this file version since ``since``, or None.
 
@@ -164,9 +192,16 @@ def find_committed(table: Table, uri: str, etag: str, since: dt.datetime) -> Any
     for snap in snapshot_lineage(table):
         if snap.timestamp_ms < cutoff_ms:
             return None
-        s = snap.summary
-        if s is not None and s.get(PROP_SOURCE_FILE) == uri and s.get(PROP_SOURCE_ETAG) == etag:
+        if committed_rows(snap, uri, etag) is not None:
             return snap
+    return None
+
+
+def committed_rows(snap: Any, uri: str, etag: str) -> int | None:
+    """The rows ``snap`` committed of this file version; None if it did not commit it."""
+    for u, e, rows in source_files(snap.summary):
+        if u == uri and e == etag:
+            return rows
     return None
 
 
@@ -355,11 +390,205 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, IsADirectoryError))
 
 
+def _commit_state_unknown(exc: BaseException) -> bool:
+    """The catalog may have committed although the call failed: the written files must then be kept."""
+    from pyiceberg.exceptions import CommitStateUnknownException
+
+    return isinstance(exc, CommitStateUnknownException)
+
+
 def _failure_code(exc: TerminalError) -> str:
     """The README code of a terminal error: a record error's first problem, else the error's own code."""
     if isinstance(exc, RecordErrors) and exc.problems:
         return exc.problems[0].code
     return error_code(exc)
+
+
+@dataclasses.dataclass
+class _File:
+    """One file version being imported: what each step needs to record its outcome."""
+
+    job: ImportJob
+    ledger: Ledger
+    info: ObjectInfo
+    uri: str
+    table_name: str
+    fingerprint: str
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    since: dt.datetime | None = None  # when the unfinished attempts on this version began (mark_pending)
+
+    @classmethod
+    def of(cls, job: ImportJob, ledger: Ledger, store: ObjectStore, info: ObjectInfo) -> _File:
+        """The bookkeeping of ``info`` (a version of a file under ``store``) for ``job``."""
+        table_name = ".".join(job.table_identifier)
+        return cls(job, ledger, info, store.uri(info.key), table_name, job.schema_.fingerprint())
+
+    def result(self, status: str, rows: int = 0, snapshot_id: int | None = None, **kw: Any) -> ImportResult:
+        """This file's :class:`ImportResult`."""
+        seconds = time.monotonic() - self.started
+        return ImportResult(self.uri, self.info.etag, status, rows, self.table_name, snapshot_id, seconds=seconds, **kw)
+
+    def imported_already(self) -> ImportResult | None:
+        """The result of a version the ledger records as imported (the ledger is the index), else None."""
+        done = self.ledger.get(self.job.name, self.info)
+        if done is None or done["status"] != "succeeded":
+            return None
+        log.info(
+            "%s (etag %s) was imported already (ledger); nothing to do",
+            printable(self.uri),
+            printable(self.info.etag),
+        )
+        return self.result("already-imported", done["rows"] or 0, done["snapshot_id"])
+
+    def start(self) -> None:
+        """The ledger row goes to ``pending``; remember since when earlier attempts are unfinished."""
+        self.since = self.ledger.mark_pending(self.job.name, self.info)
+
+    def check(self) -> str:
+        """The file's format, once its size and extension are allowed by the job."""
+        job, info = self.job, self.info
+        if info.size > job.max_file_bytes:
+            raise FileTooLargeError(
+                f"{self.uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,}); "
+                "split the file or raise max_file_bytes in the job YAML",
+                code="FILE_TOO_LARGE",
+            )
+        fmt = format_for_key(info.key, job.formats)
+        if fmt is None:
+            raise FileFormatError(
+                f"{self.uri}: extension not among the job's formats {list(job.formats)}", code="FORMAT_NOT_ALLOWED"
+            )
+        return fmt
+
+    def committed_earlier(self, table: Table | None) -> ImportResult | None:
+        """An unfinished earlier attempt that committed without reaching the ledger: repair the ledger."""
+        if table is None or self.since is None:
+            return None
+        snap = find_committed(table, self.uri, self.info.etag, self.since)
+        if snap is None:
+            return None
+        rows = committed_rows(snap, self.uri, self.info.etag) or 0
+        log.info(
+            "%s already committed in snapshot %s; repairing the ledger only", printable(self.uri), snap.snapshot_id
+        )
+        self.succeeded(rows, snap.snapshot_id)
+        return self.result("already-imported", rows, snap.snapshot_id)
+
+    def succeeded(self, rows: int, snapshot_id: int | None, bad_rows: int = 0, note: str | None = None) -> None:
+        """The ledger row goes to ``succeeded``."""
+        self.ledger.mark_succeeded(
+            self.job.name,
+            self.info,
+            rows=rows,
+            table_name=self.table_name,
+            snapshot_id=snapshot_id,
+            bad_rows=bad_rows,
+            fingerprint=self.fingerprint,
+            note=note,
+        )
+
+    def failed(self, code: str, message: str) -> ImportResult:
+        """The file failed for a reason of its own: ledger row ``failed`` with the code and message."""
+        log.error("%s", printable(message, 4000))
+        self.ledger.mark_failed(self.job.name, self.info, error=message, fingerprint=self.fingerprint, code=code)
+        return self.result("failed", error=message, code=code)
+
+    def guard(self, work: Callable[[], T]) -> T | ImportResult:
+        """``work()``, with whatever it raises turned into this file's outcome.
+
+        A fault of the file (anything but a transient error) returns its ``failed`` result; a transient
+        one marks the ledger row for retry and raises :class:`TransientError`.
+        """
+        try:
+            return work()
+        except ObjectChangedError as exc:
+            return self.failed(
+                "OBJECT_CHANGED", f"{exc} (this version is gone; the new version is imported on the next poll)"
+            )
+        except TransientError as exc:
+            self.ledger.mark_retry(self.job.name, self.info, error=str(exc))
+            raise
+        except TerminalError as exc:
+            return self.failed(_failure_code(exc), str(exc))
+        except Exception as exc:
+            if _is_transient(exc):
+                self.ledger.mark_retry(self.job.name, self.info, error=f"{type(exc).__name__}: {exc}")
+                raise StorageUnavailableError(
+                    f"{self.uri}: {type(exc).__name__}: {printable(exc, 500)}; retrying"
+                ) from exc
+            problem = internal_problem(self.uri, exc)
+            log.exception("%s: unexpected error", printable(self.uri))
+            return self.failed(problem.code, str(problem))
+
+
+@dataclasses.dataclass
+class _Read:
+    """What reading and mapping a file produced so far (the stream fills it as it goes)."""
+
+    rows_read: int = 0
+    bad_rows: int = 0
+
+
+def _mapped_batches(
+    f: _File,
+    fh: Any,
+    fmt: str,
+    ingested_at: dt.datetime,
+    table_schema: pa.Schema | None,
+    quarantine: _Quarantine,
+    read: _Read,
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """The file's rows mapped to the table's columns, in record batches; bad rows abort the file or, under
+    ``on_error: skip_rows``, go to ``quarantine``. A file with a header and no rows raises FILE_EMPTY."""
+    job, uri = f.job, f.uri
+    mapper = make_mapper(
+        job,
+        read_schema(fh, fmt, source=uri, max_bytes=job.max_file_bytes),
+        uri,
+        ingested_at,
+        fmt,
+        table_schema=table_schema,
+    )
+    batches = read_batches(
+        fh, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv", max_bytes=job.max_file_bytes
+    )
+    row = 1
+    for b in batches:
+        if not b.num_rows:
+            continue
+        mapped, problems = mapper.map(b, row)
+        read.rows_read += b.num_rows
+        if problems:
+            if job.on_error == OnError.abort_file:
+                raise RecordErrors(problems[:MAX_PROBLEMS])
+            bad = quarantine.add(b, row, problems)
+            read.bad_rows += len(bad)
+            if read.bad_rows > job.max_bad_rows:
+                raise TooManyBadRowsError(
+                    f"{uri}: more than max_bad_rows={job.max_bad_rows} bad rows (on_error: skip_rows); "
+                    f"the first ones:\n" + "\n".join(f"  {p}" for p in problems[:20])
+                )
+            mapped = mapped.filter(pa.array([i not in bad for i in range(b.num_rows)]))
+        row += b.num_rows
+        yield mapped
+    if not read.rows_read:  # a header (schema) and no rows: FILE_EMPTY, as validate_file reports it
+        raise FileFormatError(
+            f"{uri}: the file has a header but no data rows; upload the complete file with at least one data row",
+            code="FILE_EMPTY",
+        )
+
+
+def _check_bad_fraction(f: _File, read: _Read) -> str | None:
+    """Raise if too large a fraction of rows was bad (skip_rows); else the note on the kept bad rows."""
+    if not read.bad_rows:
+        return None
+    if read.bad_rows > f.job.max_bad_fraction * read.rows_read:
+        raise TooManyBadRowsError(
+            f"{f.uri}: {read.bad_rows} of {read.rows_read} rows are bad, over max_bad_fraction="
+            f"{f.job.max_bad_fraction:g} (on_error: skip_rows); fix the file or raise the threshold"
+        )
+    return f"{read.bad_rows} bad row(s) kept in {'.'.join(f.job.quarantine_table_identifier)}"
 
 
 def import_file(
@@ -372,7 +601,7 @@ def import_file(
     batch_rows: int = 65_536,
     chunk_rows: int = CHUNK_ROWS,
 ) -> ImportResult:
-    """Import one file version exactly once (see module docstring).
+    """Import one file version exactly once, in its own commit, streamed (see module docstring).
 
     Returns:
         The outcome. Whatever is wrong with the file - any exception while reading, mapping or writing
@@ -382,206 +611,46 @@ def import_file(
         TransientError: retry the call (the ledger row stays ``pending``, with this error and the
             attempt count, shown by ``obslake status``).
     """
-    started = time.monotonic()
-    uri = store.uri(info.key)
-    table_name = ".".join(job.table_identifier)
-    fingerprint = job.schema_.fingerprint()
-    done = ledger.get(job.name, info)
-    if done is not None and done["status"] == "succeeded":  # the ledger is the index of what was imported
-        log.info("%s (etag %s) was imported already (ledger); nothing to do", printable(uri), printable(info.etag))
-        return ImportResult(
-            uri,
-            info.etag,
-            "already-imported",
-            done["rows"] or 0,
-            table_name,
-            done["snapshot_id"],
-            seconds=time.monotonic() - started,
-        )
-    since = ledger.mark_pending(job.name, info)
-    log.info("importing %s (etag %s, %d bytes) into %s", printable(uri), printable(info.etag), info.size, table_name)
-
-    def failed(code: str, message: str) -> ImportResult:
-        log.error("%s", printable(message, 4000))
-        ledger.mark_failed(job.name, info, error=message, fingerprint=fingerprint, code=code)
-        return ImportResult(
-            uri, info.etag, "failed", error=message, table=table_name, seconds=time.monotonic() - started, code=code
-        )
-
-    try:
-        return _import(
-            job,
-            store,
-            info,
-            uri,
-            table_name,
-            fingerprint,
-            started,
-            catalog=catalog,
-            ledger=ledger,
-            batch_rows=batch_rows,
-            chunk_rows=chunk_rows,
-            since=since,
-        )
-    except ObjectChangedError as exc:
-        msg = f"{exc} (this version is gone; the new version is imported on the next poll)"
-        return failed("OBJECT_CHANGED", msg)
-    except TransientError as exc:
-        ledger.mark_retry(job.name, info, error=str(exc))
-        raise
-    except TerminalError as exc:
-        return failed(_failure_code(exc), str(exc))
-    except Exception as exc:
-        if _is_transient(exc):
-            ledger.mark_retry(job.name, info, error=f"{type(exc).__name__}: {exc}")
-            raise StorageUnavailableError(f"{uri}: {type(exc).__name__}: {printable(exc, 500)}; retrying") from exc
-        problem = internal_problem(uri, exc)
-        log.exception("%s: unexpected error", printable(uri))
-        return failed(problem.code, str(problem))
+    f = _File.of(job, ledger, store, info)
+    done = f.imported_already()
+    if done is not None:
+        return done
+    f.start()
+    log.info(
+        "importing %s (etag %s, %d bytes) into %s", printable(f.uri), printable(info.etag), info.size, f.table_name
+    )
+    return f.guard(lambda: _import(f, store, catalog, batch_rows, chunk_rows))
 
 
-def _import(
-    job: ImportJob,
-    store: ObjectStore,
-    info: ObjectInfo,
-    uri: str,
-    table_name: str,
-    fingerprint: str,
-    started: float,
-    *,
-    catalog: Catalog,
-    ledger: Ledger,
-    batch_rows: int,
-    chunk_rows: int,
-    since: dt.datetime | None,
-) -> ImportResult:
-    if info.size > job.max_file_bytes:
-        raise FileTooLargeError(
-            f"{uri}: {info.size:,} bytes is over the job's max_file_bytes ({job.max_file_bytes:,}); split the "
-            "file or raise max_file_bytes in the job YAML",
-            code="FILE_TOO_LARGE",
-        )
-    fmt = format_for_key(info.key, job.formats)
-    if fmt is None:
-        raise FileFormatError(
-            f"{uri}: extension not among the job's formats {list(job.formats)}", code="FORMAT_NOT_ALLOWED"
-        )
+def _import(f: _File, store: ObjectStore, catalog: Catalog, batch_rows: int, chunk_rows: int) -> ImportResult:
+    fmt = f.check()
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
-            return _import_once(
-                job,
-                store,
-                info,
-                uri,
-                fmt,
-                table_name,
-                fingerprint,
-                started,
-                catalog=catalog,
-                ledger=ledger,
-                batch_rows=batch_rows,
-                chunk_rows=chunk_rows,
-                since=since,
-            )
+            return _import_once(f, store, catalog, fmt, batch_rows, chunk_rows)
         except _SchemaRace as exc:
             log.info("%s; writing the file again (attempt %d)", printable(exc), attempt + 2)
-    raise CommitConflictError(f"{uri}: the table's schema kept changing while the file was written; retry the task")
+    raise CommitConflictError(f"{f.uri}: the table's schema kept changing while the file was written; retry the task")
 
 
 def _import_once(
-    job: ImportJob,
-    store: ObjectStore,
-    info: ObjectInfo,
-    uri: str,
-    fmt: str,
-    table_name: str,
-    fingerprint: str,
-    started: float,
-    *,
-    catalog: Catalog,
-    ledger: Ledger,
-    batch_rows: int,
-    chunk_rows: int,
-    since: dt.datetime | None,
+    f: _File, store: ObjectStore, catalog: Catalog, fmt: str, batch_rows: int, chunk_rows: int
 ) -> ImportResult:
+    job, info, uri = f.job, f.info, f.uri
     ingested_at = dt.datetime.now(dt.UTC)
     quarantine = _Quarantine(job, uri, info.etag, ingested_at)
-    counts = {"read": 0, "bad": 0}
+    read = _Read()
     data_files: list = []
     io = None
     try:
         table = load_table(catalog, job.table_identifier)
         table_schema = table.schema().as_arrow() if table is not None else None
-        with store.open(info.key, etag=info.etag) as f:
-            mapper = make_mapper(
-                job,
-                read_schema(f, fmt, source=uri, max_bytes=job.max_file_bytes),
-                uri,
-                ingested_at,
-                fmt,
-                table_schema=table_schema,
-            )
-            batches = read_batches(
-                f, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv", max_bytes=job.max_file_bytes
-            )
-
-            def mapped_batches() -> Iterator[pa.RecordBatch]:
-                row = 1
-                for b in batches:
-                    if not b.num_rows:
-                        continue
-                    mapped, problems = mapper.map(b, row)
-                    counts["read"] += b.num_rows
-                    if problems:
-                        if job.on_error == OnError.abort_file:
-                            raise RecordErrors(problems[:MAX_PROBLEMS])
-                        bad = quarantine.add(b, row, problems)
-                        counts["bad"] += len(bad)
-                        if counts["bad"] > job.max_bad_rows:
-                            raise TooManyBadRowsError(
-                                f"{uri}: more than max_bad_rows={job.max_bad_rows} bad rows (on_error: skip_rows); "
-                                f"the first ones:\n" + "\n".join(f"  {p}" for p in problems[:20])
-                            )
-                        keep = pa.array([i not in bad for i in range(b.num_rows)])
-                        mapped = mapped.filter(keep)
-                    row += b.num_rows
-                    yield mapped
-
-            stream = mapped_batches()
-            first = next(stream, None)
-            if first is None:  # a header (schema) and no rows: FILE_EMPTY, as validate_file reports it
-                raise FileFormatError(
-                    f"{uri}: the file has a header but no data rows; upload the complete file with "
-                    "at least one data row",
-                    code="FILE_EMPTY",
-                )
+        with store.open(info.key, etag=info.etag) as fh:
+            stream = _mapped_batches(f, fh, fmt, ingested_at, table_schema, quarantine, read, batch_rows)
+            first = next(stream)
+            done = f.committed_earlier(table)
+            if done is not None:
+                return done
             if table is not None:
-                # an earlier, unfinished attempt may have committed without reaching the ledger
-                done = find_committed(table, uri, info.etag, since) if since is not None else None
-                if done is not None:
-                    rows = int(done.summary.get(PROP_ROWS, "0"))
-                    log.info(
-                        "%s already committed in snapshot %s; repairing the ledger only",
-                        printable(uri),
-                        done.snapshot_id,
-                    )
-                    ledger.mark_succeeded(
-                        job.name,
-                        info,
-                        rows=rows,
-                        table_name=table_name,
-                        snapshot_id=done.snapshot_id,
-                        fingerprint=fingerprint,
-                    )
-                    return ImportResult(
-                        uri,
-                        info.etag,
-                        "already-imported",
-                        rows,
-                        table_name,
-                        done.snapshot_id,
-                        seconds=time.monotonic() - started,
-                    )
                 check_table_types(first.schema, table_schema, uri)
             # table creation and new columns are staged in the transaction that commits the data
             tx = _begin(catalog, job, table, first.schema)
@@ -592,65 +661,311 @@ def _import_once(
                     for mapped in itertools.chain([first], stream):
                         if not mapped.num_rows:
                             continue
-                        chunk_done = writer.add(_conform(mapped, target, uri))
-                        if chunk_done:
+                        if writer.add(_conform(mapped, target, uri)):
                             log.info("%s: %d rows read, written or being written", printable(uri), writer.rows)
                     data_files, total = writer.finish(), writer.rows
                 finally:
                     data_files = data_files or writer.data_files
-        if counts["bad"] and counts["bad"] > job.max_bad_fraction * counts["read"]:
-            raise TooManyBadRowsError(
-                f"{uri}: {counts['bad']} of {counts['read']} rows are bad, over max_bad_fraction="
-                f"{job.max_bad_fraction:g} (on_error: skip_rows); fix the file or raise the threshold"
-            )
-        quarantine.commit(catalog, since)
-        replace = table is not None and ledger.has_other_version(job.name, info)
-        props = {PROP_SOURCE_FILE: uri, PROP_SOURCE_ETAG: info.etag, PROP_JOB: job.name, PROP_ROWS: str(total)}
-        note = (
-            f"{counts['bad']} bad row(s) kept in {'.'.join(job.quarantine_table_identifier)}" if counts["bad"] else None
-        )
+        note = _check_bad_fraction(f, read)
+        quarantine.commit(catalog, f.since)
+        replace = table is not None and f.ledger.has_other_version(job.name, info)
         if not data_files and not replace:
-            ledger.mark_succeeded(
-                job.name,
-                info,
-                rows=0,
-                table_name=table_name,
-                snapshot_id=None,
-                bad_rows=counts["bad"],
-                fingerprint=fingerprint,
-                note=note,
-            )
-            return ImportResult(uri, info.etag, "imported", 0, table_name, seconds=time.monotonic() - started)
+            f.succeeded(0, None, read.bad_rows, note)
+            return f.result("imported")
+        props = {PROP_SOURCE_FILE: uri, PROP_SOURCE_ETAG: info.etag, PROP_JOB: job.name, PROP_ROWS: str(total)}
         table, snap, replaced = _commit(
-            catalog, job, tx, first.schema, uri, info.etag, data_files, props, replace, since or ingested_at
+            catalog, job, tx, first.schema, uri, info.etag, data_files, props, replace, f.since or ingested_at
         )
         data_files = []  # committed: referenced by the table now
-    except BaseException:
-        if io is not None and data_files:
+    except BaseException as exc:
+        if io is not None and data_files and not _commit_state_unknown(exc):
             delete_quietly(io, data_files)
         raise
     snapshot_id = snap.snapshot_id if snap is not None else None
-    rows = int(snap.summary.get(PROP_ROWS, total)) if snap is not None else total
-    ledger.mark_succeeded(
-        job.name,
-        info,
-        rows=rows,
-        table_name=table_name,
-        snapshot_id=snapshot_id,
-        bad_rows=counts["bad"],
-        fingerprint=fingerprint,
-        note=note,
-    )
-    seconds = time.monotonic() - started
+    rows = committed_rows(snap, uri, info.etag) if snap is not None else None
+    rows = total if rows is None else rows
+    f.succeeded(rows, snapshot_id, read.bad_rows, note)
     log.info(
         "%s: committed %d rows in snapshot %s (%.2fs)%s%s",
         printable(uri),
         rows,
         snapshot_id,
-        seconds,
+        time.monotonic() - f.started,
         "; replaced the rows of an earlier version" if replaced else "",
         f"; {note}" if note else "",
     )
-    return ImportResult(
-        uri, info.etag, "imported", rows, table_name, snapshot_id, replaced, seconds=seconds, bad_rows=counts["bad"]
-    )
+    return f.result("imported", rows, snapshot_id, replaced=replaced, bad_rows=read.bad_rows)
+
+
+# -- batches of small files ------------------------------------------------------------------------
+def plan_batches(
+    files: list[ObjectInfo], max_files: int, max_bytes: int, large_file_bytes: int
+) -> list[list[ObjectInfo]]:
+    """Group files for the import tasks, in their order: a file over ``large_file_bytes`` alone, the others in
+    groups of at most ``max_files`` files and ``max_bytes`` bytes (``max_files=1``: every file alone)."""
+    groups: list[list[ObjectInfo]] = []
+    current: list[ObjectInfo] = []
+    size = 0
+    for info in files:
+        if max_files <= 1 or info.size > large_file_bytes:
+            groups.append([info])
+            continue
+        if current and (len(current) >= max_files or size + info.size > max_bytes):
+            groups.append(current)
+            current, size = [], 0
+        current.append(info)
+        size += info.size
+    if current:
+        groups.append(current)
+    return groups
+
+
+class _Alone:
+    """A file of a batch that needs a commit of its own: it adds columns, or replaces an earlier version."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+@dataclasses.dataclass
+class _Staged:
+    """A file of a batch that was read and mapped completely; its rows wait in the batch's data files."""
+
+    file: _File
+    rows: int
+    bad_rows: int
+    note: str | None
+
+
+def import_files(
+    job: ImportJob,
+    store: ObjectStore,
+    files: list[ObjectInfo],
+    *,
+    catalog: Catalog,
+    ledger: Ledger,
+    batch_rows: int = 65_536,
+    chunk_rows: int = CHUNK_ROWS,
+) -> list[ImportResult]:
+    """Import a batch of file versions exactly once each, the small ones in ONE commit.
+
+    Each file is read and mapped completely on its own (a bad file fails alone and never reaches the
+    commit); the good ones are written into shared data files and committed in one Iceberg transaction
+    whose snapshot lists every file with its etag and rows (``obslake.source-files``); then each gets its
+    ledger row. A commit conflict retries the same data files against the refreshed table, never twice
+    (the retry first looks for the batch among the snapshots committed since it began). The table's
+    first file, a file that adds columns or replaces an earlier version, and every file of a batch whose
+    writing or commit failed for a reason other than a transient one are imported alone by
+    :func:`import_file`, so one file's schema change or fault never reaches the others.
+
+    Returns:
+        One :class:`ImportResult` per file that reached an outcome, in order.
+
+    Raises:
+        TransientError: after every other file was handled, if some hit a transient error (their
+            ledger rows stay ``pending``; retry the call: the imported ones are skipped by the ledger).
+    """
+    results: dict[int, ImportResult] = {}
+    retry: list[str] = []
+
+    def alone(i: int) -> None:
+        try:
+            results[i] = import_file(
+                job, store, files[i], catalog=catalog, ledger=ledger, batch_rows=batch_rows, chunk_rows=chunk_rows
+            )
+        except TransientError as exc:
+            retry.append(str(exc))
+        except Exception as exc:  # the ledger itself failed while recording the outcome
+            log.exception("%s: cannot record its outcome; retrying", printable(store.uri(files[i].key)))
+            retry.append(f"{store.uri(files[i].key)}: {type(exc).__name__}: {exc}")
+
+    todo = list(range(len(files)))
+    table = load_table(catalog, job.table_identifier) if len(todo) > 1 else None
+    while todo and (table is None or len(todo) == 1):  # the table's first file creates it, alone
+        alone(todo.pop(0))
+        if todo:
+            table = load_table(catalog, job.table_identifier)
+    if todo and table is not None:
+        batch = _Batch(job, store, catalog, ledger, table, batch_rows, chunk_rows)
+        later = batch.run([(i, files[i]) for i in todo], results, retry)
+        for i in later:
+            alone(i)
+    if retry:
+        raise StorageUnavailableError(
+            f"{len(retry)} of {len(files)} file(s) hit a transient error and stay pending for the retry: "
+            + "; ".join(printable(r, 300) for r in retry[:5])
+        )
+    return [results[i] for i in sorted(results)]
+
+
+class _Batch:
+    """Small files of one job staged into shared data files and committed in one transaction."""
+
+    def __init__(
+        self,
+        job: ImportJob,
+        store: ObjectStore,
+        catalog: Catalog,
+        ledger: Ledger,
+        table: Table,
+        batch_rows: int,
+        chunk_rows: int,
+    ):
+        self.job, self.store, self.catalog, self.ledger = job, store, catalog, ledger
+        self.batch_rows, self.chunk_rows = batch_rows, chunk_rows
+        self.table, self.table_schema = table, table.schema().as_arrow()
+        self.ingested_at = dt.datetime.now(dt.UTC)
+        self.tx = _begin(catalog, job, table, self.table_schema)  # no new columns: the table's properties only
+        self.target = self.tx.table_metadata.schema().as_arrow()
+
+    def run(self, items: list[tuple[int, ObjectInfo]], results: dict[int, ImportResult], retry: list[str]) -> list[int]:
+        """Stage each file, commit the staged ones; fills ``results``/``retry``; the indices to import alone."""
+        staged: dict[int, _Staged] = {}
+        later: list[int] = []
+        io = transaction_io(self.tx)
+        data_files: list[DataFile] = []
+        writer = DataFileWriter(self.tx.table_metadata, io, self.chunk_rows)
+        broken = False
+        try:
+            with writer:
+                for n, (i, info) in enumerate(items):
+                    if broken:
+                        later.append(i)
+                        continue
+                    f = _File.of(self.job, self.ledger, self.store, info)
+                    try:
+                        outcome = f.guard(lambda f=f: self._stage(f))  # type: ignore[misc]
+                    except TransientError as exc:
+                        retry.append(str(exc))
+                        continue
+                    except Exception as exc:  # the ledger itself failed while recording it
+                        log.exception("%s: cannot record its outcome; retrying", printable(f.uri))
+                        retry.append(f"{f.uri}: {type(exc).__name__}: {exc}")
+                        continue
+                    if isinstance(outcome, ImportResult):
+                        results[i] = outcome
+                    elif isinstance(outcome, _Alone):
+                        log.info("%s is imported alone: %s", printable(f.uri), outcome.why)
+                        later.append(i)
+                    else:
+                        mapped, staged[i] = outcome
+                        try:
+                            for b in mapped:
+                                writer.add(b)
+                        except Exception:  # writing the batch's data files failed: no file of it is at fault
+                            log.exception("writing the batch's data files failed; its files are imported alone")
+                            broken = True
+                            later.extend(staged)
+                            staged.clear()
+                            continue
+                    if (n + 1) % 100 == 0:
+                        log.info("batch: %d of %d file(s) read", n + 1, len(items))
+                if staged:
+                    data_files = writer.finish()
+        except Exception:
+            log.exception("writing the batch's data files failed; its files are imported alone")
+            delete_quietly(io, writer.data_files)
+            return sorted(later + list(staged))
+        if not staged:
+            delete_quietly(io, writer.data_files)
+            return sorted(later)
+        return sorted(later + self._commit(staged, data_files, io, results, retry))
+
+    def _stage(self, f: _File) -> ImportResult | _Alone | tuple[list[pa.RecordBatch], _Staged]:
+        """Read and map one file completely (it is small): its rows conformed to the table, or why not."""
+        done = f.imported_already()
+        if done is not None:
+            return done
+        f.start()
+        fmt = f.check()
+        if self.ledger.has_other_version(self.job.name, f.info):
+            return _Alone("it replaces the rows of an earlier version of the file")
+        quarantine = _Quarantine(self.job, f.uri, f.info.etag, self.ingested_at)
+        read = _Read()
+        with self.store.open(f.info.key, etag=f.info.etag) as fh:
+            mapped = list(
+                _mapped_batches(f, fh, fmt, self.ingested_at, self.table_schema, quarantine, read, self.batch_rows)
+            )
+        done = f.committed_earlier(self.table)
+        if done is not None:
+            return done
+        mapped = [b for b in mapped if b.num_rows]
+        if mapped:
+            check_table_types(mapped[0].schema, self.table_schema, f.uri)
+            new = [n for n in mapped[0].schema.names if self.target.get_field_index(n) < 0]
+            if new:
+                return _Alone(f"it adds column(s) {', '.join(new[:10])}")
+        note = _check_bad_fraction(f, read)
+        conformed = [_conform(b, self.target, f.uri) for b in mapped]
+        quarantine.commit(self.catalog, f.since)
+        rows = sum(b.num_rows for b in conformed)
+        return conformed, _Staged(f, rows, read.bad_rows, note)
+
+    def _commit(
+        self,
+        staged: dict[int, _Staged],
+        data_files: list[DataFile],
+        io: Any,
+        results: dict[int, ImportResult],
+        retry: list[str],
+    ) -> list[int]:
+        """Commit the staged files in one snapshot, then their ledger rows; the indices to import alone."""
+        files = [s.file for s in staged.values()]
+        listed = [[s.file.uri, s.file.info.etag, s.rows] for s in staged.values()]
+        props = {
+            PROP_SOURCE_FILES: json.dumps(listed, separators=(",", ":")),
+            PROP_JOB: self.job.name,
+            PROP_ROWS: str(sum(s.rows for s in staged.values())),
+        }
+        since = min([f.since for f in files if f.since is not None] + [self.ingested_at])
+        probe = files[0]
+        written = self.tx.table_metadata.schema()
+        current = self.tx
+        ident = self.job.table_identifier
+
+        def attempt(n: int) -> Any:
+            nonlocal current
+            if n:  # a conflict: start again from the table as it is now (the batch may have committed)
+                table = self.catalog.load_table(ident)
+                done = find_committed(table, probe.uri, probe.info.etag, since)
+                if done is not None:
+                    return done
+                current = _begin(self.catalog, self.job, table, table.schema().as_arrow())
+                if not same_field_ids(written, current.table_metadata.schema()):
+                    raise _SchemaRace("the table's schema changed while the batch was written")
+            if data_files:
+                with current.update_snapshot(snapshot_properties=props).merge_append() as append:
+                    for df in data_files:
+                        append.append_data_file(df)
+            table = current.commit_transaction()
+            return find_committed(table, probe.uri, probe.info.etag, since)
+
+        try:
+            snap = commit_with_retry(attempt, what=f"a batch of {len(files)} file(s)") if data_files else None
+        except Exception as exc:  # noqa: BLE001 - whatever it is, each file is then tried alone
+            if not _commit_state_unknown(exc):
+                delete_quietly(io, data_files)
+            if isinstance(exc, TransientError) or _is_transient(exc):
+                for f in files:
+                    self.ledger.mark_retry(self.job.name, f.info, error=f"{type(exc).__name__}: {exc}")
+                retry.extend(f"{f.uri}: {type(exc).__name__}: {printable(exc, 300)}" for f in files)
+                return []
+            log.warning("the batch's commit failed (%s: %s); its files are imported alone", type(exc).__name__, exc)
+            return list(staged)
+        snapshot_id = snap.snapshot_id if snap is not None else None
+        log.info(
+            "batch: committed %d file(s), %s rows in snapshot %s (%.2fs)",
+            len(files),
+            props[PROP_ROWS],
+            snapshot_id,
+            time.monotonic() - min(f.started for f in files),
+        )
+        for i, s in staged.items():
+            try:
+                s.file.succeeded(s.rows, snapshot_id if s.rows else None, s.bad_rows, s.note)
+            except Exception as exc:  # committed; the retry repairs the ledger from the snapshot
+                log.exception("%s: committed, but the ledger could not record it", printable(s.file.uri))
+                retry.append(f"{s.file.uri}: committed; ledger: {type(exc).__name__}: {exc}")
+                continue
+            results[i] = s.file.result("imported", s.rows, snapshot_id if s.rows else None, bad_rows=s.bad_rows)
+        return []

@@ -35,41 +35,64 @@ class IcebergSyncOperator(BaseOperator):
 
 
 class IcebergImportOperator(IcebergSyncOperator):
-    """Import one file version into its model table (map it over the validated files).
+    """Import a batch of file versions into their model table (map it over the validated batches).
 
-    ``.partial(job=…).expand(file=validate.output)``: each commit is its own Iceberg transaction and
+    ``.partial(job=…).expand(files=validate.output)``: the small files of a batch are committed in one
+    Iceberg transaction, a large file alone and streamed (:func:`~obslake.lake.importer.import_files`);
     conflicts retry inside the task.
 
     Args:
         job: the import job (or its dict form).
-        file: one ``ObjectInfo`` dict.
+        files: a list of ``ObjectInfo`` dicts (one batch planned by the validate step).
+        file: one ``ObjectInfo`` dict (the form of DAG runs from before batching).
     """
 
-    template_fields = ("file",)
+    template_fields = ("files", "file")
 
-    def __init__(self, *, job: Any, file: Any = None, **kwargs: Any):
+    def __init__(self, *, job: Any, files: Any = None, file: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         job_obj = job_from_dict(job)
         self.job = job_to_dict(job_obj)
         self.conn_id = job_obj.conn_id
+        self.files = files
         self.file = file
 
-    def execute(self, context: Any) -> dict:
-        """Import the file; a failed file fails the task (no retry), a transient error retries."""
+    def execute(self, context: Any) -> list[dict]:
+        """Import the files; the good ones are committed, then a failed file fails the task (no retry),
+        a transient error retries it (the imported files are skipped by the ledger)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from obslake.lake.importer import import_file
+        from obslake.exceptions import printable
+        from obslake.lake.importer import import_files
         from obslake.storage.base import ObjectInfo
 
         job = job_from_dict(self.job)
+        items = list(self.files or []) + ([self.file] if self.file else [])
         with airflow_errors():
             store, _ = self.hook.store(job.source)
-            result = import_file(
-                job, store, ObjectInfo.from_dict(self.file), catalog=self.hook.catalog, ledger=self.hook.ledger
+            results = import_files(
+                job,
+                store,
+                [ObjectInfo.from_dict(f) for f in items],
+                catalog=self.hook.catalog,
+                ledger=self.hook.ledger,
             )
-        if result.status == "failed":
-            raise AirflowFailException(result.error)
-        return result.to_dict()
+        counts = {s: sum(r.status == s for r in results) for s in ("imported", "already-imported", "failed")}
+        self.log.info(
+            "%d file(s): %d imported (%d rows), %d imported before, %d failed",
+            len(items),
+            counts["imported"],
+            sum(r.rows for r in results if r.status == "imported"),
+            counts["already-imported"],
+            counts["failed"],
+        )
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            raise AirflowFailException(
+                f"{len(failed)} of {len(items)} file(s) failed (the others were imported):\n"
+                + "\n".join(f"{printable(r.uri)}: [{r.code}] {printable(r.error, 2000)}" for r in failed[:20])
+            )
+        return [r.to_dict() for r in results]
 
 
 class IcebergExportOperator(IcebergSyncOperator):

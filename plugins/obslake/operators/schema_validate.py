@@ -12,7 +12,7 @@ from obslake.hooks import ObslakeHook
 
 
 class SchemaValidateOperator(BaseOperator):
-    """Validate each new file against the job's model schema; return the files that may be imported.
+    """Validate each new file against the job's model schema; return the files that may be imported, in batches.
 
     A failed file is recorded in the ledger as ``failed`` with every located problem (file, row,
     column, value, fix) and is not offered again until it changes; the other files go on.
@@ -37,10 +37,12 @@ class SchemaValidateOperator(BaseOperator):
         """The lake and the job's bucket."""
         return ObslakeHook(self.conn_id)
 
-    def execute(self, context) -> list[dict]:
-        """Validate every file, one by one (one bad file never stops the others)."""
+    def execute(self, context) -> list[list[dict]]:
+        """Validate every file, one by one (one bad file never stops the others); the valid ones in batches
+        for the import tasks (:func:`~obslake.lake.importer.plan_batches`)."""
         from obslake.exceptions import TransientError, printable
         from obslake.lake.catalog import table_arrow_schema
+        from obslake.lake.importer import plan_batches
         from obslake.schema.validate import internal_problem, validate_file
         from obslake.storage.base import ObjectInfo
 
@@ -86,5 +88,19 @@ class SchemaValidateOperator(BaseOperator):
                     fingerprint=fingerprint,
                     code=report.problems[0].code if report.problems else None,
                 )
-        self.log.info("%d file(s) valid, %d failed validation, %d to retry", len(ok), failed, retry)
-        return ok
+        batches = plan_batches(
+            [ObjectInfo.from_dict(item) for item in ok],
+            job.batch.max_files,
+            job.batch.max_bytes,
+            job.batch.large_file_bytes,
+        )
+        self.log.info(
+            "%d file(s) valid, %d failed validation, %d to retry; %d import task(s) (batch: max %d files, %d bytes)",
+            len(ok),
+            failed,
+            retry,
+            len(batches),
+            job.batch.max_files,
+            job.batch.max_bytes,
+        )
+        return [[info.to_dict() for info in batch] for batch in batches]
