@@ -12,22 +12,26 @@ ONE job YAML from the bench's ``OBSLAKE_INCLUDE_DIR``: a ``file://`` source hold
 of 1,000 rows (20 x 200 in quick mode), bucket "tag" ``arize-ingestion-key`` in ``.obslake-tags.json``
 equal to the Airflow Variable given as ``AIRFLOW_VAR_OBSLAKE_BENCH_KEY``; ``schedule: null`` (one
 triggered run), ``deferrable: false`` (no triggerer), ``retries: 0`` (a failure shows, it is not
-hidden by a retry). The run ``obslake_import__bench_scale``: wait_for_new_files -> verify_bucket_ownership
--> validate_files -> import_file (mapped, one task per file; all commits go to the same table and race).
+hidden by a retry), the default ``batch`` settings. The run ``obslake_import__bench_scale``:
+wait_for_new_files -> verify_bucket_ownership -> validate_files -> import_files (mapped, one task per batch
+of small files; all commits go to the same table and race).
 
-Measured: files/s of the ``import_file`` mapped tasks = files / (max(end_date) - min(start_date)) of
+Measured: files/s of the ``import_files`` mapped tasks = files / (max(end_date) - min(start_date)) of
 their task instances in the metadata DB. That window includes everything Airflow does between those
 tasks (queueing, LocalExecutor hand-off, task process start, DAG parse in the task, Execution API
 calls), and the table's creation by the first import. Excluded: component start-up, DAG parsing,
 triggering and scheduling before the first import task, the sensor, the ownership check and the
 validation (the whole run's duration is printed for information).
 
-Checked after each run (assert): the run succeeded, all import_file task instances succeeded at their
+Checked after each run (assert): the run succeeded, all import_files task instances succeeded at their
 first try, the table holds files x rows rows with as many distinct prediction ids, the snapshots of its
-current lineage carry ``obslake.source-file`` for exactly the source files, each once (no lost or
-duplicated commit), and the ledger has every file ``succeeded`` after a single attempt.
+current lineage name exactly the source files (``obslake.source-file`` / ``obslake.source-files``), each
+once (no lost or duplicated commit), and the ledger has every file ``succeeded`` after a single attempt.
 
 Baseline: parallelism 1, files/s. Ours: parallelism 2, files/s. Ratio = ours / baseline (target >= 1.6).
+Also measured (``p6_airflow_overhead``): the same files imported in-process, one process, no Airflow, by the
+same batches through ``import_files`` into a fresh Postgres catalog (what the import tasks do, minus
+Airflow): files/s of the deployed DAG at parallelism 1 / in-process files/s is Airflow's cost as a ratio.
 Median of 3 runs per parallelism (1 in quick mode), p=1 and p=2 interleaved. ``OBSLAKE_BENCH_P6_FILES`` /
 ``OBSLAKE_BENCH_P6_REPEATS`` override the file count / repeats (for a shorter run; the README figure uses
 the defaults). Needs the asyncpg driver (Airflow 3 opens an async engine on a Postgres metadata DB).
@@ -61,6 +65,7 @@ DAG_ID = f"obslake_import__{JOB_NAME}"
 KEY_VARIABLE = "obslake_bench_key"
 KEY = "bench-ingestion-key-0123456789"
 TABLE = ("bench", "ctr__production")
+TASK = "import_files"
 RUN_TIMEOUT = 300 + 15 * FILES  # seconds from trigger to the end of the run: generous on a busy machine
 JOB = {
     "name": JOB_NAME, "source": "", "ingestion_key_variable": KEY_VARIABLE, "status": "active",
@@ -89,6 +94,57 @@ def make_files(src: str) -> None:
         json.dump({"arize-ingestion-key": KEY}, fh)
 
 
+_SRC: list[str] = []
+
+
+def batches() -> list:
+    """The batches the validate step plans for the bench's files (the job's default batch settings)."""
+    from obslake.config import ImportJob
+    from obslake.lake.importer import plan_batches
+    from obslake.storage.local import LocalStore
+
+    store = LocalStore(_SRC[0])
+    job = ImportJob.model_validate({**JOB, "source": store.uri()})
+    infos = sorted((store.head(k) for k in os.listdir(_SRC[0]) if k.endswith(".parquet")), key=lambda i: i.key)
+    return plan_batches(infos, job.batch.max_files, job.batch.max_bytes, job.batch.large_file_bytes)
+
+
+def in_process(src: str, d: Path, n: int) -> float:
+    """files/s of the same batches imported in this process through ``import_files`` (no Airflow), into a
+    fresh Postgres catalog + ledger and a fresh warehouse, as the import tasks do; checked exactly-once."""
+    from obslake.config import ImportJob
+    from obslake.lake.catalog import LakeSettings, load_catalog
+    from obslake.lake.importer import import_files
+    from obslake.lake.ledger import Ledger
+    from obslake.storage.local import LocalStore
+
+    lake_db = unique_name("obslake_bench_inproc")
+    create_database(lake_db)
+    work = d / f"inproc-{n}"
+    (work / "warehouse").mkdir(parents=True)
+    lake_env = {"OBSLAKE_CATALOG_URI": pg_uri(lake_db), "OBSLAKE_STATE_URI": pg_uri(lake_db),
+                "OBSLAKE_WAREHOUSE": f"file://{work / 'warehouse'}", "OBSLAKE_HOME": str(work / "home")}
+    try:
+        settings = LakeSettings.from_env(lake_env)
+        catalog, ledger = load_catalog(settings), Ledger(settings.state_uri)
+        store = LocalStore(src)
+        job = ImportJob.model_validate({**JOB, "source": store.uri()})
+        t = time.monotonic()
+        for batch in batches():
+            import_files(job, store, batch, catalog=catalog, ledger=ledger)
+        secs = time.monotonic() - t
+        ledger.engine.dispose()
+        engine = getattr(catalog, "engine", None)
+        if engine is not None:
+            engine.dispose()
+        verify(lake_env, src)
+        print(f"  in-process #{n + 1}: {FILES / secs:.2f} files/s ({len(batches())} import_files calls in "
+              f"{secs:.1f}s); verified: exactly once", flush=True)
+        return FILES / secs
+    finally:
+        drop_database(lake_db)
+
+
 def write_job(include: Path, src: str) -> None:
     (include / "import_jobs").mkdir(parents=True, exist_ok=True)
     (include / "import_jobs" / f"{JOB_NAME}.yaml").write_text(yaml.safe_dump({**JOB, "source": f"file://{src}/"}))
@@ -113,15 +169,15 @@ def run_once(src: str, d: Path, template: str, parallelism: int, n: int) -> dict
             stack.wait_for_dag(DAG_ID)
             t_ready = time.monotonic()
             run_id = stack.trigger(DAG_ID, f"bench_p{parallelism}_{n}")
-            state = stack.wait_for_run(DAG_ID, run_id, RUN_TIMEOUT, watch_task="import_file")
+            state = stack.wait_for_run(DAG_ID, run_id, RUN_TIMEOUT, watch_task=TASK)
             if state != "success":
                 raise AssertionError(f"run {run_id} (parallelism {parallelism}) ended {state}\n"
                                      f"{stack.failure_report(DAG_ID, run_id)}")
-            tis = [t for t in stack.task_instances(DAG_ID, run_id) if t["task_id"] == "import_file"]
+            tis = [t for t in stack.task_instances(DAG_ID, run_id) if t["task_id"] == TASK]
             bad = [t for t in tis if t["state"] != "success" or t["try_number"] != 1]
-            if len(tis) != FILES or bad:
-                raise AssertionError(f"{len(tis)} import_file task instances (want {FILES}), not successful at the "
-                                     f"first try: {bad[:10]}\n{stack.failure_report(DAG_ID, run_id)}")
+            if len(tis) != len(batches()) or bad:
+                raise AssertionError(f"{len(tis)} {TASK} task instances (want {len(batches())}), not successful at "
+                                     f"the first try: {bad[:10]}\n{stack.failure_report(DAG_ID, run_id)}")
             first, last = min(t["start_date"] for t in tis), max(t["end_date"] for t in tis)
             span = (last - first).total_seconds()
             task_secs = [(t["end_date"] - t["start_date"]).total_seconds() for t in tis]
@@ -129,12 +185,13 @@ def run_once(src: str, d: Path, template: str, parallelism: int, n: int) -> dict
             run_secs = (ended - (queued or started)).total_seconds()
             lead = (first - (queued or started)).total_seconds()
             setup = t_ready - t0
-            logs = (stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}").glob("task_id=import_file/*/*.log")
+            logs = (stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}").glob(f"task_id={TASK}/*/*.log")
             conflicts = sum(p.read_text(errors="replace").count("commit conflict") for p in logs)
         verify(lake_env, src)
         out = {"files_per_s": FILES / span, "span": span, "run": run_secs, "lead": lead, "setup": setup,
-               "task_median": statistics.median(task_secs), "conflicts": conflicts}
-        print(f"  parallelism {parallelism} #{n + 1}: {out['files_per_s']:.2f} files/s ({FILES} import_file tasks "
+               "task_median": statistics.median(task_secs), "conflicts": conflicts, "tasks": len(tis)}
+        print(f"  parallelism {parallelism} #{n + 1}: {out['files_per_s']:.2f} files/s ({FILES} files in {len(tis)} "
+              f"{TASK} tasks "
               f"in {span:.1f}s, median task {out['task_median']:.2f}s, {conflicts} commit conflict(s) retried in "
               f"the tasks); whole run {run_secs:.1f}s ({lead:.1f}s before the first import); stack start + parse "
               f"{setup:.0f}s; verified: exactly once", flush=True)
@@ -149,7 +206,7 @@ def verify(lake_env: dict[str, str], src: str) -> None:
     from pyiceberg.catalog import load_catalog
 
     from obslake.lake.catalog import CATALOG_NAME, LakeSettings
-    from obslake.lake.importer import PROP_SOURCE_FILE
+    from obslake.lake.importer import source_files
 
     settings = LakeSettings.from_env(lake_env)
     catalog = load_catalog(CATALOG_NAME, **settings.properties)  # not obslake's per-process cache: disposed below
@@ -163,14 +220,14 @@ def verify(lake_env: dict[str, str], src: str) -> None:
         while snap is not None:
             lineage.append(snap)
             snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
-        committed = [s.summary.get(PROP_SOURCE_FILE) for s in lineage if s.summary is not None]
-        committed = [f for f in committed if f]
+        committed = [uri for s in lineage for uri, _etag, _rows in source_files(s.summary)]
         want = {f"file://{src}/{k}" for k in os.listdir(src) if k.endswith(".parquet")}
         dupes = sorted({f for f in committed if committed.count(f) > 1})
         assert not dupes, f"committed more than once: {dupes[:10]}"
         assert set(committed) == want, (f"lost: {sorted(want - set(committed))[:10]}, "
                                         f"unexpected: {sorted(set(committed) - want)[:10]}")
-        assert len(table.snapshots()) == FILES, f"{len(table.snapshots())} snapshots, want {FILES}"
+        commits = len(batches()) + 1  # the table's first file is committed alone, then the rest of its batch
+        assert len(table.snapshots()) == commits, f"{len(table.snapshots())} snapshots, want {commits}"
     finally:
         engine = getattr(catalog, "engine", None)
         if engine is not None:
@@ -193,6 +250,7 @@ def main() -> None:
         src = str(d / "src")
         os.makedirs(src)
         make_files(src)
+        _SRC.append(src)
         t = time.monotonic()
         template = migrate_template(d)
         print(f"airflow db migrate (template metadata DB): {time.monotonic() - t:.0f}s", flush=True)
@@ -200,8 +258,10 @@ def main() -> None:
         for n in range(REPEATS):  # interleaved, so a change in the machine's load hits both counts alike
             for p in PARALLELISM:
                 runs[p].append(run_once(src, d, template, p, n))
+        local = [in_process(src, d, n) for n in range(REPEATS)]
         med = {p: statistics.median(r["files_per_s"] for r in runs[p]) for p in PARALLELISM}
         ratio = med[2] / med[1]
+        plan = f"{FILES} files in {len(batches())} batches (default batch settings)"
         per_run = "; ".join(
             f"p={p}: " + ", ".join(f"{r['files_per_s']:.2f} files/s ({r['span']:.0f}s, run {r['run']:.0f}s, "
                                    f"{r['conflicts']} conflicts)"
@@ -210,9 +270,15 @@ def main() -> None:
                ours="Airflow LocalExecutor parallelism 2", ours_value=med[2], ratio=ratio, target=">= 1.6",
                met=ratio >= 1.6, unit="files/s",
                size=f"{FILES} files x {ROWS} rows, Airflow LocalExecutor, Postgres metadata DB + Postgres catalog",
-               note=f"median of {REPEATS} runs per parallelism; files/s = {FILES} / (last import_file end - first "
-                    f"import_file start); every run verified exactly-once (rows, distinct ids, one snapshot per "
-                    f"file, ledger); {os.cpu_count()} cores; {per_run}")
+               note=f"{plan}; median of {REPEATS} runs per parallelism; files/s = {FILES} / (last {TASK} end - "
+                    f"first {TASK} start); every run verified exactly-once (rows, distinct ids, each file in one "
+                    f"snapshot, ledger); {os.cpu_count()} cores; {per_run}")
+        inproc = statistics.median(local)
+        report("p6_airflow_overhead", baseline="in-process import_files loop (same batches, Postgres catalog)",
+               baseline_value=inproc, ours="deployed DAG, LocalExecutor parallelism 1", ours_value=med[1],
+               ratio=med[1] / inproc, target="(information: Airflow's cost)", met=None, unit="files/s",
+               size=f"{FILES} files x {ROWS} rows", note=f"{plan}; median of {REPEATS}; in-process runs: "
+               + ", ".join(f"{x:.2f}" for x in local) + " files/s")
     finally:
         if template:
             drop_database(template)

@@ -283,6 +283,36 @@ def test_staged_metadata_equals_pyicebergs_without_its_deep_copy(lake, make_job,
     assert data.num_rows == 35 and data["feature_new"].null_count == 30
 
 
+def test_each_immutable_metadata_version_is_parsed_once_per_process(lake, make_job, tmp_path, monkeypatch):
+    """Loading a table (and the catalog's own load inside a commit) reuses the parsed form of a versioned
+    metadata file; a file that can be rewritten in place (latest.metadata.json) is read every time."""
+    import shutil
+
+    from pyiceberg.table import StaticTable
+    from pyiceberg.table.metadata import TableMetadataUtil
+
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    info = store.write("a.parquet", to_bytes(inference_rows(10, id_prefix="a"), "parquet"))
+    assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    parsed = []
+    real = TableMetadataUtil.parse_raw
+    monkeypatch.setattr(TableMetadataUtil, "parse_raw", staticmethod(lambda data: parsed.append(1) or real(data)))
+    table = lake.catalog.load_table(job.table_identifier)
+    lake.catalog.load_table(job.table_identifier)
+    info = store.write("b.parquet", to_bytes(inference_rows(10, id_prefix="b"), "parquet"))
+    assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    after = lake.catalog.load_table(job.table_identifier)
+    assert parsed == [] and after.metadata_location != table.metadata_location  # written here: never re-parsed
+    assert after.scan().to_arrow().num_rows == 20
+    latest = tmp_path / "latest.metadata.json"
+    shutil.copy(after.metadata_location.removeprefix("file://"), latest)
+    StaticTable.from_metadata(f"file://{latest}")
+    shutil.copy(table.metadata_location.removeprefix("file://"), latest)  # rewritten in place
+    assert StaticTable.from_metadata(f"file://{latest}").scan().to_arrow().num_rows == 10
+    assert len(parsed) == 2
+
+
 # -- bounded metadata ------------------------------------------------------------------------------------
 def test_metadata_files_are_bounded_and_manifests_merge_as_the_table_grows(lake, make_job, tmp_path):
     """120 imports: at most 11 metadata.json files stay (the current one and 10 earlier), the current snapshot

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from obslake.exceptions import ConfigError
-from obslake.lake.iceberg import STORE_FILE_IO, load_table, retry_on_ddl_race
+from obslake.lake.iceberg import STORE_FILE_IO, load_table, memoise_transaction_metadata, retry_on_ddl_race
 from obslake.storage.credentials import StorageCredentials
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ def load_catalog(settings: LakeSettings | None = None, storage: StorageCredentia
         storage: the credentials of a customer's bucket that tables of this catalog are written to (Data
             Fabric exports); their FileIO properties join the catalog's (never the table metadata).
     """
+    memoise_transaction_metadata()  # before the first table load of the process (see there)
     props = tuple(sorted(storage.fileio_properties().items())) if storage is not None else None
     return _load_catalog_cached(settings or LakeSettings.from_env(), props)
 

@@ -701,7 +701,7 @@ def _import_once(
 def plan_batches(
     files: list[ObjectInfo], max_files: int, max_bytes: int, large_file_bytes: int
 ) -> list[list[ObjectInfo]]:
-    """Group files for the import tasks, in their order: a file over ``large_file_bytes`` alone, the others in
+    """Group files for the import tasks: a file over ``large_file_bytes`` alone, the others in their order in
     groups of at most ``max_files`` files and ``max_bytes`` bytes (``max_files=1``: every file alone)."""
     groups: list[list[ObjectInfo]] = []
     current: list[ObjectInfo] = []
@@ -765,6 +765,10 @@ def import_files(
         TransientError: after every other file was handled, if some hit a transient error (their
             ledger rows stay ``pending``; retry the call: the imported ones are skipped by the ledger).
     """
+    unique = list({(f.bucket, f.key, f.etag): f for f in files}.values())
+    if len(unique) < len(files):  # the same version twice (a retried mapping): imported once
+        log.warning("%d file version(s) listed twice in the batch; each is imported once", len(files) - len(unique))
+        files = unique
     results: dict[int, ImportResult] = {}
     retry: list[str] = []
 
