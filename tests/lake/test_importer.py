@@ -559,3 +559,24 @@ def test_plan_batches_keeps_every_file_once_within_the_limits():
             assert len(b) == 1 or all(f.size <= large for f in b)
 
     check()
+
+
+def test_a_file_committed_by_another_worker_during_the_batch_is_never_committed_twice(lake, s3, make_job):
+    """While a batch reads its files, another worker imports one of them alone (a zombie task, an overlapping
+    retry): the batch's commit conflicts, sees that file committed, and its files go alone: none lost, none
+    twice, the ledger repaired from the other worker's snapshot."""
+    job = make_job(s3.uri("models/ctr/"))
+    seed = _put(s3, "models/ctr/seed.parquet", inference_rows(5, id_prefix="seed"), "parquet")
+    assert import_file(job, s3, seed, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    infos = [_put(s3, f"models/ctr/f{i}.parquet", inference_rows(10, id_prefix=f"f{i}"), "parquet") for i in range(4)]
+    rival = [infos[0]]
+
+    def another_worker(key):
+        if rival and key == infos[-1].key:
+            assert import_file(job, s3, rival.pop(), catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+
+    results = _batch(lake, job, _Interfering(s3, another_worker), infos)
+    assert [r.status for r in results] == ["already-imported", "imported", "imported", "imported"]
+    data = _scan(lake, job)
+    assert data.num_rows == 45 and pc.count_distinct(data["prediction_id"]).as_py() == 45
+    assert {lake.ledger.get(job.name, i)["status"] for i in infos} == {"succeeded"}

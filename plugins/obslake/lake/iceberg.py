@@ -51,6 +51,7 @@ DDL_ATTEMPTS = 5
 CHUNK_ROWS = 1_000_000
 CHUNK_BYTES = 64 * 1024**2
 DICTIONARY_SAMPLE_ROWS = 10_000
+COMMIT_RETRIES = "commit.retry.num-retries"
 DEFAULT_TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     # bounded metadata: each commit deletes the metadata.json files beyond the last 10 ...
@@ -59,6 +60,9 @@ DEFAULT_TABLE_PROPERTIES = {
     # ... and appends merge manifests once there are 100 (commit.manifest-merge.min-count-to-merge), so
     # query planning reads a bounded number of manifests however many files were imported
     "commit.manifest-merge.enabled": "true",
+    # obslake retries commit conflicts itself, looking first for its own earlier commit (exactly once);
+    # pyiceberg's own retry would re-apply the same append to the refreshed table without that check
+    COMMIT_RETRIES: "0",
 }
 """Properties of every table obslake writes (imports, quarantine, Data Fabric exports); set on creation,
 and added to an existing table (created by an earlier version) at its next commit, unless it has its own."""
@@ -261,9 +265,11 @@ def memoise_transaction_metadata() -> None:
         return
     import pyiceberg.catalog
     import pyiceberg.table
-    from pyiceberg.table import Transaction
+    from pyiceberg.table import TableProperties, Transaction
     from pyiceberg.table import update as table_update
 
+    # pyiceberg's own commit retry stays off, also for a table that lacks COMMIT_RETRIES until its next commit
+    TableProperties.COMMIT_NUM_RETRIES_DEFAULT = 0
     _PYICEBERG_UPDATE_TABLE_METADATA = table_update.update_table_metadata
     for module in (table_update, pyiceberg.table, pyiceberg.catalog):  # each holds its own reference
         module.update_table_metadata = _update_table_metadata  # type: ignore[attr-defined]
@@ -367,8 +373,13 @@ def begin(
 
 def ensure_properties(tx: Transaction, current: dict[str, str]) -> None:
     """Stage :data:`DEFAULT_TABLE_PROPERTIES` that the table lacks (a table created by an earlier version);
-    a property the table has, whatever its value, is the owner's choice and stays."""
-    missing = {k: v for k, v in DEFAULT_TABLE_PROPERTIES.items() if k not in current}
+    a property the table has, whatever its value, is the owner's choice and stays, except pyiceberg's own
+    commit retries, which stay off (they would bypass obslake's exactly-once check)."""
+    missing = {
+        k: v
+        for k, v in DEFAULT_TABLE_PROPERTIES.items()
+        if k not in current or (k == COMMIT_RETRIES and current[k] != v)
+    }
     if missing:
         tx.set_properties(missing)
 

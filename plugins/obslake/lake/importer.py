@@ -720,6 +720,22 @@ def plan_batches(
     return groups
 
 
+class _PartlyCommitted(Exception):
+    """Some files of a batch were committed by another worker while it was written: each file is then
+    imported alone (which finds its commit and repairs the ledger, or imports it)."""
+
+
+def _committed_since(table: Table, since: dt.datetime) -> set[tuple[str, str]]:
+    """(uri, etag) of every file version committed since ``since`` (less :data:`CLOCK_SKEW`)."""
+    cutoff_ms = (since - CLOCK_SKEW).timestamp() * 1000
+    out: set[tuple[str, str]] = set()
+    for snap in snapshot_lineage(table):
+        if snap.timestamp_ms < cutoff_ms:
+            break
+        out.update((u, e) for u, e, _ in source_files(snap.summary))
+    return out
+
+
 class _Alone:
     """A file of a batch that needs a commit of its own: it adds columns, or replaces an earlier version."""
 
@@ -790,8 +806,13 @@ def import_files(
         if todo:
             table = load_table(catalog, job.table_identifier)
     if todo and table is not None:
-        batch = _Batch(job, store, catalog, ledger, table, batch_rows, chunk_rows)
-        later = batch.run([(i, files[i]) for i in todo], results, retry)
+        try:
+            batch = _Batch(job, store, catalog, ledger, table, batch_rows, chunk_rows)
+        except Exception:  # no transaction for the batch: each file alone says what is wrong
+            log.exception("cannot begin the batch's transaction; its files are imported alone")
+            later = todo
+        else:
+            later = batch.run([(i, files[i]) for i in todo], results, retry)
         for i in later:
             alone(i)
     if retry:
@@ -932,8 +953,11 @@ class _Batch:
             if n:  # a conflict: start again from the table as it is now (the batch may have committed)
                 table = self.catalog.load_table(ident)
                 done = find_committed(table, probe.uri, probe.info.etag, since)
-                if done is not None:
-                    return done
+                if done is not None and all(committed_rows(done, f.uri, f.info.etag) is not None for f in files):
+                    return done  # this batch's own commit (an earlier attempt's)
+                others = _committed_since(table, since) & {(f.uri, f.info.etag) for f in files}
+                if others:  # another worker committed some of these files meanwhile: never twice
+                    raise _PartlyCommitted(f"{len(others)} file(s) of the batch were committed by another worker")
                 current = _begin(self.catalog, self.job, table, table.schema().as_arrow())
                 if not same_field_ids(written, current.table_metadata.schema()):
                     raise _SchemaRace("the table's schema changed while the batch was written")
