@@ -172,6 +172,26 @@ def cmd_fabric_ddl(args) -> int:
     return 0
 
 
+def cmd_fabric_setup(args) -> int:
+    """Print (or ``--write``) the writer role's set-up for a connector's bucket: IAM/role, CLI, Terraform."""
+    from obslake.fabric.setup import writer_setup
+
+    conn = _connector(args)
+    given = {"role": args.role, "gcp_project": args.gcp_project, "service_account": args.service_account}
+    files = writer_setup(conn, storage=args.storage, **{k: v for k, v in given.items() if v})
+    if args.write:
+        out = Path(args.write)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            (out / f.name).write_text(f.text)
+            print(f"wrote {out / f.name}: {f.title}")
+        return 0
+    for f in files:
+        print(f"# ===== {f.name}: {f.title} =====")
+        print(f.text)
+    return 0
+
+
 def cmd_fabric_sync(args) -> int:
     """Run a connector's sync outside Airflow (storage credentials from the environment)."""
     from obslake.fabric.export import ProjectExporter
@@ -254,6 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     mt.add_argument("table", help="namespace.name")
     mt.add_argument("--dry-run", action="store_true", help="print what it would do, change nothing")
     mt.add_argument("--retention-hours", type=float, help="keep snapshots this young (default 7 days)")
+    su = fab.add_parser("setup", help="the writer role's set-up: IAM policy / GCS role, CLI commands, Terraform")
+    su.add_argument("connector")
+    su.add_argument("--role", help="AWS IAM role the Airflow workers run as (default obslake-fabric-writer)")
+    su.add_argument(
+        "--gcp-project", help="GCP project that gets the custom role (default: a <gcp_project> placeholder)"
+    )
+    su.add_argument("--service-account", help="the workers' GCP service account (default ROLE@PROJECT.iam...)")
+    su.add_argument("--storage", help="render for this s3:// or gs:// bucket/prefix instead of the connector's")
+    su.add_argument("--write", metavar="DIR", help="write the files into DIR instead of printing them")
     sy = fab.add_parser("sync", help="sync a connector now, outside Airflow")
     sy.add_argument("connector")
     sy.add_argument("--project")
@@ -276,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return run_demo(args.workdir)
         if args.cmd == "fabric":
-            return {"ddl": cmd_fabric_ddl, "sync": cmd_fabric_sync}[args.fabric_cmd](args)
+            return {"ddl": cmd_fabric_ddl, "setup": cmd_fabric_setup, "sync": cmd_fabric_sync}[args.fabric_cmd](args)
         return {
             "validate-config": cmd_validate_config,
             "dry-run": cmd_dry_run,

@@ -84,6 +84,7 @@ class Report:
     partitions_compacted: int = 0
     orphans_removed: int = 0
     orphan_bytes: int = 0
+    orphans_failed: int = 0  # orphans that could not be deleted (logged each; e.g. no delete permission)
     skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +101,7 @@ class Report:
             f"{verb} compact {self.files_compacted} file(s), {self.bytes_compacted:,} bytes in "
             f"{self.partitions_compacted} partition(s) into {self.files_written}; {verb} remove "
             f"{self.orphans_removed} orphan file(s), {self.orphan_bytes:,} bytes"
+            + (f"; could not remove {self.orphans_failed} (see the warnings above)" if self.orphans_failed else "")
         )
 
 
@@ -269,14 +271,18 @@ def _remove_orphans(table: Table, policy: Policy, report: Report, now: dt.dateti
             if folder == "metadata" and not _PYICEBERG_METADATA.search(path):
                 continue  # latest.metadata.json, v<N>.metadata.json, version-hint.text: Data Fabric pointers
             orphans.append((path, size))
-    report.orphans_removed = len(orphans)
-    report.orphan_bytes = sum(size for _, size in orphans)
     if dry_run:
+        report.orphans_removed = len(orphans)
+        report.orphan_bytes = sum(size for _, size in orphans)
         return
-    for path, _ in orphans:
+    for path, size in orphans:
         try:
             table.io.delete(path)
         except FileNotFoundError:  # removed by a parallel run: idempotent
             pass
         except OSError as exc:
+            report.orphans_failed += 1
             log.warning("%s: could not remove orphan %s: %s", report.table, printable(path), printable(exc, 300))
+            continue
+        report.orphans_removed += 1
+        report.orphan_bytes += size
