@@ -37,8 +37,9 @@ import pyarrow.compute as pc
 
 from obslake.config import Connector, _ident
 from obslake.exceptions import CommitConflictError
+from obslake.fabric.flatten import flatten
 from obslake.fabric.lake_source import cursor_json
-from obslake.fabric.model import FLAT_ATTRIBUTES, TS, ChangeBatch, TraceSource
+from obslake.fabric.model import TS, ChangeBatch, TraceSource
 from obslake.lake.iceberg import (
     DEFAULT_TABLE_PROPERTIES,
     commit_with_retry,
@@ -76,37 +77,20 @@ def _column_name(name: str) -> str:
     return re.sub(r"[.\x00-\x1f\x7f]", "_", name).strip() or "_"
 
 
-def _dig(attrs: dict, key: str):
-    """An OpenInference attribute by dotted key: flat (``{"llm.model_name": …}``) or nested."""
-    if key in attrs:
-        return attrs[key]
-    node = attrs
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def rows_for(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
     """One output row per span: span columns, flattened attributes, eval/annotation columns, partitions."""
     spans = batch.spans
     n = spans.num_rows
     cols: dict[str, pa.Array] = {name: spans[name] for name in spans.column_names if name != "changed_at"}
-    parsed = [json.loads(a) if a else {} for a in spans["attributes"].to_pylist()]
-    for key, typ in FLAT_ATTRIBUTES.items():
-        values = []
-        for attrs in parsed:
-            v = _dig(attrs, key) if isinstance(attrs, dict) else None
-            if isinstance(v, (dict, list)) or (v is not None and pa.types.is_string(typ) and not isinstance(v, str)):
-                v = json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
-            if v is not None and pa.types.is_integer(typ):
-                try:
-                    v = int(v)
-                except (TypeError, ValueError):
-                    v = None
-            values.append(v)
-        cols[f"attributes.{key}"] = pa.array(values, typ)
+    flat_attrs = flatten(spans["attributes"])
+    if flat_attrs.unreadable:
+        log.warning(
+            "%d of %d span(s) have attributes that are not a JSON object: their attributes.* columns are null "
+            "(the text is kept in the attributes column)",
+            flat_attrs.unreadable,
+            n,
+        )
+    cols.update(flat_attrs.columns)
     # annotations: latest per (span, name, eval-or-human) for the flat columns; all of them as JSON
     index = {sid: i for i, sid in enumerate(spans["span_id"].to_pylist())}
     flat: dict[str, list] = {}
