@@ -60,6 +60,39 @@ def test_a_table_that_fails_does_not_stop_the_others_and_fails_the_task(lake, ma
         MaintenanceOperator(task_id="maintain", target=target).execute({})
 
 
+def test_orphans_that_cannot_be_deleted_fail_the_task_after_the_upkeep(lake, make_job, tmp_path, monkeypatch):
+    import os
+
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    real_delete = PyArrowFileIO.delete
+
+    def delete(self, location):  # as an S3 writer without s3:DeleteObject (tests/fabric/test_setup.py: real IAM)
+        if "orphan-from-a-crash" in str(location):
+            raise PermissionError(f"Access Denied: {location}")
+        return real_delete(self, location)
+
+    monkeypatch.setattr(PyArrowFileIO, "delete", delete)
+
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    for i in range(3):
+        info = store.write(f"f{i}.parquet", to_bytes(inference_rows(10, id_prefix=f"f{i}"), "parquet"))
+        assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    table = lake.catalog.load_table(job.table_identifier)
+    table.transaction().set_properties({"obslake.maintenance.orphan-age-hours": "0"}).commit_transaction()
+    data = table.location().removeprefix("file://").rstrip("/") + "/data"
+    folder = next(os.path.join(d, "") for d, _, files in os.walk(data) if files)
+    orphan = os.path.join(folder, "orphan-from-a-crash.parquet")
+    Path(orphan).write_bytes(b"PAR1")
+    os.utime(orphan, (0, 0))
+    target = {"kind": "lake", "tables": [list(job.table_identifier)], "jobs": [job.name]}
+    with pytest.raises(AirflowFailException, match="could not remove 1 orphan"):
+        MaintenanceOperator(task_id="maintain", target=target).execute({})
+    assert os.path.exists(orphan)
+    assert lake.catalog.load_table(job.table_identifier).scan().to_arrow().num_rows == 30
+
+
 def test_the_cli_prints_what_a_run_would_do(lake, make_job, tmp_path, capsys):
     from obslake.cli import main
 

@@ -19,7 +19,8 @@ class MaintenanceOperator(BaseOperator):
             ``latest.metadata.json`` and Delta log follow every upkeep commit).
         plan_only: plan and log only (a dry run).
 
-    A table that fails does not stop the others; the task then fails (transient errors retry as usual).
+    A table that fails does not stop the others; the task then fails (transient errors retry as usual). So
+    does a table whose orphan files could not all be deleted (its other steps are done and committed).
     """
 
     template_fields = ("target",)
@@ -56,6 +57,15 @@ class MaintenanceOperator(BaseOperator):
             self.log.info("%s", report.summary())
             if report.skipped != NO_TABLE:
                 reports.append(report.to_dict())
+            if report.orphans_failed:  # e.g. the writer lacks delete permission: worth an alert, not a retry
+                failures.append(
+                    (
+                        name,
+                        PermissionError(
+                            f"could not remove {report.orphans_failed} orphan file(s); see the warnings above"
+                        ),
+                    )
+                )
         if failures:
             text = "; ".join(f"{n}: {type(e).__name__}: {printable(e, 300)}" for n, e in failures)
             if all(isinstance(e, TransientError) for _, e in failures):
