@@ -87,10 +87,40 @@ def test_compaction_carries_the_summary_properties_it_is_asked_to(filled):
     """A Data Fabric table keeps its sync cursor in the latest snapshot's summary: compaction copies it."""
     lake, job, _ = filled
     maintain(lake.catalog, job.table_identifier, Policy(min_files=4), carry_properties=("obslake.job", "absent"))
-    snap = lake.catalog.load_table(job.table_identifier).current_snapshot()
-    assert snap.summary.get("obslake.maintenance") == "compaction"
-    assert snap.summary.get("obslake.job") == job.name and snap.summary.get("absent") is None
-    assert snap.summary.get("obslake.source-file") is None  # never an import's: its crash check reads those
+    table = lake.catalog.load_table(job.table_identifier)
+    tidy = table.current_snapshot()
+    compaction = table.snapshot_by_id(tidy.parent_snapshot_id)
+    assert (compaction.summary.get("obslake.maintenance"), tidy.summary.get("obslake.maintenance")) == (
+        "compaction", "manifests")
+    for snap in (compaction, tidy):
+        assert snap.summary.get("obslake.job") == job.name and snap.summary.get("absent") is None
+        assert snap.summary.get("obslake.source-file") is None  # never an import's: its crash check reads those
+
+
+def test_manifests_of_deleted_entries_only_are_dropped(filled):
+    """A compaction's snapshot lists the files it replaced as DELETED entries; every reader would plan
+    through them until the next append. The upkeep commits the same live files without them."""
+    lake, job, store = filled
+    before = _duck_ids(lake.catalog.load_table(job.table_identifier))
+    planned = maintain(lake.catalog, job.table_identifier, Policy(min_files=4), dry_run=True)
+    assert planned.manifests_dropped == 0  # nothing compacted yet, nothing deleted
+    report = maintain(lake.catalog, job.table_identifier, Policy(min_files=4))
+    assert report.files_compacted == 12 and report.manifests_dropped == 1
+    table = lake.catalog.load_table(job.table_identifier)
+    compaction = table.snapshot_by_id(table.current_snapshot().parent_snapshot_id)
+    assert any(m.deleted_files_count == 12 for m in compaction.manifests(table.io))
+    manifests = table.current_snapshot().manifests(table.io)
+    assert manifests and all(m.has_added_files() or m.has_existing_files() for m in manifests)
+    assert sum(m.deleted_files_count or 0 for m in manifests) == 0
+    assert _duck_ids(table) == before
+    con = duckdb_connection()
+    entries = con.execute(f"SELECT count(*) FROM iceberg_metadata('{table.metadata_location}')").fetchone()[0]
+    assert entries == 1  # DuckDB plans over the one live file only
+    again = maintain(lake.catalog, job.table_identifier, Policy(min_files=4))
+    assert (again.files_compacted, again.manifests_dropped) == (0, 0)
+    assert lake.catalog.load_table(job.table_identifier).metadata_location == table.metadata_location
+    _import(lake, job, store, 1, prefix="g")  # imports go on as usual afterwards
+    assert len(_duck_ids(lake.catalog.load_table(job.table_identifier))) == len(before) + 10
 
 
 def test_orphan_removal_never_deletes_a_file_a_snapshot_references(filled, tmp_path):

@@ -11,6 +11,10 @@ twice does nothing more the second time) and planned before it acts (``dry_run``
   them) into files of the target size: copy-on-write, one OVERWRITE commit per table that swaps exactly
   the files it read; a concurrent import only adds files, so a conflict refreshes and commits the same swap
   again (no row lost or doubled), and a concurrent compaction that removed one of the files aborts it.
+* **drop manifests that only record deletions**: a compaction's (or any overwrite's) snapshot lists the
+  files it removed in a manifest of DELETED entries, which pyiceberg's later overwrites carry along and
+  which every reader plans through (DuckDB: 0.24 s for the 4,000 entries of one compaction, against 7 ms
+  without). An empty append commits the same live files without it (as Iceberg's rewrite_manifests would).
 * **remove orphan files** under the table's ``data/`` and ``metadata/`` folders that no snapshot (and no
   recent metadata file) references and that are older than ``orphan_age`` (default 3 days), so a file an
   import is writing right now is never touched. Files obslake keeps beside a Data Fabric table
@@ -85,6 +89,7 @@ class Report:
     orphans_removed: int = 0
     orphan_bytes: int = 0
     orphans_failed: int = 0  # orphans that could not be deleted (logged each; e.g. no delete permission)
+    manifests_dropped: int = 0  # manifests holding only deleted entries, left out of the current snapshot
     skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +104,8 @@ class Report:
         return (
             f"{self.table}: {verb} expire {self.snapshots_expired} snapshot(s) (keeping {self.snapshots_kept}); "
             f"{verb} compact {self.files_compacted} file(s), {self.bytes_compacted:,} bytes in "
-            f"{self.partitions_compacted} partition(s) into {self.files_written}; {verb} remove "
+            f"{self.partitions_compacted} partition(s) into {self.files_written}; {verb} drop "
+            f"{self.manifests_dropped} manifest(s) of deleted entries only; {verb} remove "
             f"{self.orphans_removed} orphan file(s), {self.orphan_bytes:,} bytes"
             + (f"; could not remove {self.orphans_failed} (see the warnings above)" if self.orphans_failed else "")
         )
@@ -140,6 +146,7 @@ def maintain(
     policy = (policy or Policy()).for_table(table.properties)
     table = _expire(table, policy, report, now, protect_since, dry_run, after_commit)
     table = _compact(table, policy, report, dry_run, after_commit, carry_properties)
+    table = _drop_deleted_manifests(table, report, dry_run, after_commit, carry_properties)
     _remove_orphans(table, policy, report, now, dry_run)
     log.info("%s", report.summary())
     return report
@@ -212,13 +219,7 @@ def _compact(
         from pyiceberg.exceptions import CommitFailedException, ValidationException
 
         current = table.refresh() if n else table
-        snap = current.current_snapshot()
-        summary = snap.summary if snap is not None else None
-        props: dict[str, str] = {"obslake.maintenance": "compaction"}
-        for key in carry:
-            value = summary.get(key) if summary is not None else None
-            if value is not None:
-                props[key] = str(value)
+        props = _carried(current, "compaction", carry)
         if n and not old_paths <= {f.file_path for f in _live_files(current)}:
             raise CommitConflictError(f"{report.table}: files being compacted were removed by another writer")
         try:
@@ -240,6 +241,51 @@ def _compact(
     if after_commit is not None:
         after_commit(table)
     log.info("%s: compacted %d file(s) in %d partition(s) into %d", report.table, len(old), len(groups), len(new))
+    return table
+
+
+def _carried(table: Table, marker: str, carry: tuple[str, ...]) -> dict[str, str]:
+    snap = table.current_snapshot()
+    summary = snap.summary if snap is not None else None
+    props: dict[str, str] = {"obslake.maintenance": marker}
+    for key in carry:
+        value = summary.get(key) if summary is not None else None
+        if value is not None:
+            props[key] = str(value)
+    return props
+
+
+def _deleted_only(table: Table) -> list[Any]:
+    snap = table.current_snapshot()
+    if snap is None:
+        return []
+    return [m for m in snap.manifests(table.io) if not m.has_added_files() and not m.has_existing_files()]
+
+
+def _drop_deleted_manifests(
+    table: Table, report: Report, dry_run: bool, after_commit: Any, carry: tuple[str, ...]
+) -> Table:
+    dead = _deleted_only(table)
+    report.manifests_dropped = len(dead)
+    if dry_run or not dead:
+        return table
+
+    def attempt(n: int) -> Table:
+        current = table.refresh() if n else table
+        if not _deleted_only(current):  # a concurrent import's append already left them out
+            return current
+        # an append of no files: pyiceberg keeps only the manifests with added or existing entries
+        with (
+            current.transaction() as tx,
+            tx.update_snapshot(snapshot_properties=_carried(current, "manifests", carry)).merge_append(),
+        ):
+            pass
+        return current.refresh()
+
+    table = commit_with_retry(attempt, what=f"{report.table} (manifests)")
+    if after_commit is not None:
+        after_commit(table)
+    log.info("%s: dropped %d manifest(s) holding only deleted entries", report.table, len(dead))
     return table
 
 
