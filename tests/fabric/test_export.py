@@ -200,3 +200,37 @@ def test_lake_upkeep_keeps_latest_metadata_and_the_cursor_of_an_export(fabric):
     after = sync()
     assert (after.mode, after.rows) == ("incremental", 1)  # not a re-export of everything
     assert len(read()) == 6
+
+
+def test_upkeep_keeps_only_the_newest_version_copies(fabric, s3_client, s3_bucket):
+    """Each sync writes metadata/v<N>.metadata.json beside the table; the upkeep keeps the newest 10 (an
+    hourly connector would otherwise collect 8,760 copies a year) and the one version-hint.text names."""
+    from obslake.lake.maintenance import KEPT_COPIES, Policy, maintain
+
+    put, sync, read, conn, catalog = fabric
+    for i in range(KEPT_COPIES + 3):
+        put("spans", spans_table([{"span_id": f"s{i}", "trace_id": f"t{i}", "name": "llm",
+                                   "start": NOW - dt.timedelta(hours=i)}]))
+        assert sync().rows == 1
+    prefix = "exports/ml/rag-app/metadata/"
+
+    def copies():
+        keys = [o["Key"] for page in s3_client.get_paginator("list_objects_v2").paginate(
+            Bucket=s3_bucket, Prefix=prefix) for o in page.get("Contents", [])]
+        return sorted(int(k[len(prefix) + 1:-len(".metadata.json")]) for k in keys
+                      if k[len(prefix):].startswith("v") and k.endswith(".metadata.json"))
+
+    before = copies()
+    assert len(before) >= KEPT_COPIES + 3
+    exporter = ProjectExporter(conn, "rag-app", catalog)
+    policy = Policy(orphan_age=dt.timedelta(0))  # keep every snapshot: only the copies are at stake
+    report = maintain(catalog, exporter.identifier, policy, now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
+                      after_commit=exporter.publish)
+    after = copies()
+    assert after == before[-KEPT_COPIES:] and report.orphans_removed >= len(before) - KEPT_COPIES
+    hint = int(s3_client.get_object(Bucket=s3_bucket, Key=prefix + "version-hint.text")["Body"].read())
+    assert hint == after[-1]
+    assert len(read()) == KEPT_COPIES + 3  # latest.metadata.json still reads every span
+    again = maintain(catalog, exporter.identifier, policy, now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
+                     after_commit=exporter.publish)
+    assert again.orphans_removed == 0 and copies() == after

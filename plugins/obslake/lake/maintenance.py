@@ -18,8 +18,8 @@ twice does nothing more the second time) and planned before it acts (``dry_run``
 * **remove orphan files** under the table's ``data/`` and ``metadata/`` folders that no snapshot (and no
   recent metadata file) references and that are older than ``orphan_age`` (default 3 days), so a file an
   import is writing right now is never touched. Files obslake keeps beside a Data Fabric table
-  (``latest.metadata.json``, ``v<N>.metadata.json``, ``version-hint.text``, ``_delta_log/``) are not
-  Iceberg's and are never candidates.
+  (``latest.metadata.json``, ``version-hint.text``, ``_delta_log/``) are not Iceberg's and are never
+  candidates; of its ``v<N>.metadata.json`` copies (one per sync) the newest :data:`KEPT_COPIES` stay.
 
 What bounds it: each step reads the table's metadata and, for orphans and compaction, its manifests and
 file listing once; it runs daily, out of the import path, so imports never pay for it.
@@ -50,6 +50,9 @@ PROP_SMALL_FILE = "obslake.maintenance.small-file-bytes"
 PROP_DISABLED = "obslake.maintenance.disabled"
 NO_TABLE = "no such table yet"
 """``Report.skipped`` of a table that does not exist (e.g. a job's quarantine before its first bad row)."""
+KEPT_COPIES = 10
+"""``v<N>.metadata.json`` copies beside a Data Fabric table that the orphan step keeps (the newest)."""
+_POINTER_COPY = re.compile(r"/metadata/v(\d+)\.metadata\.json$")
 _PYICEBERG_METADATA = re.compile(r"(\d+-[0-9a-f-]{36}\.metadata\.json|snap-.*\.avro|[0-9a-f-]{36}-m\d+\.avro)$")
 
 
@@ -310,13 +313,24 @@ def _remove_orphans(table: Table, policy: Policy, report: Report, now: dt.dateti
     cutoff = now - policy.orphan_age
     location = table.location().rstrip("/")
     orphans = []
+    copies: list[tuple[int, str, int]] = []  # Data Fabric's v<N>.metadata.json copies, old enough to go
+    newest_copy = -1
     for folder in ("data", "metadata"):
         for path, size, mtime in list_files(table.io, f"{location}/{folder}"):
+            copy = _POINTER_COPY.search(path) if folder == "metadata" else None
+            if copy is not None:
+                newest_copy = max(newest_copy, int(copy.group(1)))
             if path in referenced or mtime >= cutoff:
                 continue
+            if copy is not None:
+                copies.append((int(copy.group(1)), path, size))
+                continue
             if folder == "metadata" and not _PYICEBERG_METADATA.search(path):
-                continue  # latest.metadata.json, v<N>.metadata.json, version-hint.text: Data Fabric pointers
+                continue  # latest.metadata.json, version-hint.text: Data Fabric pointers
             orphans.append((path, size))
+    # one copy per sync would pile up (8,760 a year for an hourly connector): keep the newest KEPT_COPIES,
+    # as many as the metadata files Iceberg keeps, so a reader that just resolved version-hint.text finds it
+    orphans += [(path, size) for number, path, size in copies if number <= newest_copy - KEPT_COPIES]
     if dry_run:
         report.orphans_removed = len(orphans)
         report.orphan_bytes = sum(size for _, size in orphans)
