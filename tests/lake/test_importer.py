@@ -392,6 +392,8 @@ def test_files_that_add_columns_or_replace_a_version_are_committed_alone(lake, s
     ids = data["prediction_id"].to_pylist()
     assert len(ids) == 55 and not any(i.startswith("v1") for i in ids)
     assert data.filter(pc.starts_with(data["prediction_id"], "w"))["feature_new"].to_pylist() == [2.5] * 10
+    # handed over by the batch, not tried twice: one attempt each in the ledger (obslake status shows it)
+    assert [lake.ledger.get(job.name, info)["attempts"] for info in batch] == [1, 1, 1, 1]
 
 
 def test_a_batch_commit_conflict_retries_without_duplicates(lake, s3, make_job):

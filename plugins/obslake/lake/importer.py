@@ -440,9 +440,9 @@ class _File:
         )
         return self.result("already-imported", done["rows"] or 0, done["snapshot_id"])
 
-    def start(self) -> None:
+    def start(self, count: bool = True) -> None:
         """The ledger row goes to ``pending``; remember since when earlier attempts are unfinished."""
-        self.since = self.ledger.mark_pending(self.job.name, self.info)
+        self.since = self.ledger.mark_pending(self.job.name, self.info, count=count)
 
     def check(self) -> str:
         """The file's format, once its size and extension are allowed by the job."""
@@ -600,8 +600,11 @@ def import_file(
     ledger: Ledger,
     batch_rows: int = 65_536,
     chunk_rows: int = CHUNK_ROWS,
+    attempt_counted: bool = False,
 ) -> ImportResult:
     """Import one file version exactly once, in its own commit, streamed (see module docstring).
+
+    ``attempt_counted``: a batch began this attempt and hands the file over (the ledger counted it).
 
     Returns:
         The outcome. Whatever is wrong with the file - any exception while reading, mapping or writing
@@ -615,7 +618,7 @@ def import_file(
     done = f.imported_already()
     if done is not None:
         return done
-    f.start()
+    f.start(count=not attempt_counted)
     log.info(
         "importing %s (etag %s, %d bytes) into %s", printable(f.uri), printable(info.etag), info.size, f.table_name
     )
@@ -788,10 +791,19 @@ def import_files(
     results: dict[int, ImportResult] = {}
     retry: list[str] = []
 
+    started: set[int] = set()  # files whose attempt the batch began (counted in the ledger)
+
     def alone(i: int) -> None:
         try:
             results[i] = import_file(
-                job, store, files[i], catalog=catalog, ledger=ledger, batch_rows=batch_rows, chunk_rows=chunk_rows
+                job,
+                store,
+                files[i],
+                catalog=catalog,
+                ledger=ledger,
+                batch_rows=batch_rows,
+                chunk_rows=chunk_rows,
+                attempt_counted=i in started,
             )
         except TransientError as exc:
             retry.append(str(exc))
@@ -812,7 +824,7 @@ def import_files(
             log.exception("cannot begin the batch's transaction; its files are imported alone")
             later = todo
         else:
-            later = batch.run([(i, files[i]) for i in todo], results, retry)
+            later = batch.run([(i, files[i]) for i in todo], results, retry, started)
         for i in later:
             alone(i)
     if retry:
@@ -843,8 +855,15 @@ class _Batch:
         self.tx = _begin(catalog, job, table, self.table_schema)  # no new columns: the table's properties only
         self.target = self.tx.table_metadata.schema().as_arrow()
 
-    def run(self, items: list[tuple[int, ObjectInfo]], results: dict[int, ImportResult], retry: list[str]) -> list[int]:
-        """Stage each file, commit the staged ones; fills ``results``/``retry``; the indices to import alone."""
+    def run(
+        self,
+        items: list[tuple[int, ObjectInfo]],
+        results: dict[int, ImportResult],
+        retry: list[str],
+        started: set[int],
+    ) -> list[int]:
+        """Stage each file, commit the staged ones; fills ``results``/``retry`` and ``started`` (the files
+        whose attempt began here); returns the indices to import alone."""
         staged: dict[int, _Staged] = {}
         later: list[int] = []
         io = transaction_io(self.tx)
@@ -859,7 +878,7 @@ class _Batch:
                         continue
                     f = _File.of(self.job, self.ledger, self.store, info)
                     try:
-                        outcome = f.guard(lambda f=f: self._stage(f))  # type: ignore[misc]
+                        outcome = f.guard(lambda f=f, i=i: self._stage(f, lambda: started.add(i)))  # type: ignore[misc]
                     except TransientError as exc:
                         retry.append(str(exc))
                         continue
@@ -896,12 +915,15 @@ class _Batch:
             return sorted(later)
         return sorted(later + self._commit(staged, data_files, io, results, retry))
 
-    def _stage(self, f: _File) -> ImportResult | _Alone | tuple[list[pa.RecordBatch], _Staged]:
+    def _stage(
+        self, f: _File, on_start: Callable[[], None]
+    ) -> ImportResult | _Alone | tuple[list[pa.RecordBatch], _Staged]:
         """Read and map one file completely (it is small): its rows conformed to the table, or why not."""
         done = f.imported_already()
         if done is not None:
             return done
         f.start()
+        on_start()
         fmt = f.check()
         if self.ledger.has_other_version(self.job.name, f.info):
             return _Alone("it replaces the rows of an earlier version of the file")

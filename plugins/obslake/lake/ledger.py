@@ -200,8 +200,11 @@ class Ledger:
             return out
 
     # -- writes ----------------------------------------------------------------------------------
-    def mark_pending(self, job: str, obj: ObjectInfo) -> dt.datetime | None:
+    def mark_pending(self, job: str, obj: ObjectInfo, *, count: bool = True) -> dt.datetime | None:
         """Record that an attempt on this version starts (creates the row, counts the attempt).
+
+        ``count=False``: the attempt goes on under another path (a batch handing a file over to be
+        imported alone) and was counted already.
 
         Returns:
             None when no earlier attempt can have committed this version unrecorded (a new row, or the
@@ -219,7 +222,7 @@ class Ledger:
                 since = _aware(row.pending_since or row.first_seen)  # rows from before the column: first seen
             values: dict = {
                 "status": FileStatus.pending.value,
-                "attempts": t.c.attempts + 1,
+                "attempts": t.c.attempts + (1 if count else 0),
                 "started_at": now,
                 "pending_since": since or now,
             }
