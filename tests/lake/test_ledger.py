@@ -323,3 +323,31 @@ def test_a_new_attempt_after_a_failure_clears_the_old_error_a_retry_keeps_its_ow
     ledger.mark_pending(JOB, obj)  # a transient error stays visible while the file is retried
     row = ledger.get(JOB, obj)
     assert row["status"] == "pending" and "catalog down" in row["error"] and row["code"] == "RETRYING"
+
+
+@pytest.mark.postgres
+def test_a_retry_error_is_kept_when_another_worker_creates_the_row_first(pg_lake):
+    """mark_retry finds no row, another worker inserts it (its first attempt), then our insert collides:
+    the transient error must still be recorded on the row, not dropped. (On SQLite one writer locks the
+    whole database, so the race cannot happen there.)"""
+    state_uri = pg_lake.settings.state_uri
+    ledger = Ledger(state_uri)
+    obj = _obj("in/raced.parquet")
+    rival = Ledger(state_uri)  # its own engine: another worker
+    fired = []
+
+    @sa.event.listens_for(ledger.engine, "before_cursor_execute")
+    def rival_inserts_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT") and not fired:
+            fired.append(statement)
+            threading.Thread(target=rival.mark_pending, args=(JOB, obj)).start()
+            for _ in range(200):  # wait until the rival's row is committed (its own connection)
+                if rival.get(JOB, obj) is not None:
+                    break
+                threading.Event().wait(0.02)
+
+    ledger.mark_retry(JOB, obj, error="S3 did not answer")
+    assert fired
+    row = ledger.get(JOB, obj)
+    assert (row["status"], row["code"]) == ("pending", "RETRYING")
+    assert "S3 did not answer" in row["error"] and row["attempts"] == 1

@@ -111,7 +111,7 @@ def test_an_invalid_job_is_an_error_event_not_a_crash(lake, make_job):
     data = job_to_dict(make_job("s3://some-bucket/in/"))
     data["poll_interval"] = -1
     payload = asyncio.run(_first(NewFilesTrigger(job=data, poll_interval=0.05))).payload
-    assert payload["status"] == "error"
+    assert payload["status"] == "error" and payload["terminal"] is True  # a retry cannot fix the YAML
     assert payload["message"].startswith("ValidationError: ") and "poll_interval" in payload["message"]
 
 

@@ -311,5 +311,7 @@ class Ledger:
                 try:
                     with conn.begin_nested():
                         conn.execute(t.insert().values(**_new_row(job, obj, now), **values))
-                except sa.exc.IntegrityError:
-                    pass
+                except sa.exc.IntegrityError:  # another worker created the row meanwhile: record the error on it
+                    conn.execute(
+                        t.update().where(*_row(job, obj), t.c.status == FileStatus.pending.value).values(**values)
+                    )

@@ -98,6 +98,9 @@ class NewFilesTrigger(BaseTrigger):
 
 
 def _is_terminal(exc: Exception) -> bool:
+    """A fault a retry cannot fix: a terminal obslake error, or a job that does not validate."""
+    from pydantic import ValidationError
+
     from obslake.exceptions import TerminalError
 
-    return isinstance(exc, TerminalError)
+    return isinstance(exc, TerminalError | ValidationError)
