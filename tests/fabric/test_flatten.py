@@ -34,7 +34,7 @@ def reference(text: str | None, key: str, typ: pa.DataType):
         return None
     if not isinstance(attrs, dict):
         return None
-    if key in attrs:
+    if attrs.get(key) is not None:
         v = attrs[key]
     else:
         v = attrs
@@ -147,7 +147,7 @@ def test_examples_from_the_docstring():
         None,
     ]
     out = flatten(pa.chunked_array([texts[:3], texts[3:]], pa.string()))
-    assert out.columns["attributes.llm.model_name"].to_pylist() == ["gpt-4o", '{"b":[1,2.5]}', None, "true", None, None, None]
+    assert out.columns["attributes.llm.model_name"].to_pylist() == ["gpt-4o", '{"b":[1,2.5]}', "n", "true", None, None, None]
     assert out.columns["attributes.llm.token_count.prompt"].to_pylist() == [12, -12, None, 1, None, None, None]
     assert out.columns["attributes.llm.token_count.total"].to_pylist() == [None] * 7
     assert out.unreadable == 2
