@@ -234,3 +234,43 @@ def test_upkeep_keeps_only_the_newest_version_copies(fabric, s3_client, s3_bucke
     again = maintain(catalog, exporter.identifier, policy, now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
                      after_commit=exporter.publish)
     assert again.orphans_removed == 0 and copies() == after
+
+
+def test_delta_names_true_for_new_tables_and_kept_for_tables_of_earlier_versions(fabric, s3_client, s3_bucket,
+                                                                                 monkeypatch):
+    """A table created now stores the Iceberg names in its Parquet files (Delta shows them); a table created
+    by an earlier obslake (no obslake.parquet.column-names) keeps the Avro-compatible names in every file
+    it gets after the upgrade, so its Delta log stays consistent."""
+    from deltalake import DeltaTable
+
+    from obslake.fabric import export
+    from obslake.fabric.export import delta_storage_options
+
+    put, _sync, read, conn, catalog = fabric
+    put("spans", spans_table([{"span_id": "a", "trace_id": "t", "name": "llm", "start": NOW - dt.timedelta(hours=1)}]))
+    put("annotations", annotations_table([{"span_id": "a", "name": "qa", "label": "ok"}]))
+    from obslake.fabric.lake_source import LakeTraceSource
+
+    def delta_columns(c, exporter):
+        return DeltaTable(c.project_location("rag-app"), storage_options=delta_storage_options(exporter.table())) \
+            .to_pyarrow_table()
+
+    new = conn.model_copy(update={"name": "fresh", "namespace": "fresh", "formats": ("iceberg", "delta")})
+    fresh = ProjectExporter(new, "rag-app", catalog)
+    assert fresh.sync(LakeTraceSource(catalog, "traces")).rows == 1
+    t = delta_columns(new, fresh)
+    assert {"eval.qa.label", "attributes.llm.model_name"} <= set(t.column_names) and t["eval.qa.label"].to_pylist() == ["ok"]
+
+    old = conn.model_copy(update={"name": "older", "namespace": "older", "formats": ("iceberg", "delta")})
+    earlier = ProjectExporter(old, "rag-app", catalog)
+    monkeypatch.setattr(export, "PROP_PARQUET_NAMES", "obslake.test.not-set")  # created as an earlier obslake did
+    assert earlier.sync(LakeTraceSource(catalog, "traces")).rows == 1
+    monkeypatch.undo()
+    assert "obslake.parquet.column-names" not in earlier.table().properties
+    put("spans", spans_table([{"span_id": "b", "trace_id": "u", "name": "llm", "start": NOW - dt.timedelta(hours=1)}]))
+    assert earlier.sync(LakeTraceSource(catalog, "traces")).rows == 1  # after the upgrade: same naming
+    t = delta_columns(old, earlier)
+    assert "eval_x2Eqa_x2Elabel" in t.column_names and "eval.qa.label" not in t.column_names
+    assert sorted(t["span_id"].to_pylist()) == ["a", "b"] and t["attributes_x2Ellm_x2Emodel_name"].null_count == 0
+    iceberg = earlier.table().scan().to_arrow()
+    assert sorted(iceberg["span_id"].to_pylist()) == ["a", "b"] and iceberg["eval.qa.label"].to_pylist().count("ok") == 1

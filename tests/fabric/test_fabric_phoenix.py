@@ -73,7 +73,14 @@ def test_phoenix_to_s3_and_gcs(phoenix_server, lake, s3_client, s3_bucket, moto_
                       storage_options=delta_storage_options(s3_exp.table()))
     delta = dtab.to_pyarrow_table()
     assert delta.num_rows == 6
-    label_col = [c for c in delta.column_names if "correctness" in c and c.endswith("label")][0]
+    # Delta shows the true column names (the Parquet files carry them; Iceberg resolves by field id)
+    iceberg = s3_exp.table().scan().to_arrow()
+    assert sorted(delta.column_names) == sorted(iceberg.column_names)
+    assert {"eval.correctness.label", "attributes.llm.token_count.prompt"} <= set(delta.column_names)
+    by_span = [("span_id", "ascending")]
+    assert delta.select(iceberg.column_names).cast(iceberg.schema).sort_by(by_span).to_pylist() == \
+        iceberg.sort_by(by_span).to_pylist()
+    label_col = "eval.correctness.label"
     assert sorted(x for x in delta[label_col].to_pylist() if x) == ["correct"] * 3
 
     # a reviewer changes the verdict on the 90-day-old answer; the next sync rewrites only that partition

@@ -10,12 +10,13 @@ already wrote, through the ``deltalake`` (delta-rs) transaction API
 Column names. pyiceberg (like Java Iceberg) writes Parquet columns under Avro-compatible names:
 ``eval.hallucination.label`` is stored as ``eval_x2Ehallucination_x2Elabel``
 (:func:`pyiceberg.schema.make_compatible_name`); Iceberg maps them back by field id. A Delta table
-without column mapping resolves columns by Parquet name, so the Delta column is named after the
-*stored* name (see :func:`delta_column_name`). Keeping the dotted names would need Delta column
-mapping with ``physicalName`` = the stored name, and delta-rs 1.6 refuses caller-chosen physical names
-("Column mapping is not supported for write operation 'CREATE TABLE with column mapping metadata'
-yet"); its own column mapping invents ``col-<uuid>`` physical names that match no existing file.
-Databricks users alias the columns in a view where they want the dotted names.
+without column mapping resolves columns by Parquet name, so a Delta column is named after the *stored*
+name (:func:`delta_column_name`). Data Fabric tables are created with
+``obslake.parquet.column-names=iceberg`` (:data:`obslake.lake.iceberg.PROP_PARQUET_NAMES`): their files
+store the Iceberg names as they are, so Delta shows the true, dotted names. Delta column mapping with
+``physicalName`` = the sanitised name would have done it for older tables, but delta-rs 1.6 refuses
+caller-chosen physical names ("Column mapping is not supported for write operation 'CREATE TABLE with
+column mapping metadata' yet").
 
 Never run ``VACUUM`` on these Delta tables: files are owned by Iceberg (its snapshot expiry deletes
 them), and a Delta vacuum would delete every file the Delta snapshot does not reference, including the
@@ -75,16 +76,21 @@ class DataFileInfo:
     modification_time_ms: int
 
 
-def delta_column_name(name: str) -> str:
-    """The Delta column name of an Iceberg column: the name pyiceberg stores in the Parquet files.
+def delta_column_name(name: str, true_names: bool = False) -> str:
+    """The Delta column name of an Iceberg column: the name the Parquet files store it under.
 
     Args:
         name: The Iceberg column name, e.g. ``attributes.llm.model_name``.
+        true_names: the table writes the Iceberg names into its Parquet files
+            (``obslake.parquet.column-names=iceberg``, every Data Fabric table created since 2026-12-03).
 
     Returns:
-        The Avro-compatible name, e.g. ``attributes_x2Ellm_x2Emodel_name``; names made of
-        ``[A-Za-z0-9_]`` (not starting with a digit) are returned unchanged.
+        ``name`` itself with ``true_names``; else pyiceberg's Avro-compatible name, e.g.
+        ``attributes_x2Ellm_x2Emodel_name`` (names made of ``[A-Za-z0-9_]``, not starting with a
+        digit, are unchanged).
     """
+    if true_names:
+        return name
     from pyiceberg.schema import make_compatible_name
 
     return make_compatible_name(name)
@@ -96,6 +102,7 @@ def sync_delta_log(
     partition_by: list[str],
     files_now: list[DataFileInfo],
     storage_options: dict[str, str] | None = None,
+    true_names: bool = False,
 ) -> int | None:
     """Make the Delta table at ``location`` reference exactly ``files_now``.
 
@@ -116,6 +123,7 @@ def sync_delta_log(
         partition_by: The identity-partition source columns (Iceberg names), e.g. ``["date", "hour"]``.
         files_now: The data files of the Iceberg snapshot to mirror (:func:`files_from_iceberg`).
         storage_options: delta-rs object store options (:meth:`obslake.storage.credentials.StorageCredentials.delta_options`).
+        true_names: the Parquet files carry the Iceberg names (see :func:`delta_column_name`).
 
     Returns:
         The Delta version after the sync, or ``None`` when nothing had to be committed.
@@ -140,8 +148,8 @@ def sync_delta_log(
     from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
 
     uri = _delta_uri(location)
-    delta_schema = _delta_schema(schema)
-    delta_partitions = [delta_column_name(c) for c in partition_by]
+    delta_schema = _delta_schema(schema, true_names)
+    delta_partitions = [delta_column_name(c, true_names) for c in partition_by]
     wanted: dict[str, DataFileInfo] = {}
     for info in files_now:
         if info.path in wanted:
@@ -152,7 +160,7 @@ def sync_delta_log(
         return AddAction(
             path=info.path,
             size=info.size,
-            partition_values={delta_column_name(k): v for k, v in info.partition_values.items()},
+            partition_values={delta_column_name(k, true_names): v for k, v in info.partition_values.items()},
             modification_time=info.modification_time_ms,
             data_change=True,
             stats=json.dumps({"numRecords": info.num_records}),
@@ -311,7 +319,15 @@ def sync_from_iceberg(table: Table, storage_options: dict[str, str] | None = Non
         identity_partition_columns(table),
         files_from_iceberg(table),
         storage_options=storage_options,
+        true_names=writes_true_names(table),
     )
+
+
+def writes_true_names(table: Table) -> bool:
+    """Whether the table's Parquet files carry the Iceberg column names (see :func:`delta_column_name`)."""
+    from obslake.lake.iceberg import PROP_PARQUET_NAMES
+
+    return table.properties.get(PROP_PARQUET_NAMES) == "iceberg"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,25 +359,25 @@ def _delta_uri(location: str) -> str:
     return normalized[len("file://") :] if normalized.startswith("file://") else normalized
 
 
-def _delta_type(data_type: pa.DataType) -> pa.DataType:
+def _delta_type(data_type: pa.DataType, true_names: bool) -> pa.DataType:
     if pa.types.is_struct(data_type):
-        return pa.struct([_delta_field(data_type.field(i)) for i in range(data_type.num_fields)])
+        return pa.struct([_delta_field(data_type.field(i), true_names) for i in range(data_type.num_fields)])
     if pa.types.is_map(data_type):
-        return pa.map_(_delta_type(data_type.key_type), _delta_type(data_type.item_type))
+        return pa.map_(_delta_type(data_type.key_type, true_names), _delta_type(data_type.item_type, true_names))
     if pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type):
-        return pa.list_(pa.field("element", _delta_type(data_type.value_type)))
+        return pa.list_(pa.field("element", _delta_type(data_type.value_type, true_names)))
     return data_type
 
 
-def _delta_field(field: pa.Field) -> pa.Field:
+def _delta_field(field: pa.Field, true_names: bool) -> pa.Field:
     # Metadata (PARQUET:field_id) is dropped: without column mapping Delta resolves by name.
-    return pa.field(delta_column_name(field.name), _delta_type(field.type), nullable=True)
+    return pa.field(delta_column_name(field.name, true_names), _delta_type(field.type, true_names), nullable=True)
 
 
-def _delta_schema(schema: pa.Schema) -> Any:
+def _delta_schema(schema: pa.Schema, true_names: bool = False) -> Any:
     from deltalake import Schema
 
-    return Schema.from_arrow(pa.schema([_delta_field(f) for f in schema]))
+    return Schema.from_arrow(pa.schema([_delta_field(f, true_names) for f in schema]))
 
 
 def _added_fields(table: Any, desired: Any, location: str) -> list[Any]:

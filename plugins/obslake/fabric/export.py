@@ -42,6 +42,7 @@ from obslake.fabric.lake_source import cursor_json
 from obslake.fabric.model import TS, ChangeBatch, TraceSource
 from obslake.lake.iceberg import (
     DEFAULT_TABLE_PROPERTIES,
+    PROP_PARQUET_NAMES,
     commit_with_retry,
     ensure_properties,
     evolve,
@@ -183,6 +184,7 @@ class ProjectExporter:
                 **DEFAULT_TABLE_PROPERTIES,
                 "obslake.fabric.connector": self.connector.name,
                 "obslake.fabric.project": self.project,
+                PROP_PARQUET_NAMES: "iceberg",  # Delta readers see the true column names
                 "format-version": "2",
             }
             return {
@@ -280,7 +282,7 @@ class ProjectExporter:
         ``latest.metadata.json`` pointer and, with ``delta`` in the formats, the Delta log follow it."""
         write_pointers(table)
         if "delta" in self.connector.formats:
-            from obslake.fabric.delta import files_from_iceberg, sync_delta_log
+            from obslake.fabric.delta import files_from_iceberg, sync_delta_log, writes_true_names
 
             sync_delta_log(
                 self.location,
@@ -288,6 +290,7 @@ class ProjectExporter:
                 PARTITIONS,
                 files_from_iceberg(table),
                 storage_options=delta_storage_options(table),
+                true_names=writes_true_names(table),
             )
 
     @staticmethod

@@ -52,6 +52,11 @@ CHUNK_ROWS = 1_000_000
 CHUNK_BYTES = 64 * 1024**2
 DICTIONARY_SAMPLE_ROWS = 10_000
 COMMIT_RETRIES = "commit.retry.num-retries"
+PROP_PARQUET_NAMES = "obslake.parquet.column-names"
+"""``iceberg``: Parquet columns carry the Iceberg names as they are (``attributes.llm.model_name``), not
+pyiceberg's Avro-compatible ones (``attributes_x2Ellm_x2Emodel_name``). Iceberg readers resolve columns by
+field id either way; readers that go by Parquet name (Delta) then see the true names. Set when a Data
+Fabric table is created; a table keeps the naming it was created with."""
 DEFAULT_TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     # bounded metadata: each commit deletes the metadata.json files beyond the last 10 ...
@@ -591,7 +596,9 @@ def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any
     from pyiceberg.typedef import Record
     from pyiceberg.utils.config import Config
 
-    file_schema = sanitize_column_names(metadata.schema())
+    schema = metadata.schema()
+    true_names = metadata.properties.get(PROP_PARQUET_NAMES) == "iceberg"
+    file_schema = schema if true_names else sanitize_column_names(schema)
     downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
     format_model = FileFormatFactory.get(FileFormat.PARQUET)
     df = pa.Table.from_batches(
