@@ -381,7 +381,7 @@ def _decode(arr: pa.Array) -> pa.Array:
 class _DuplicateIds:
     """Find prediction ids seen earlier in the same file, in bounded memory (16-24 bytes per id).
 
-    Ids are hashed to 64 bits (pandas' vectorised hash). The distinct hashes seen so far are kept with
+    Ids are hashed to 64 bits (DuckDB's ``hash`` over the Arrow array). The distinct hashes seen so far are kept with
     the row they came from in sorted *runs* (a log-structured merge): each batch's new hashes become a
     run of level 0, and ``FANOUT`` runs of one level are merged into one run of the next level. So
     there are O(log n) runs and each hash is re-sorted O(log n) times over the file (inserting into one
@@ -398,20 +398,18 @@ class _DuplicateIds:
         self.count = 0
         self.shift = 64 - 16  # bitmap index = hash >> shift
         self.bits = np.zeros(1 << 13, dtype=np.uint8)  # 2**16 bits
+        self._con: Any = None  # a DuckDB connection for hashing, opened on first use
 
     def check(self, ids: pa.Array, first_row: int) -> list[tuple[int, int]]:
         """(index in batch, row where the id first occurred) for every repeated id, in row order."""
-        import pandas as pd
-
-        values = ids.to_numpy(zero_copy_only=False)
         if ids.null_count:
-            valid_idx = np.nonzero(~pd.isna(values))[0]
-            values = values[valid_idx]
+            valid_idx = np.nonzero(pc.is_valid(ids).to_numpy(zero_copy_only=False))[0]
+            ids = ids.filter(pc.is_valid(ids))
         else:
-            valid_idx = np.arange(len(values))
-        if not len(values):
+            valid_idx = np.arange(len(ids))
+        if not len(ids):
             return []
-        h = pd.util.hash_array(values.astype(object, copy=False), categorize=False)
+        h = self._hash(ids)
         rows = first_row + valid_idx.astype(np.int64)
         # ids seen in earlier batches: the bitmap, then a binary search in each run
         earlier = np.full(len(h), -1, dtype=np.int64)
@@ -424,10 +422,14 @@ class _DuplicateIds:
                     found = run_h[pos] == hc
                     earlier[cand[found]] = run_r[pos[found]]
         hit = earlier >= 0
-        # ids repeated within this batch: every occurrence after the first (stable sort: in row order)
-        order = np.argsort(h, kind="stable")
+        # ids repeated within this batch: every occurrence after the first (in row order: a stable sort,
+        # needed only when a hash repeats, which is rare and a fault of the file)
+        order = np.argsort(h)
         hs = h[order]
         same = np.r_[False, hs[1:] == hs[:-1]]
+        if same.any():
+            order = np.argsort(h, kind="stable")
+            hs = h[order]
         dup_in = np.zeros(len(h), bool)
         if same.any():
             first_of = np.maximum.accumulate(np.where(same, 0, np.arange(len(hs))))
@@ -439,6 +441,19 @@ class _DuplicateIds:
         new = ~(hit | dup_in)[order]
         self._add(hs[new], rows[order][new])
         return out
+
+    def _hash(self, ids: pa.Array) -> np.ndarray:
+        """64-bit hashes of non-null ids, computed by DuckDB over the Arrow array (no Python objects)."""
+        if self._con is None:
+            import duckdb
+
+            self._con = duckdb.connect()
+        self._con.register("obslake_ids", pa.table({"id": ids}))
+        try:
+            out = self._con.execute("SELECT hash(id) FROM obslake_ids").to_arrow_table().column(0)
+        finally:
+            self._con.unregister("obslake_ids")
+        return out.combine_chunks().to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
 
     def _maybe_seen(self, h: np.ndarray) -> np.ndarray:
         """False where a hash was certainly not seen (its bitmap bit is clear)."""
