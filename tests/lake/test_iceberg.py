@@ -348,3 +348,33 @@ def test_a_table_of_an_earlier_version_gets_the_bounded_metadata_properties_at_i
     props = tx.commit_transaction().properties
     assert props["write.metadata.previous-versions-max"] == "3"  # the owner's choice stays
     assert all(props[k] == v for k, v in DEFAULT_TABLE_PROPERTIES.items() if k != "write.metadata.previous-versions-max")
+
+
+def test_metadata_json_is_pyicebergs_byte_for_byte_and_reuses_snapshot_json(lake, make_job, tmp_path, monkeypatch):
+    """The metadata file obslake writes is exactly what pyiceberg would write (snapshot summaries with
+    obslake's properties, an overwrite, a schema change), while each snapshot is serialised once."""
+    import json
+
+    from pyiceberg.table.snapshots import Snapshot
+
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    for i in range(6):
+        info = store.write(f"m{i}.parquet", to_bytes(inference_rows(5, id_prefix=f"m{i}"), "parquet"))
+        assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    info = store.write("m0.parquet", to_bytes(inference_rows(3, id_prefix="again"), "parquet"))  # replaces m0
+    assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    table = lake.catalog.load_table(job.table_identifier)
+    assert len(table.snapshots()) >= 7 and any(s.summary.operation.value != "append" for s in table.snapshots())
+    for exclude_none in (True, False):
+        assert iceberg.metadata_json(table.metadata, exclude_none=exclude_none) == \
+            table.metadata.model_dump_json(exclude_none=exclude_none)
+    on_disk = Path(table.metadata_location.removeprefix("file://")).read_text()
+    assert json.loads(on_disk) == json.loads(table.metadata.model_dump_json(exclude_none=True))
+    calls = []
+    real = Snapshot.model_dump_json
+    monkeypatch.setattr(Snapshot, "model_dump_json", lambda self, **kw: calls.append(1) or real(self, **kw))
+    iceberg.metadata_json(table.metadata)
+    assert calls == []  # every snapshot's JSON came from the cache
+    empty = table.metadata.model_copy(update={"snapshots": []})
+    assert iceberg.metadata_json(empty) == empty.model_dump_json(exclude_none=True)

@@ -398,7 +398,6 @@ class _DuplicateIds:
         self.count = 0
         self.shift = 64 - 16  # bitmap index = hash >> shift
         self.bits = np.zeros(1 << 13, dtype=np.uint8)  # 2**16 bits
-        self._con: Any = None  # a DuckDB connection for hashing, opened on first use
 
     def check(self, ids: pa.Array, first_row: int) -> list[tuple[int, int]]:
         """(index in batch, row where the id first occurred) for every repeated id, in row order."""
@@ -444,15 +443,9 @@ class _DuplicateIds:
 
     def _hash(self, ids: pa.Array) -> np.ndarray:
         """64-bit hashes of non-null ids, computed by DuckDB over the Arrow array (no Python objects)."""
-        if self._con is None:
-            import duckdb
+        from obslake.schema.duck import query
 
-            self._con = duckdb.connect()
-        self._con.register("obslake_ids", pa.table({"id": ids}))
-        try:
-            out = self._con.execute("SELECT hash(id) FROM obslake_ids").to_arrow_table().column(0)
-        finally:
-            self._con.unregister("obslake_ids")
+        out = query("SELECT hash(id) FROM obslake_ids", obslake_ids=pa.table({"id": ids})).column(0)
         return out.combine_chunks().to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
 
     def _maybe_seen(self, h: np.ndarray) -> np.ndarray:
