@@ -31,8 +31,10 @@ def _reference(batches: list[list[str | None]]) -> list[list[tuple[int, int]]]:
     return out
 
 
+@pytest.mark.parametrize("duckdb_from", [0, 10**9], ids=["duckdb-hash", "pandas-hash"])
 @pytest.mark.parametrize("seed", range(6))
-def test_repeats_are_found_with_their_first_row(seed: int):
+def test_repeats_are_found_with_their_first_row(seed: int, duckdb_from: int, monkeypatch):
+    monkeypatch.setattr(_DuplicateIds, "DUCKDB_FROM", duckdb_from)
     rng = np.random.default_rng(seed)
     universe = int(rng.integers(2_000, 400_000))  # small universes repeat a lot, large ones rarely
     batches = []
@@ -44,6 +46,7 @@ def test_repeats_are_found_with_their_first_row(seed: int):
         assert dups.check(pa.array(values, pa.string()), row) == expected
         row += len(values)
     assert len(dups.runs) < 16  # merged, not one run per batch
+    assert dups.by_duckdb is (duckdb_from == 0)
 
 
 def test_a_file_of_distinct_ids_has_no_repeats_and_few_runs():

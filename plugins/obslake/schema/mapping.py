@@ -381,7 +381,7 @@ def _decode(arr: pa.Array) -> pa.Array:
 class _DuplicateIds:
     """Find prediction ids seen earlier in the same file, in bounded memory (16-24 bytes per id).
 
-    Ids are hashed to 64 bits (DuckDB's ``hash`` over the Arrow array). The distinct hashes seen so far are kept with
+    Ids are hashed to 64 bits (DuckDB's ``hash`` over the Arrow array, or pandas' for a small file). The distinct hashes seen so far are kept with
     the row they came from in sorted *runs* (a log-structured merge): each batch's new hashes become a
     run of level 0, and ``FANOUT`` runs of one level are merged into one run of the next level. So
     there are O(log n) runs and each hash is re-sorted O(log n) times over the file (inserting into one
@@ -392,12 +392,15 @@ class _DuplicateIds:
     """
 
     FANOUT = 4
+    DUCKDB_FROM = 8_192
+    """Ids in the file's first batch from which the ids are hashed by DuckDB (see :meth:`_hash`)."""
 
     def __init__(self) -> None:
         self.runs: list[tuple[np.ndarray, np.ndarray, int]] = []  # (sorted hashes, their rows, level), oldest first
         self.count = 0
         self.shift = 64 - 16  # bitmap index = hash >> shift
         self.bits = np.zeros(1 << 13, dtype=np.uint8)  # 2**16 bits
+        self.by_duckdb: bool | None = None  # which hash function this file uses (its first batch decides)
 
     def check(self, ids: pa.Array, first_row: int) -> list[tuple[int, int]]:
         """(index in batch, row where the id first occurred) for every repeated id, in row order."""
@@ -442,11 +445,21 @@ class _DuplicateIds:
         return out
 
     def _hash(self, ids: pa.Array) -> np.ndarray:
-        """64-bit hashes of non-null ids, computed by DuckDB over the Arrow array (no Python objects)."""
-        from obslake.schema.duck import query
+        """64-bit hashes of non-null ids. The first batch picks the function for the whole file (the runs
+        must hold hashes of one function): DuckDB over the Arrow array for a file read in large batches
+        (no Python objects: about 3x faster per id), pandas for a small file (no query to set up: a
+        200-row file would pay more for the query than for the hashing)."""
+        if self.by_duckdb is None:
+            self.by_duckdb = len(ids) >= self.DUCKDB_FROM
+        if self.by_duckdb:
+            from obslake.schema.duck import query
 
-        out = query("SELECT hash(id) FROM obslake_ids", obslake_ids=pa.table({"id": ids})).column(0)
-        return out.combine_chunks().to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
+            out = query("SELECT hash(id) FROM obslake_ids", obslake_ids=pa.table({"id": ids})).column(0)
+            return out.combine_chunks().to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
+        import pandas as pd
+
+        values = ids.to_numpy(zero_copy_only=False).astype(object, copy=False)
+        return pd.util.hash_array(values, categorize=False)
 
     def _maybe_seen(self, h: np.ndarray) -> np.ndarray:
         """False where a hash was certainly not seen (its bitmap bit is clear)."""
