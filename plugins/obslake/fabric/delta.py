@@ -325,9 +325,9 @@ def sync_from_iceberg(table: Table, storage_options: dict[str, str] | None = Non
 
 def writes_true_names(table: Table) -> bool:
     """Whether the table's Parquet files carry the Iceberg column names (see :func:`delta_column_name`)."""
-    from obslake.lake.iceberg import PROP_PARQUET_NAMES
+    from obslake.lake.iceberg import stores_iceberg_names
 
-    return table.properties.get(PROP_PARQUET_NAMES) == "iceberg"
+    return stores_iceberg_names(table.properties)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ Cost (``bench/p10_flatten.py``, 1M spans; the thread's DuckDB connection is reus
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -75,8 +76,6 @@ def _build_query(keys: dict[str, pa.DataType]) -> tuple[str, list[str]]:
             col = f"coalesce({flat}, {nested})" if "." in key else flat
         typed.append(f"{col} AS c{i}")
         names.append(f"attributes.{key}")
-    import json
-
     query = (
         f"WITH j AS (SELECT try(json_transform(a, {_sql_string(json.dumps(spec))})) AS s, a FROM t) "
         f"SELECT {', '.join(typed)}, "

@@ -57,6 +57,13 @@ PROP_PARQUET_NAMES = "obslake.parquet.column-names"
 pyiceberg's Avro-compatible ones (``attributes_x2Ellm_x2Emodel_name``). Iceberg readers resolve columns by
 field id either way; readers that go by Parquet name (Delta) then see the true names. Set when a Data
 Fabric table is created; a table keeps the naming it was created with."""
+
+
+def stores_iceberg_names(properties: dict[str, str]) -> bool:
+    """Whether a table with these properties writes the Iceberg column names into its Parquet files."""
+    return properties.get(PROP_PARQUET_NAMES) == "iceberg"
+
+
 DEFAULT_TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     # bounded metadata: each commit deletes the metadata.json files beyond the last 10 ...
@@ -244,8 +251,10 @@ def metadata_json(metadata: TableMetadata, *, exclude_none: bool = True) -> str:
     id and manifest list) and spliced into the rest of the metadata.
     """
     snapshots = metadata.snapshots
+    if not snapshots:
+        return metadata.model_dump_json(exclude_none=exclude_none)
     head = metadata.model_copy(update={"snapshots": []}).model_dump_json(exclude_none=exclude_none)
-    if not snapshots or head.count(_SNAPSHOTS_KEY) != 1:
+    if head.count(_SNAPSHOTS_KEY) != 1:
         return metadata.model_dump_json(exclude_none=exclude_none)
     parts = []
     with _snapshot_json_lock:
@@ -637,8 +646,7 @@ def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any
     from pyiceberg.utils.config import Config
 
     schema = metadata.schema()
-    true_names = metadata.properties.get(PROP_PARQUET_NAMES) == "iceberg"
-    file_schema = schema if true_names else sanitize_column_names(schema)
+    file_schema = schema if stores_iceberg_names(metadata.properties) else sanitize_column_names(schema)
     downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
     format_model = FileFormatFactory.get(FileFormat.PARQUET)
     df = pa.Table.from_batches(

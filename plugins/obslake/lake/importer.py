@@ -416,6 +416,7 @@ class _File:
     fingerprint: str
     started: float = dataclasses.field(default_factory=time.monotonic)
     since: dt.datetime | None = None  # when the unfinished attempts on this version began (mark_pending)
+    began: bool = False  # this attempt was counted in the ledger (start)
 
     @classmethod
     def of(cls, job: ImportJob, ledger: Ledger, store: ObjectStore, info: ObjectInfo) -> _File:
@@ -443,6 +444,7 @@ class _File:
     def start(self, count: bool = True) -> None:
         """The ledger row goes to ``pending``; remember since when earlier attempts are unfinished."""
         self.since = self.ledger.mark_pending(self.job.name, self.info, count=count)
+        self.began = True
 
     def check(self) -> str:
         """The file's format, once its size and extension are allowed by the job."""
@@ -878,7 +880,7 @@ class _Batch:
                         continue
                     f = _File.of(self.job, self.ledger, self.store, info)
                     try:
-                        outcome = f.guard(lambda f=f, i=i: self._stage(f, lambda: started.add(i)))  # type: ignore[misc]
+                        outcome = f.guard(lambda f=f: self._stage(f))  # type: ignore[misc]
                     except TransientError as exc:
                         retry.append(str(exc))
                         continue
@@ -886,6 +888,8 @@ class _Batch:
                         log.exception("%s: cannot record its outcome; retrying", printable(f.uri))
                         retry.append(f"{f.uri}: {type(exc).__name__}: {exc}")
                         continue
+                    if f.began:  # counted here: a hand-over to the one-file path does not count it again
+                        started.add(i)
                     if isinstance(outcome, ImportResult):
                         results[i] = outcome
                     elif isinstance(outcome, _Alone):
@@ -915,15 +919,12 @@ class _Batch:
             return sorted(later)
         return sorted(later + self._commit(staged, data_files, io, results, retry))
 
-    def _stage(
-        self, f: _File, on_start: Callable[[], None]
-    ) -> ImportResult | _Alone | tuple[list[pa.RecordBatch], _Staged]:
+    def _stage(self, f: _File) -> ImportResult | _Alone | tuple[list[pa.RecordBatch], _Staged]:
         """Read and map one file completely (it is small): its rows conformed to the table, or why not."""
         done = f.imported_already()
         if done is not None:
             return done
         f.start()
-        on_start()
         fmt = f.check()
         if self.ledger.has_other_version(self.job.name, f.info):
             return _Alone("it replaces the rows of an earlier version of the file")

@@ -405,8 +405,9 @@ class _DuplicateIds:
     def check(self, ids: pa.Array, first_row: int) -> list[tuple[int, int]]:
         """(index in batch, row where the id first occurred) for every repeated id, in row order."""
         if ids.null_count:
-            valid_idx = np.nonzero(pc.is_valid(ids).to_numpy(zero_copy_only=False))[0]
-            ids = ids.filter(pc.is_valid(ids))
+            valid = pc.is_valid(ids)
+            valid_idx = np.nonzero(valid.to_numpy(zero_copy_only=False))[0]
+            ids = ids.filter(valid)
         else:
             valid_idx = np.arange(len(ids))
         if not len(ids):
@@ -424,16 +425,13 @@ class _DuplicateIds:
                     found = run_h[pos] == hc
                     earlier[cand[found]] = run_r[pos[found]]
         hit = earlier >= 0
-        # ids repeated within this batch: every occurrence after the first (in row order: a stable sort,
-        # needed only when a hash repeats, which is rare and a fault of the file)
+        # ids repeated within this batch: every occurrence after the first
         order = np.argsort(h)
         hs = h[order]
         same = np.r_[False, hs[1:] == hs[:-1]]
-        if same.any():
-            order = np.argsort(h, kind="stable")
-            hs = h[order]
         dup_in = np.zeros(len(h), bool)
-        if same.any():
+        if same.any():  # rare, a fault of the file: a stable sort puts equal hashes in row order (hs is unchanged)
+            order = np.argsort(h, kind="stable")
             first_of = np.maximum.accumulate(np.where(same, 0, np.arange(len(hs))))
             dup_in[order] = same
             later = order[same]
