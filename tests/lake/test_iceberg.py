@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.transforms import IdentityTransform
@@ -23,7 +25,14 @@ from obslake.exceptions import StorageUnavailableError
 
 from lake_fixtures import inference_rows, to_bytes
 from obslake.lake import iceberg
-from obslake.lake.iceberg import _dictionary_columns, _leaf_paths, iceberg_schema, write_data_files
+from obslake.lake.iceberg import (
+    FILTER_PARTITIONS,
+    _dictionary_columns,
+    _leaf_paths,
+    _partition_slices,
+    iceberg_schema,
+    write_data_files,
+)
 from obslake.lake.importer import _conform, ensure_table, import_file
 from obslake.storage.local import LocalStore
 
@@ -378,3 +387,54 @@ def test_metadata_json_is_pyicebergs_byte_for_byte_and_reuses_snapshot_json(lake
     assert calls == []  # every snapshot's JSON came from the cache
     empty = table.metadata.model_copy(update={"snapshots": []})
     assert iceberg.metadata_json(empty) == empty.model_dump_json(exclude_none=True)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_an_id_repeated_batches_later_fails_the_file_after_reading_it(lake, make_job, tmp_path, fmt):
+    """Under abort_file the repeated-id check runs once at the end of the file: the file still fails with
+    the row (and, for CSV, the physical line) of the repeat and of its first occurrence; nothing is
+    committed and the data files already written are deleted."""
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    rows = inference_rows(60)
+    ids = rows["prediction_id"].to_pylist()
+    ids[47] = ids[3]  # row 48 repeats row 4, four batches later
+    region = ["eu"] * 60
+    region[10] = "multi\nline\nvalue"  # two line breaks inside a quoted CSV value before the repeat
+    rows = rows.set_column(0, "prediction_id", pa.array(ids)).set_column(4, "region", pa.array(region))
+    info = store.write(f"a.{fmt}", to_bytes(rows, fmt))
+    result = import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger, batch_rows=10, chunk_rows=10)
+    assert result.status == "failed" and result.code == "ID_DUPLICATE", result
+    assert "row 48" in result.error and "first seen in row 4" in result.error
+    if fmt == "csv":
+        assert "line 51" in result.error  # header + 48 rows + 2 line breaks inside the quoted value
+    assert not lake.catalog.table_exists(job.table_identifier) or not lake.catalog.load_table(
+        job.table_identifier
+    ).scan().to_arrow().num_rows
+    warehouse = Path(lake.settings.warehouse.removeprefix("file://"))
+    assert not list(warehouse.rglob("*.parquet"))  # the chunks written before the end were deleted
+
+
+# -- cutting a chunk into partitions: filtered for a few values, sorted for many ----------------------------
+@settings(max_examples=60, deadline=None)
+@given(days=st.lists(st.one_of(st.none(), st.integers(0, 40)), min_size=1, max_size=300),
+       second=st.booleans())
+def test_partition_slices_hold_each_value_once_in_order(days, second):
+    """Every row lands in exactly one slice, each slice holds one partition value, the slices come in
+    ascending order of the value (nulls last), whichever way the chunk is cut (few values are filtered,
+    many are sorted; a second source column or a null forces the sort)."""
+    rows = pa.table({"id": pa.array(range(len(days)), pa.int64()),
+                     "date": pa.array([None if d is None else dt.date(2026, 1, 1) + dt.timedelta(days=d)
+                                       for d in days], pa.date32()),
+                     "h": pa.array([i % 2 for i in range(len(days))], pa.int32())})
+    sources = ["date", "h"] if second else ["date"]
+    slices = _partition_slices(rows, sources)
+    keys = [tuple(s[c][0].as_py() for c in sources) for s in slices]
+    for s, key in zip(slices, keys):
+        assert all(tuple(s[c][i].as_py() for c in sources) == key for i in range(s.num_rows))
+    assert len(set(keys)) == len(keys)
+    assert keys == sorted(keys, key=lambda k: tuple((v is None, v) for v in k))
+    assert sorted(i for s in slices for i in s["id"].to_pylist()) == list(range(len(days)))
+    distinct = len({d for d in days})
+    if not second and None not in days and 1 < distinct <= FILTER_PARTITIONS:
+        assert all(s["id"].to_pylist() == sorted(s["id"].to_pylist()) for s in slices)  # file order kept

@@ -67,3 +67,29 @@ def test_at_most_max_problems_per_batch_the_first_rows():
     assert found == [(i, i % 50 + 1) for i in range(50, 50 + MAX_PROBLEMS)]
     again = dups.check(pa.array(["x-7", "new", "x-7", None], pa.string()), 1_001)
     assert again == [(0, 8), (2, 8)]
+
+
+@pytest.mark.parametrize("duckdb_from", [0, 10**9], ids=["duckdb-hash", "pandas-hash"])
+@pytest.mark.parametrize("seed", range(6))
+def test_deferred_finds_the_same_repeats_at_the_end(seed: int, duckdb_from: int, monkeypatch):
+    """Deferred (abort_file imports): nothing per batch; finish() gives every repeat of the file, in row
+    order, as (row, first row of that id): the per-batch answers, flattened, up to MAX_PROBLEMS."""
+    monkeypatch.setattr(_DuplicateIds, "DUCKDB_FROM", duckdb_from)
+    rng = np.random.default_rng(100 + seed)
+    universe = int(rng.integers(2_000, 400_000))
+    batches = []
+    for _ in range(int(rng.integers(20, 80))):
+        n = int(rng.choice([0, 1, 7, int(rng.integers(1, 4_000))]))
+        batches.append([None if rng.random() < 0.01 else f"id-{v}" for v in rng.integers(0, universe, n)])
+    if seed == 0:  # one file without any repeat
+        batches = [[f"u-{b}-{i}" for i in range(len(v))] for b, v in enumerate(batches)]
+    dups, row, expected = _DuplicateIds(deferred=True), 1, []
+    for values, found in zip(batches, _reference(batches)):
+        assert dups.check(pa.array(values, pa.string()), row) == []
+        expected += [(row + i, first) for i, first in found]
+        row += len(values)
+    expected = sorted(expected)[:MAX_PROBLEMS]
+    assert dups.finish() == expected
+    assert dups.by_duckdb is (duckdb_from == 0 if any(batches) else None)
+    assert seed != 0 or expected == []
+    assert dups.finish() == []  # the state is handed over once

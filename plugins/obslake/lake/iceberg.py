@@ -51,6 +51,8 @@ DDL_ATTEMPTS = 5
 CHUNK_ROWS = 1_000_000
 CHUNK_BYTES = 64 * 1024**2
 DICTIONARY_SAMPLE_ROWS = 10_000
+FILTER_PARTITIONS = 16
+"""Up to this many partition values in one chunk, the chunk is split by filtering (see _partition_slices)."""
 COMMIT_RETRIES = "commit.retry.num-retries"
 PROP_PARQUET_NAMES = "obslake.parquet.column-names"
 """``iceberg``: Parquet columns carry the Iceberg names as they are (``attributes.llm.model_name``), not
@@ -507,14 +509,23 @@ def _single_value(col: pa.ChunkedArray) -> bool:
 
 
 def _partition_slices(rows: pa.Table, sources: list[str]) -> list[pa.Table]:
-    """``rows`` cut into one slice per distinct partition value: one sort, contiguous slices.
+    """``rows`` cut into one table per distinct partition value, in ascending order of the value.
 
-    pyiceberg's own split filters the table once per distinct partition (rows x partitions work: a Data
-    Fabric rewrite touching 2,000 hourly partitions filtered the whole table 2,000 times). A chunk with
-    a single partition value (the common import) is not sorted at all.
+    A chunk with a single partition value (the common import) is not cut at all. One with a few values
+    (at most :data:`FILTER_PARTITIONS`: an import of a file spanning some days) is filtered once per value,
+    which keeps each partition's rows in file order and is ~3x cheaper than gathering every column in
+    sorted order (measured: 1.3 s against 0.4 s for 2M rows of 33 columns in 4 partitions). Many values
+    (a Data Fabric rewrite touching 2,000 hourly partitions: pyiceberg's own split filters the whole table
+    once per partition) are cut with one sort into contiguous slices.
     """
     if all(_single_value(rows[c]) for c in sources):
         return [rows]
+    if len(sources) == 1 and not rows[sources[0]].null_count:
+        col = rows[sources[0]]
+        values = pc.unique(col)
+        if len(values) <= FILTER_PARTITIONS:
+            values = values.take(pc.sort_indices(values))
+            return [rows.filter(pc.equal(col, v)) for v in values]
     rows = rows.sort_by([(c, "ascending") for c in sources])
     starts = _run_starts([rows[c] for c in sources])
     ends = np.append(starts[1:], rows.num_rows)
@@ -735,8 +746,8 @@ class DataFileWriter:
 
     Use it as a context manager: leaving the block (normally or by an exception) waits for the chunk in
     flight, so no data file is still being written afterwards. An error of the background write is
-    raised by the next :meth:`add` or by :meth:`finish`; :attr:`data_files` holds the files written so
-    far (to delete them when the commit is abandoned).
+    raised by the next :meth:`add` or by :meth:`finish`; after the block, :attr:`data_files` holds every
+    file written (to delete them when the commit is abandoned).
     """
 
     def __init__(self, metadata: TableMetadata, io: Any, chunk_rows: int = CHUNK_ROWS):
@@ -754,7 +765,10 @@ class DataFileWriter:
 
     def __exit__(self, *exc: object) -> None:
         if self._in_flight is not None:
-            wait([self._in_flight])  # its error, if any, was raised already or is moot after another error
+            future, self._in_flight = self._in_flight, None
+            wait([future])  # its error, if any, was raised already or is moot after another error
+            if future.exception() is None:  # written: listed, so a caller that gives up can delete them
+                self.data_files.extend(future.result())
         self._pool.shutdown(wait=True)
 
     def add(self, batch: pa.RecordBatch) -> bool:

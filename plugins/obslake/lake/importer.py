@@ -205,15 +205,27 @@ def committed_rows(snap: Any, uri: str, etag: str) -> int | None:
     return None
 
 
-def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str) -> pa.RecordBatch:
-    """Cast ``batch`` to the table's Arrow schema: missing columns become nulls, safe casts only."""
-    arrays = []
+def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str, exact: bool = True) -> pa.RecordBatch:
+    """Cast ``batch`` to the table's Arrow schema: missing columns become nulls, safe casts only.
+
+    ``exact=False`` keeps a ``string``/``binary`` column where the table's Arrow schema says
+    ``large_string``/``large_binary`` (both are Iceberg's string/binary and pyiceberg writes either as
+    is): widening every offset of every text column cost ~5 % of a large file's import. The batches of
+    one file then share one schema; batches of several files (one commit) use ``exact``.
+    """
+    arrays, fields = [], []
     for field in target:
         idx = batch.schema.get_field_index(field.name)
         if idx < 0:
             arrays.append(pa.nulls(batch.num_rows, field.type))
+            fields.append(field)
             continue
         arr = batch.column(idx)
+        if not exact and (arr.type, field.type) in _NARROW_OK:
+            arrays.append(arr)
+            fields.append(field.with_type(arr.type))
+            continue
+        fields.append(field)
         if arr.type != field.type:
             try:
                 arr = pc.cast(arr, field.type, safe=True)
@@ -225,7 +237,10 @@ def _conform(batch: pa.RecordBatch, target: pa.Schema, uri: str) -> pa.RecordBat
                     column=field.name,
                 ) from None
         arrays.append(arr)
-    return pa.RecordBatch.from_arrays(arrays, schema=target)
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=target.metadata))
+
+
+_NARROW_OK = {(pa.string(), pa.large_string()), (pa.binary(), pa.large_binary())}
 
 
 class _SchemaRace(Exception):
@@ -551,6 +566,7 @@ def _mapped_batches(
         ingested_at,
         fmt,
         table_schema=table_schema,
+        defer_duplicates=job.on_error == OnError.abort_file,
     )
     batches = read_batches(
         fh, fmt, source=uri, batch_rows=batch_rows, csv_as_strings=fmt == "csv", max_bytes=job.max_file_bytes
@@ -574,6 +590,9 @@ def _mapped_batches(
             mapped = mapped.filter(pa.array([i not in bad for i in range(b.num_rows)]))
         row += b.num_rows
         yield mapped
+    late = mapper.finish()  # repeated ids (deferred under abort_file): the file's data files are then discarded
+    if late:
+        raise RecordErrors(late[:MAX_PROBLEMS])
     if not read.rows_read:  # a header (schema) and no rows: FILE_EMPTY, as validate_file reports it
         raise FileFormatError(
             f"{uri}: the file has a header but no data rows; upload the complete file with at least one data row",
@@ -661,16 +680,17 @@ def _import_once(
             tx = _begin(catalog, job, table, first.schema)
             io = transaction_io(tx)
             target = tx.table_metadata.schema().as_arrow()
-            with DataFileWriter(tx.table_metadata, io, chunk_rows) as writer:
-                try:
+            writer = DataFileWriter(tx.table_metadata, io, chunk_rows)
+            try:
+                with writer:
                     for mapped in itertools.chain([first], stream):
                         if not mapped.num_rows:
                             continue
-                        if writer.add(_conform(mapped, target, uri)):
+                        if writer.add(_conform(mapped, target, uri, exact=False)):
                             log.info("%s: %d rows read, written or being written", printable(uri), writer.rows)
                     data_files, total = writer.finish(), writer.rows
-                finally:
-                    data_files = data_files or writer.data_files
+            finally:  # after the chunk in flight was waited for: its files are in writer.data_files too
+                data_files = data_files or writer.data_files
         note = _check_bad_fraction(f, read)
         quarantine.commit(catalog, f.since)
         replace = table is not None and f.ledger.has_other_version(job.name, info)

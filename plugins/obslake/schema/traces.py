@@ -19,16 +19,15 @@ import pyarrow.compute as pc
 
 from obslake.exceptions import SchemaMismatchError
 from obslake.schema.mapping import (
-    INGESTED_AT,
     LINEAGE_COLUMNS,
     PARTITION_COLUMN,
-    SOURCE_FILE,
-    SOURCE_ROW,
     TS_TYPE,
     BatchMapper,
     Problem,
     _decode,
     _epoch_unit,
+    constant,
+    lineage_arrays,
     parse_ts_text_cells,
 )
 from obslake.schema.types import JobKind
@@ -145,7 +144,7 @@ class TraceMapper:
         default: dt.datetime | None,
     ) -> pa.Array:
         if arr is None:
-            return pa.array([default] * n, TS)
+            return constant(default, TS, n)
         if pa.types.is_timestamp(arr.type):
             out = (pc.assume_timezone(arr, "UTC") if arr.type.tz is None else arr).cast(TS)
         elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
@@ -194,10 +193,14 @@ class TraceMapper:
 
     def _json(self, arr: pa.Array | None, n: int, default: str) -> pa.Array:
         if arr is None:
-            return pa.array([default] * n, pa.string())
+            return constant(default, pa.string(), n)
         if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
             return pc.fill_null(arr.cast(pa.string()), default)
         return pa.array([default if v is None else json.dumps(v, default=str) for v in arr.to_pylist()], pa.string())
+
+    def finish(self) -> list[Problem]:
+        """Nothing is checked only at the end of a trace file (the interface of BatchMapper.finish)."""
+        return []
 
     def map(self, batch: pa.RecordBatch, first_row: int) -> tuple[pa.RecordBatch, list[Problem]]:
         """Map one batch (see the module docstring); problems locate missing ids and bad timestamps."""
@@ -257,14 +260,14 @@ class TraceMapper:
                 "events": self._json(self._col(batch, "events"), n, "[]"),
                 "trace_start_time": None,
                 "trace_end_time": None,
-                "changed_at": pa.array([self.ingested_at] * n, TS),
+                "changed_at": constant(self.ingested_at, TS, n),
             }
             part_source = start
         else:
             updated = self._time(self._col(batch, "updated_at"), n, "updated_at", first_row, problems, self.ingested_at)
             kind = self._col(batch, "annotator_kind")
             kind = (
-                pa.array(["HUMAN"] * n)
+                constant("HUMAN", pa.string(), n)
                 if kind is None
                 else pc.fill_null(pc.utf8_upper(kind.cast(pa.string())), "HUMAN")
             )
@@ -287,7 +290,9 @@ class TraceMapper:
                 "score": self._col(batch, "score"),
                 "explanation": self._col(batch, "explanation"),
                 "annotator_kind": kind,
-                "identifier": pa.array([""] * n) if ident is None else pc.fill_null(ident.cast(pa.string()), ""),
+                "identifier": constant("", pa.string(), n)
+                if ident is None
+                else pc.fill_null(ident.cast(pa.string()), ""),
                 "updated_at": updated,
             }
             part_source = updated
@@ -307,9 +312,7 @@ class TraceMapper:
                     ) from None
             out[field.name] = arr
         out[PARTITION_COLUMN] = pc.cast(pc.fill_null(part_source, pa.scalar(self.ingested_at, TS)), pa.date32())
-        out[SOURCE_FILE] = pa.array([self.source] * n, pa.string())
-        out[SOURCE_ROW] = pa.array(range(first_row, first_row + n), pa.int64())
-        out[INGESTED_AT] = pa.array([self.ingested_at] * n, TS)
+        out.update(lineage_arrays(self.source, first_row, n, self.ingested_at))
         names = [f.name for f in self.target] + [PARTITION_COLUMN, *LINEAGE_COLUMNS]
         return pa.RecordBatch.from_arrays([out[k] for k in names], names=names), problems
 
@@ -321,8 +324,14 @@ def make_mapper(
     ingested_at: dt.datetime,
     fmt: str,
     table_schema: pa.Schema | None = None,
+    defer_duplicates: bool = False,
 ):
-    """The mapper for a job's kind: model files (BatchMapper) or trace files (TraceMapper)."""
+    """The mapper for a job's kind: model files (BatchMapper) or trace files (TraceMapper).
+
+    ``defer_duplicates``: see :class:`BatchMapper`; the caller must add :meth:`finish`'s problems.
+    """
     if job.kind.is_trace:
         return TraceMapper(job, declared, source, ingested_at, fmt)
-    return BatchMapper(job, declared, source, ingested_at, fmt, table_schema=table_schema)
+    return BatchMapper(
+        job, declared, source, ingested_at, fmt, table_schema=table_schema, defer_duplicates=defer_duplicates
+    )

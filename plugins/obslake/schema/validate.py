@@ -188,6 +188,9 @@ def validate_file(
                 report.problems.extend(problems[: max(0, MAX_PROBLEMS - len(report.problems))])
                 row += batch.num_rows
                 report.rows += batch.num_rows
+            late = mapper.finish()
+            report.bad_rows += len(late)
+            report.problems.extend(late[: max(0, MAX_PROBLEMS - len(report.problems))])
         if report.rows == 0:
             report.problems.append(
                 Problem("FILE_EMPTY", "the file has a header but no data rows", uri, FILE_FIX["FILE_EMPTY"])
