@@ -13,6 +13,8 @@ dictionary-encode every column, a slower floor than the import's own encoding ch
 Ours: ``import_file`` from a ``file://`` LocalStore into a fresh SQLite catalog + local warehouse
 (mapping, validation, Iceberg data files, commit). Each repeat uses a fresh lake.
 
+One uncounted warm-up run of each, then 3 runs of each, floor and ours interleaved; medians.
+
 ``OBSLAKE_BENCH_P1_ROWS`` / ``OBSLAKE_BENCH_P1_AVRO_ROWS`` override the row counts (to iterate on a
 smaller file while profiling; the README table uses the defaults). ``OBSLAKE_BENCH_P1_FORMATS`` (e.g.
 ``parquet,csv``) runs only some formats.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import time
 
 import pyarrow as pa
@@ -29,7 +32,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from bench import datagen
-from bench.common import median_of, quick, report, timed
+from bench.common import quick, report, timed
 
 ROWS = 20_000 if quick() else int(os.environ.get("OBSLAKE_BENCH_P1_ROWS", 5_000_000))
 AVRO_ROWS = 5_000 if quick() else int(os.environ.get("OBSLAKE_BENCH_P1_AVRO_ROWS", 1_000_000))
@@ -123,13 +126,19 @@ def main() -> None:
                 return n / s
 
             t = time.perf_counter()
-            first = run_ours()  # also tells whether 3 repeats fit
+            # warm-up, not counted: the first run pays the process's module imports (about 1 s of obslake,
+            # pyiceberg, SQLAlchemy, DuckDB), which the floor, run in a process that has pyarrow loaded,
+            # never pays. It also tells whether 3 repeats fit.
+            first = run_ours()
+            run_floor()
             repeats, note = 3, ""
-            if n / first > 480:
-                repeats, note = 1, f"one run of ours took {n / first:.0f}s (>8 min): 1 repeat"
-            base, bvals = median_of(run_floor, repeats)
-            ours_vals = [first] + [run_ours() for _ in range(repeats - 1)]
-            ours = sorted(ours_vals)[len(ours_vals) // 2]
+            if n / first > 240:
+                repeats, note = 1, f"one run of ours took {n / first:.0f}s (>4 min): 1 repeat"
+            bvals, ours_vals = [], []
+            for _ in range(repeats):  # interleaved, so a drift of the machine's speed hits both alike
+                bvals.append(run_floor())
+                ours_vals.append(run_ours())
+            base, ours = statistics.median(bvals), statistics.median(ours_vals)
             print(f"{fmt}: floor runs {[round(v) for v in bvals]} rows/s, ours {[round(v) for v in ours_vals]} "
                   f"rows/s ({time.perf_counter() - t:.0f}s)", flush=True)
             if fmt == "avro" and not quick():
