@@ -8,7 +8,10 @@ benchmark's time: every ``OBSLAKE_BENCH_P8_UPKEEP_EVERY`` files (default 1,000) 
 snapshots older than the last upkeep (retention = the time since then) and compacts small files.
 
 Ratio: median per-file time of the last 100 files / of files 100-200 (target <= 1.3x); with batching a
-file's time is its batch's time / the files in it. Also printed: the curve (median ms per file every 500
+file's time is its batch's time / the files in it. Also printed (information, not the target): the same
+first 200 files imported into a fresh table right after the run, and the last 100 against its files
+100-200: the machine's speed can drift over a run of half an hour, and this baseline is measured at the
+same moment as the last files. Also printed: the curve (median ms per file every 500
 files), the current ``metadata.json`` size (target <= 1 MB), and DuckDB ``count(*)`` (planning + scan)
 after the last upkeep vs at 100 files (target <= 1.5x).
 
@@ -101,6 +104,23 @@ def run(mode: str, max_files: int) -> None:
             if done % (100 if quick() else 500) == 0:
                 print(f"  [{mode}] files {done}: median ms per file of the last 100 = "
                       f"{statistics.median(times[-100:]) * 1000:.1f}", flush=True)
+        # the same 200 first files into a fresh table, now: files 100-200 at the end of the run, so that a
+        # drift of the machine's speed over the run is told apart from the cost of the history
+        fresh_settings = LakeSettings.from_env({"OBSLAKE_HOME": os.path.join(d, "fresh")})
+        fresh_catalog, fresh_ledger = load_catalog(fresh_settings), Ledger(fresh_settings.state_uri)
+        fresh: list[float] = []
+        for start in range(0, min(200, FILES), step):
+            infos = []
+            for i in range(start, min(start + step, 200)):
+                rows = template.set_column(ids, "prediction_id", pa.array([f"g{i}-{r}" for r in range(ROWS)]))
+                pq.write_table(rows, os.path.join(store.root, f"g{i:05d}.parquet"))
+                infos.append(store.head(f"g{i:05d}.parquet"))
+            [batch] = plan_batches(infos, job.batch.max_files, job.batch.max_bytes, job.batch.large_file_bytes)
+            t = time.perf_counter()
+            results = import_files(job, store, batch, catalog=fresh_catalog, ledger=fresh_ledger)
+            fresh += [(time.perf_counter() - t) / len(batch)] * len(batch)
+            assert [r.status for r in results] == ["imported"] * len(batch), [r.error for r in results]
+        fresh_base = statistics.median(fresh[100:200]) if len(fresh) >= 200 else float("nan")
         table = catalog.load_table(job.table_identifier)
         metadata_bytes = os.path.getsize(table.metadata_location.removeprefix("file://"))
         duck_end = _duck_count_seconds(table.metadata_location)
@@ -112,7 +132,9 @@ def run(mode: str, max_files: int) -> None:
                 f"curve (ms per file, median of the 100 before) {curve}; metadata.json {metadata_bytes / 1e6:.2f} MB "
                 f"(target <= 1 MB); DuckDB count(*) {duck_100:.3f}s at 100 files, {duck_end:.3f}s at {FILES:,} "
                 f"after upkeep ({duck_end / duck_100:.2f}x, target <= 1.5x); upkeep every {UPKEEP_EVERY} files "
-                f"({', '.join(f'{u:.1f}' for u in upkeeps)}s); snapshots at the end {len(table.snapshots())}"
+                f"({', '.join(f'{u:.1f}' for u in upkeeps)}s); snapshots at the end {len(table.snapshots())}; "
+                f"a fresh table's files 100-200 imported after the run: {fresh_base * 1000:.1f} ms per file "
+                f"(last 100 / that = {ours / fresh_base:.3f}x: the history's cost without the machine's drift)"
                 + ("" if FILES == 10_000 else f"; {FILES:,} files, not the target's 10,000"))
         name = "p8_history" if max_files == 1 else "p8_history_batched"
         report(name, baseline=f"{mode}: per file, files 100-200 (median)", baseline_value=base,
