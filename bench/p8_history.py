@@ -78,19 +78,25 @@ def run(mode: str, max_files: int) -> None:
         last_upkeep = dt.datetime.now(dt.UTC)
         upkeeps = []
         step = job.batch.max_files
-        for start in range(0, FILES, step):
+
+        def import_step(prefix: str, first: int, last: int, catalog: object, ledger: Ledger) -> list[float]:
+            """Write files ``first`` to ``last`` - 1, import them as one batch, delete them; per-file seconds."""
             infos = []
-            for i in range(start, min(start + step, FILES)):
-                rows = template.set_column(ids, "prediction_id", pa.array([f"f{i}-{r}" for r in range(ROWS)]))
-                pq.write_table(rows, os.path.join(store.root, f"f{i:05d}.parquet"))
-                infos.append(store.head(f"f{i:05d}.parquet"))
+            for i in range(first, last):
+                rows = template.set_column(ids, "prediction_id", pa.array([f"{prefix}{i}-{r}" for r in range(ROWS)]))
+                pq.write_table(rows, os.path.join(store.root, f"{prefix}{i:05d}.parquet"))
+                infos.append(store.head(f"{prefix}{i:05d}.parquet"))
             [batch] = plan_batches(infos, job.batch.max_files, job.batch.max_bytes, job.batch.large_file_bytes)
             t = time.perf_counter()
             results = import_files(job, store, batch, catalog=catalog, ledger=ledger)
-            times += [(time.perf_counter() - t) / len(batch)] * len(batch)
+            took = [(time.perf_counter() - t) / len(batch)] * len(batch)
             assert [r.status for r in results] == ["imported"] * len(batch), [r.error for r in results]
             for info in infos:
                 os.remove(os.path.join(store.root, info.key))
+            return took
+
+        for start in range(0, FILES, step):
+            times += import_step("f", start, min(start + step, FILES), catalog, ledger)
             done = len(times)
             if duck_100 is None and done >= 100:
                 duck_100 = _duck_count_seconds(catalog.load_table(job.table_identifier).metadata_location)
@@ -110,16 +116,7 @@ def run(mode: str, max_files: int) -> None:
         fresh_catalog, fresh_ledger = load_catalog(fresh_settings), Ledger(fresh_settings.state_uri)
         fresh: list[float] = []
         for start in range(0, min(200, FILES), step):
-            infos = []
-            for i in range(start, min(start + step, 200)):
-                rows = template.set_column(ids, "prediction_id", pa.array([f"g{i}-{r}" for r in range(ROWS)]))
-                pq.write_table(rows, os.path.join(store.root, f"g{i:05d}.parquet"))
-                infos.append(store.head(f"g{i:05d}.parquet"))
-            [batch] = plan_batches(infos, job.batch.max_files, job.batch.max_bytes, job.batch.large_file_bytes)
-            t = time.perf_counter()
-            results = import_files(job, store, batch, catalog=fresh_catalog, ledger=fresh_ledger)
-            fresh += [(time.perf_counter() - t) / len(batch)] * len(batch)
-            assert [r.status for r in results] == ["imported"] * len(batch), [r.error for r in results]
+            fresh += import_step("g", start, min(start + step, 200), fresh_catalog, fresh_ledger)
         fresh_base = statistics.median(fresh[100:200]) if len(fresh) >= 200 else float("nan")
         table = catalog.load_table(job.table_identifier)
         metadata_bytes = os.path.getsize(table.metadata_location.removeprefix("file://"))
