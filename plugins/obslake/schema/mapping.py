@@ -405,6 +405,16 @@ def lineage_arrays(source: str, first_row: int, n: int, ingested_at: dt.datetime
     }
 
 
+def _repeats(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For hashes ``h`` (in row order): their stable sort order, and for every occurrence of a hash after
+    its first, its index and the index of that first occurrence (equal hashes stay in row order)."""
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    same = np.r_[False, hs[1:] == hs[:-1]]
+    first_of = np.maximum.accumulate(np.where(same, 0, np.arange(len(hs))))
+    return order, order[same], order[first_of[same]]
+
+
 class _DuplicateIds:
     """Find prediction ids seen earlier in the same file, in bounded memory (16-24 bytes per id).
 
@@ -448,9 +458,9 @@ class _DuplicateIds:
         if not len(ids):
             return []
         rows = first_row + valid_idx.astype(np.int64)
+        if self.by_duckdb is None:  # the first batch picks the hash function for the whole file (see _hash)
+            self.by_duckdb = len(ids) >= self.DUCKDB_FROM
         if self.deferred:
-            if self.by_duckdb is None:
-                self.by_duckdb = len(ids) >= self.DUCKDB_FROM
             self._pending.append((_hasher().submit(self._hash, ids) if self.by_duckdb else self._hash(ids), rows))
             return []
         h = self._hash(ids)
@@ -471,11 +481,9 @@ class _DuplicateIds:
         same = np.r_[False, hs[1:] == hs[:-1]]
         dup_in = np.zeros(len(h), bool)
         if same.any():  # rare, a fault of the file: a stable sort puts equal hashes in row order (hs is unchanged)
-            order = np.argsort(h, kind="stable")
-            first_of = np.maximum.accumulate(np.where(same, 0, np.arange(len(hs))))
-            dup_in[order] = same
-            later = order[same]
-            earlier[later] = np.where(hit[later], earlier[later], rows[order[first_of[same]]])
+            order, later, first = _repeats(h)
+            dup_in[later] = True
+            earlier[later] = np.where(hit[later], earlier[later], rows[first])
         flagged = np.nonzero(hit | dup_in)[0]
         out = [(int(rows[k] - first_row), int(earlier[k])) for k in flagged[:MAX_PROBLEMS]]
         new = ~(hit | dup_in)[order]
@@ -493,21 +501,16 @@ class _DuplicateIds:
         if not (s[1:] == s[:-1]).any():
             return []
         rows = np.concatenate([r for _, r in pending])
-        order = np.argsort(h, kind="stable")  # equal hashes stay in row order
-        hs = h[order]
-        same = np.r_[False, hs[1:] == hs[:-1]]
-        first_of = np.maximum.accumulate(np.where(same, 0, np.arange(len(hs))))
-        later, earlier = rows[order[same]], rows[order[first_of[same]]]
+        _, later_at, first_at = _repeats(h)
+        later, earlier = rows[later_at], rows[first_at]
         by_row = np.argsort(later, kind="stable")[:MAX_PROBLEMS]
         return [(int(later[k]), int(earlier[k])) for k in by_row]
 
     def _hash(self, ids: pa.Array) -> np.ndarray:
-        """64-bit hashes of non-null ids. The first batch picks the function for the whole file (the runs
-        must hold hashes of one function): DuckDB over the Arrow array for a file read in large batches
-        (no Python objects: about 3x faster per id), pandas for a small file (no query to set up: a
-        200-row file would pay more for the query than for the hashing)."""
-        if self.by_duckdb is None:
-            self.by_duckdb = len(ids) >= self.DUCKDB_FROM
+        """64-bit hashes of non-null ids, by the function the file's first batch picked (:attr:`by_duckdb`;
+        the runs must hold hashes of one function): DuckDB over the Arrow array for a file read in large
+        batches (no Python objects: about 3x faster per id), pandas for a small file (no query to set up:
+        a 200-row file would pay more for the query than for the hashing)."""
         if self.by_duckdb:
             from obslake.schema.duck import query
 
@@ -714,8 +717,6 @@ class BatchMapper:
         self._shift = np.zeros(0, dtype=np.int64)
         self._emb_len: dict[str, int] = {}
         self._dups = _DuplicateIds(deferred=defer_duplicates)
-        self._id_column = ""
-        self._first_row = 1
         # deferred CSV duplicates: (first row, line breaks before it) of every batch, and the per-row
         # shifts of the batches that have line breaks inside quoted values (to give :meth:`finish` lines)
         self._batch_lines: list[tuple[int, int, np.ndarray | None]] = []
@@ -870,7 +871,7 @@ class BatchMapper:
                         raise bad(key, c, self.declared[c], "a number (one column per class)")
 
     # -- record checks -----------------------------------------------------------------------------
-    def _count_lines(self, batch: pa.RecordBatch) -> None:
+    def _count_lines(self, batch: pa.RecordBatch, first_row: int) -> None:
         """CSV: per row, how many line breaks inside quoted values precede it (so ``line`` is physical)."""
         per_row = None
         for col in batch.columns:
@@ -884,7 +885,7 @@ class BatchMapper:
         )
         self._shift = self._lines_before + np.cumsum(counts) - counts
         if self._dups.deferred:
-            self._batch_lines.append((self._first_row, self._lines_before, self._shift if counts.any() else None))
+            self._batch_lines.append((first_row, self._lines_before, self._shift if counts.any() else None))
         self._lines_before += int(counts.sum())
 
     def _line(self, row: int) -> int:
@@ -932,14 +933,13 @@ class BatchMapper:
                 self.source,
                 _DUPLICATE_FIX,
                 row=row,
-                column=self._id_column,
+                column=self.roles["prediction_id"],
                 line=self._line(row) if self.is_csv else None,
             )
             for row, earlier in self._dups.finish()
         ]
 
     def _ids(self, arr: pa.Array, col: str, first_row: int, problems: list[Problem]) -> pa.Array:
-        self._id_column = col
         arr = _decode(arr).cast(pa.string())
         lengths = pc.utf8_length(arr)
         missing = pc.or_kleene(pc.is_null(arr), pc.equal(lengths, 0))
@@ -1478,9 +1478,8 @@ class BatchMapper:
             SchemaMismatchError: a whole column has an impossible type (e.g. a struct for a score).
         """
         problems: list[Problem] = []
-        self._first_row = first_row
         if self.is_csv:
-            self._count_lines(batch)
+            self._count_lines(batch, first_row)
         r = self.roles
         out: dict[str, pa.Array] = {}
         out["prediction_id"] = self._ids(batch.column(r["prediction_id"]), r["prediction_id"], first_row, problems)
