@@ -8,8 +8,9 @@ names the point where the process dies with SIGKILL, exactly as an OOM kill or a
 * ``after-commit``: the Iceberg commit done, the ledger not yet updated;
 * ``batch-after-write``: a batch's files all staged and written, its commit not begun;
 * ``batch-after-commit``: a batch committed, no ledger row of it updated yet;
-* ``fabric-after-write`` / ``fabric-after-commit``: a Data Fabric sync's data files written / committed,
-  before its pointer files and Delta log.
+* ``fabric-after-write``: a Data Fabric sync's data files written, nothing committed;
+* ``fabric-after-commit``: its annotations committed, its spans (and cursor) not;
+* ``fabric-before-publish``: its spans committed, its pointer files and Delta log not yet rewritten.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import signal
 
 POINTS = ("during-read", "after-write", "after-commit", "batch-after-write", "batch-after-commit", "fabric-after-write",
-          "fabric-after-commit")
+          "fabric-after-commit", "fabric-before-publish")
 
 
 def _die() -> None:
@@ -60,8 +61,10 @@ def install(point: str) -> None:
         importer._File.succeeded = _before(importer._File.succeeded)
     elif point == "fabric-after-write":
         ProjectExporter._commit = _before(ProjectExporter._commit)
-    elif point == "fabric-after-commit":
+    elif point == "fabric-after-commit":  # the first commit of a sync: its annotations, not yet its spans
         ProjectExporter._commit = _after(ProjectExporter._commit)
+    elif point == "fabric-before-publish":  # the spans committed, latest.metadata.json not yet rewritten
+        ProjectExporter.publish = _before(ProjectExporter.publish)
     else:
         raise ValueError(f"unknown fault point {point!r}; one of {POINTS}")
 

@@ -21,7 +21,7 @@ def test_demo_runs_and_prints_what_landed(tmp_path):
     assert "[ID_MISSING]" in out and "row 7" in out  # the bad file is reported with its location
     assert "date=" in out
     # the Data Fabric part: DuckDB reads the export; run 2 shows the late span and the changed old annotation
-    assert "DuckDB iceberg_scan(latest.metadata.json): 90 spans" in out
+    assert "DuckDB, the view support_bot_latest of `obslake fabric ddl`: 90 spans" in out
     assert "91 spans" in out and "'hallucinated', 're-checked by a reviewer'" in out and "late-tool-call" in out
     assert "deltalake reads the same files as Delta: version 1, 91 rows" in out
     # the lake upkeep DAG runs: the model table keeps only its current snapshot and every row

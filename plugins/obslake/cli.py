@@ -156,7 +156,25 @@ def cmd_fabric_ddl(args) -> int:
 
     conn = _connector(args)
     engines = [args.engine] if args.engine else ["bigquery", "databricks", "snowflake", "athena", "duckdb"]
+    given = []
+    for item in args.annotation or ():
+        name, _, kind = item.rpartition(":")
+        if not name or kind not in ("eval", "annotation"):
+            raise ObslakeError(f"--annotation {item!r}: expected NAME:eval or NAME:annotation")
+        given.append((name, kind))
     for project in conn.projects:
+        pairs = list(given)
+        if not args.no_lake:
+            try:
+                from obslake.fabric.export import ProjectExporter
+                from obslake.lake.catalog import load_catalog
+                from obslake.storage.credentials import StorageCredentials
+
+                catalog = load_catalog(storage=StorageCredentials.from_env(conn.storage))
+                pairs += ProjectExporter(conn, project, catalog).annotation_names()
+            except Exception as exc:  # noqa: BLE001 - the DDL is useful without the names: say why they are missing
+                print(f"-- could not read {project}'s annotation names from the lake ({printable(exc, 200)}):")
+                print("-- the view lists only those given with --annotation NAME:KIND")
         for engine in engines:
             print(f"-- ===== {engine}: {conn.name} / {project} =====")
             print(
@@ -166,6 +184,7 @@ def cmd_fabric_ddl(args) -> int:
                     namespace=conn.namespace,
                     project=project,
                     delta="delta" in conn.formats,
+                    annotations=pairs,
                 )
             )
             print()
@@ -207,8 +226,8 @@ def cmd_fabric_sync(args) -> int:
     for project in [args.project] if args.project else conn.projects:
         r = ProjectExporter(conn, project, catalog).sync(source)
         print(
-            f"{project}: {r.mode}: {r.rows} row(s) in {r.partitions} partition(s) -> {r.location} "
-            f"(watermark {r.watermark}, {r.seconds:.2f}s)"
+            f"{project}: {r.mode}: {r.rows} span row(s) in {r.partitions} partition(s) -> {r.location}, "
+            f"{r.annotation_rows} annotation row(s) (watermark {r.watermark}, {r.seconds:.2f}s)"
         )
     return 0
 
@@ -270,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     d = fab.add_parser("ddl", help="CREATE statements for BigQuery, Databricks, Snowflake, Athena, DuckDB")
     d.add_argument("connector")
     d.add_argument("--engine", choices=["bigquery", "databricks", "snowflake", "athena", "duckdb"])
+    d.add_argument(
+        "--annotation",
+        action="append",
+        metavar="NAME:KIND",
+        help="a column group of the latest view (KIND eval or annotation), besides those read from the lake",
+    )
+    d.add_argument("--no-lake", action="store_true", help="do not read annotation names from the exported tables")
     mt = sub.add_parser("maintenance", help="lake upkeep of one table: expire, compact, remove orphans")
     mt.add_argument("table", help="namespace.name")
     mt.add_argument("--dry-run", action="store_true", help="print what it would do, change nothing")

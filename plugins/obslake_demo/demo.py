@@ -330,7 +330,6 @@ def _fabric_report(title: str, endpoint: str, store) -> None:
     import duckdb
 
     from obslake.config import load_connector
-    from obslake.fabric.ddl import duckdb_connect_with_iceberg
 
     conn = load_connector(Path(os.environ["OBSLAKE_INCLUDE_DIR"]) / "connectors" / "demo_traces.yaml")
     location = conn.project_location("support-bot")
@@ -343,25 +342,39 @@ def _fabric_report(title: str, endpoint: str, store) -> None:
         f"{'a' if any('_delta_log/' in k for k in keys) else 'no'} _delta_log/, and "
         f"{', '.join(k.rsplit('/', 1)[1] for k in keys if k.endswith(('latest.metadata.json', 'version-hint.text')))}"
     )
-    con = duckdb_connect_with_iceberg()
+    from obslake.fabric.ddl import ddl
+
     host = endpoint.split("://", 1)[1]
-    con.execute(
-        f"CREATE SECRET demo (TYPE S3, KEY_ID 'demo-access-key', SECRET 'demo-secret-key', REGION 'us-east-1', "
-        f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false)"
+    # what `obslake fabric ddl demo_traces --engine duckdb` prints, with the demo's credentials filled in
+    text = (
+        ddl(
+            "duckdb",
+            table_uri=conn.storage,
+            namespace=conn.namespace,
+            project="support-bot",
+            annotations=[("hallucination", "eval")],
+        )
+        .replace("<key_id>", "demo-access-key")
+        .replace("<secret>", "demo-secret-key")
+        .replace("<region>", "us-east-1")
+        .replace("ENDPOINT '<endpoint>',", f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false,")
+        .replace("<endpoint>", host)
     )
-    uri = f"{location}/metadata/latest.metadata.json"
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    con.execute(text)
     total, evals, tokens = con.execute(
-        f'SELECT count(*), count("eval.hallucination.label"), sum("attributes.llm.token_count.total") '
-        f"FROM iceberg_scan('{uri}')"
-    ).fetchone()
+        'SELECT count(*), count("eval.hallucination.label"), sum("attributes.llm.token_count.total") '
+        "FROM support_bot_latest"
+    ).fetchall()[0]
+    versions = con.execute("SELECT count(*) FROM support_bot_annotations").fetchall()[0][0]
     print(
-        f"  DuckDB iceberg_scan(latest.metadata.json): {total} spans, {evals} with eval.hallucination, "
-        f"{tokens} LLM tokens"
+        f"  DuckDB, the view support_bot_latest of `obslake fabric ddl`: {total} spans, {evals} with "
+        f"eval.hallucination, {tokens} LLM tokens; the annotations change log holds {versions} version(s)"
     )
     rows = con.execute(
-        f'SELECT span_id, name, date, hour, "eval.hallucination.label" AS hallucination, '
-        f"\"eval.hallucination.explanation\" AS why FROM iceberg_scan('{uri}') "
-        f"WHERE trace_id = 'trace-000' ORDER BY span_id"
+        'SELECT span_id, name, date, hour, "eval.hallucination.label" AS hallucination, '
+        '"eval.hallucination.explanation" AS why FROM support_bot_latest '
+        "WHERE trace_id = 'trace-000' ORDER BY span_id"
     ).fetchall()
     for r in rows:
         print("   ", r)
@@ -377,9 +390,10 @@ def _fabric_report(title: str, endpoint: str, store) -> None:
                 "AWS_SECRET_ACCESS_KEY": "demo-secret-key",
             }
             dtab = DeltaTable(location, storage_options=opts)
+            notes = DeltaTable(conn.project_location("support-bot__annotations"), storage_options=opts)
             print(
                 f"  deltalake reads the same files as Delta: version {dtab.version()}, "
-                f"{dtab.to_pyarrow_table().num_rows} rows"
+                f"{dtab.to_pyarrow_table().num_rows} rows; annotations: {notes.to_pyarrow_table().num_rows} rows"
             )
         except Exception as exc:  # noqa: BLE001 - reported, not hidden
             print(f"  deltalake could not read the Delta log: {exc}")

@@ -61,3 +61,23 @@ def duckdb_connection(s3_endpoint: str | None = None):
         con.execute(f"""CREATE SECRET moto (TYPE S3, KEY_ID 'testing', SECRET 'testing', REGION 'us-east-1',
                         ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false)""")
     return con
+
+
+def duckdb_ddl(connector, project: str, annotations: list[tuple[str, str]], s3_endpoint: str | None = None):
+    """A DuckDB connection that ran ``obslake fabric ddl``'s DuckDB output for ``project`` (placeholders
+    filled for moto on loopback: plain http, path-style URLs): views ``<t>``, ``<t>_annotations``, ``<t>_latest``."""
+    import duckdb
+
+    from obslake.fabric.ddl import ddl, placeholders
+
+    text = ddl("duckdb", table_uri=connector.storage, namespace=connector.namespace, project=project,
+               annotations=annotations)
+    if s3_endpoint:
+        host = s3_endpoint.split("://", 1)[1]
+        text = (text.replace("<key_id>", "testing").replace("<secret>", "testing").replace("<region>", "us-east-1")
+                .replace("ENDPOINT '<endpoint>',", f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false,")
+                .replace("<endpoint>", host))
+    assert placeholders(text) == set(), placeholders(text)
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    con.execute(text)
+    return con

@@ -354,3 +354,17 @@ def annotate_document(base_url: str, span_id: str, position: int, name: str, lab
     status, resp = _http("POST", f"{base_url}/v1/document_annotations?sync=true", body)
     assert status == 200, f"POST /v1/document_annotations: {status} {resp}"
     return resp["data"][0]["id"]
+
+
+def delete_span_annotations(base_url: str, annotation_ids: list[str]) -> None:
+    """Delete span annotations as Phoenix's UI does (GraphQL ``deleteSpanAnnotations``)."""
+    query = ("mutation($ids: [ID!]!) { deleteSpanAnnotations(input: {annotationIds: $ids}) "
+             "{ spanAnnotations { id } } }")
+    status, resp = _http("POST", f"{base_url}/graphql", {"query": query, "variables": {"ids": annotation_ids}})
+    assert status == 200 and not resp.get("errors"), f"deleteSpanAnnotations: {status} {resp}"
+
+
+def delete_trace(base_url: str, trace_id: str) -> None:
+    """Delete a trace with its spans and their annotations (``DELETE /v1/traces/{trace_id}``)."""
+    status, resp = _http("DELETE", f"{base_url}/v1/traces/{trace_id}")
+    assert status in (200, 204), f"DELETE /v1/traces/{trace_id}: {status} {resp}"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fabric_helpers import NOW, annotations_table, duckdb_connection, spans_table
+from fabric_helpers import NOW, annotations_table, duckdb_ddl, spans_table
 from lake_fixtures import to_bytes
 from obslake.config import Connector, ImportJob
 from obslake.fabric.export import PROP_CURSOR, PROP_WATERMARK, ProjectExporter
@@ -40,10 +40,11 @@ def fabric(lake, s3_client, s3_bucket, moto_server, monkeypatch):
     def sync():
         return ProjectExporter(conn, "rag-app", catalog).sync(LakeTraceSource(catalog, "traces"))
 
-    def read(sql_tail=""):
-        con = duckdb_connection(moto_server)
-        uri = f"s3://{s3_bucket}/exports/ml/rag-app/metadata/latest.metadata.json"
-        return con.execute(f"SELECT * FROM iceberg_scan('{uri}') {sql_tail}").fetch_arrow_table()
+    def read(sql_tail="", view="rag_app_latest"):
+        """Through the DuckDB DDL of `obslake fabric ddl` (spans joined to their latest annotations)."""
+        names = ProjectExporter(conn, "rag-app", catalog).annotation_names()
+        con = duckdb_ddl(conn, "rag-app", names, moto_server)
+        return con.execute(f"SELECT * FROM {view} {sql_tail}").fetch_arrow_table()
 
     return put, sync, read, conn, catalog
 
@@ -132,13 +133,13 @@ def test_pause_then_resume_loses_nothing(fabric):
     put("annotations", annotations_table([{"span_id": "p0", "name": "qa", "label": "ok", "score": 1.0}]))
     put("spans", spans_table([{"span_id": "p2", "trace_id": "tp2", "name": "llm", "start": NOW - dt.timedelta(days=40)}]))
     resumed = sync()
-    assert resumed.rows == 3
+    assert (resumed.rows, resumed.annotation_rows) == (2, 1)  # p0 only got an annotation: its span is not rewritten
     data = read("ORDER BY span_id")
     assert data["span_id"].to_pylist() == ["p0", "p1", "p2"] and data["eval.qa.label"].to_pylist()[0] == "ok"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["fabric-after-write", "fabric-after-commit"])
+@pytest.mark.parametrize("fault", ["fabric-after-write", "fabric-after-commit", "fabric-before-publish"])
 def test_kill_9_during_a_sync_then_rerun_gives_exactly_the_source(fabric, lake, moto_server, fault):
     import os
     import signal
@@ -166,6 +167,8 @@ def test_kill_9_during_a_sync_then_rerun_gives_exactly_the_source(fabric, lake, 
     data = read("ORDER BY span_id")
     assert sorted(data["span_id"].to_pylist()) == sorted(s["span_id"] for s in specs)  # nothing lost or doubled
     assert data.filter(pa_equal(data, "span_id", "k3"))["eval.qa.label"].to_pylist() == ["bad"]
+    log = read(view="rag_app_annotations")
+    assert log["span_id"].to_pylist() == ["k3"]  # one version: a retried sync replaced its earlier attempt's rows
 
 
 def pa_equal(table, column, value):
@@ -259,7 +262,10 @@ def test_delta_names_true_for_new_tables_and_kept_for_tables_of_earlier_versions
     fresh = ProjectExporter(new, "rag-app", catalog)
     assert fresh.sync(LakeTraceSource(catalog, "traces")).rows == 1
     t = delta_columns(new, fresh)
-    assert {"eval.qa.label", "attributes.llm.model_name"} <= set(t.column_names) and t["eval.qa.label"].to_pylist() == ["ok"]
+    assert "attributes.llm.model_name" in t.column_names and t["span_id"].to_pylist() == ["a"]
+    notes = DeltaTable(new.project_location("rag-app__annotations"),
+                       storage_options=delta_storage_options(fresh.annotations_table())).to_pyarrow_table()
+    assert notes["label"].to_pylist() == ["ok"] and notes["kind"].to_pylist() == ["eval"]
 
     old = conn.model_copy(update={"name": "older", "namespace": "older", "formats": ("iceberg", "delta")})
     earlier = ProjectExporter(old, "rag-app", catalog)
@@ -270,7 +276,158 @@ def test_delta_names_true_for_new_tables_and_kept_for_tables_of_earlier_versions
     put("spans", spans_table([{"span_id": "b", "trace_id": "u", "name": "llm", "start": NOW - dt.timedelta(hours=1)}]))
     assert earlier.sync(LakeTraceSource(catalog, "traces")).rows == 1  # after the upgrade: same naming
     t = delta_columns(old, earlier)
-    assert "eval_x2Eqa_x2Elabel" in t.column_names and "eval.qa.label" not in t.column_names
+    assert "attributes_x2Ellm_x2Emodel_name" in t.column_names and "attributes.llm.model_name" not in t.column_names
     assert sorted(t["span_id"].to_pylist()) == ["a", "b"] and t["attributes_x2Ellm_x2Emodel_name"].null_count == 0
     iceberg = earlier.table().scan().to_arrow()
-    assert sorted(iceberg["span_id"].to_pylist()) == ["a", "b"] and iceberg["eval.qa.label"].to_pylist().count("ok") == 1
+    assert sorted(iceberg["span_id"].to_pylist()) == ["a", "b"]
+    assert earlier.annotations_table().scan().to_arrow()["label"].to_pylist() == ["ok"]
+
+
+def span_files(table) -> set[str]:
+    return {t.file.file_path for t in table.refresh().scan().plan_files()}
+
+
+def test_an_annotation_changed_on_a_90_day_old_span_appends_one_row_and_rewrites_no_span_file(fabric):
+    """The layout's point: a changed evaluation on an old span costs one change-log row, not a rewrite of
+    the span's partition; the latest view shows the new version, the log keeps both."""
+    put, sync, read, conn, catalog = fabric
+    old = NOW - dt.timedelta(days=90)
+    put("spans", spans_table([{"span_id": f"o{i}", "trace_id": f"to{i}", "name": "llm",
+                               "start": old + dt.timedelta(minutes=i)} for i in range(20)]))
+    put("annotations", annotations_table([{"span_id": "o7", "name": "hallucination", "label": "factual",
+                                           "score": 0.0, "updated_at": NOW - dt.timedelta(days=89)}]))
+    assert sync().rows == 20
+    exporter = ProjectExporter(conn, "rag-app", catalog)
+    spans_before, log_before = span_files(exporter.table()), span_files(exporter.annotations_table())
+    put("annotations", annotations_table([{"span_id": "o7", "name": "hallucination", "label": "hallucinated",
+                                           "score": 1.0, "updated_at": NOW}]))
+    result = sync()
+    assert (result.mode, result.rows, result.annotation_rows) == ("incremental", 0, 1)
+    assert span_files(exporter.table()) == spans_before  # no span file written or removed
+    log_after = span_files(exporter.annotations_table())
+    assert log_before < log_after and len(log_after - log_before) == 1  # one appended file, nothing rewritten
+    data = read("ORDER BY span_id")
+    assert data.num_rows == 20
+    row = data.filter(pa_equal(data, "span_id", "o7"))
+    assert row["eval.hallucination.label"].to_pylist() == ["hallucinated"]
+    assert row["eval.hallucination.score"].to_pylist() == [1.0]
+    assert read("", view="rag_app_annotations").num_rows == 2  # both versions in the change log
+
+
+def test_upkeep_compacts_the_annotation_log_to_the_latest_version_per_key(fabric):
+    from obslake.lake.maintenance import Policy, maintain
+
+    put, sync, read, conn, catalog = fabric
+    put("spans", spans_table([{"span_id": "c0", "trace_id": "tc", "name": "llm", "start": NOW - dt.timedelta(days=3)},
+                              {"span_id": "c1", "trace_id": "tc", "name": "llm", "start": NOW - dt.timedelta(days=3)}]))
+    sync()
+    for i in range(4):  # four versions of one evaluation, and one human annotation per identifier
+        put("annotations", annotations_table([
+            {"span_id": "c0", "name": "qa", "label": f"v{i}", "score": float(i), "updated_at": NOW + dt.timedelta(seconds=i)},
+            {"span_id": "c1", "name": "thumbs", "label": "up" if i % 2 else "down", "annotator_kind": "HUMAN",
+             "identifier": f"user{i % 2}", "updated_at": NOW + dt.timedelta(seconds=i)}]))
+        sync()
+    before = read("ORDER BY span_id")
+    exporter = ProjectExporter(conn, "rag-app", catalog)
+    # 4 versions of c0's eval, 4 of c1's thumbs, and the unchanged other thumbs re-sent with its span 3 times
+    assert read("", view="rag_app_annotations").num_rows == 11
+    report = maintain(catalog, exporter.annotations_identifier, Policy(retention=dt.timedelta(0)),
+                      now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5), after_commit=exporter.publish_annotations)
+    assert report.files_compacted == 4 and report.files_written == 1
+    log = read("ORDER BY span_id, identifier", view="rag_app_annotations")
+    assert list(zip(log["span_id"].to_pylist(), log["identifier"].to_pylist(), log["label"].to_pylist())) == [
+        ("c0", "", "v3"), ("c1", "user0", "down"), ("c1", "user1", "up")]
+    assert read("ORDER BY span_id").equals(before)  # the view reads the same
+    assert before["eval.qa.label"].to_pylist() == ["v3", None]
+    assert before["annotation.thumbs.label"].to_pylist() == [None, "up"]  # user1's is the most recent
+    again = maintain(catalog, exporter.annotations_identifier, Policy(retention=dt.timedelta(0)),
+                     now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5), after_commit=exporter.publish_annotations)
+    assert again.files_compacted == 0  # idempotent
+
+
+def test_a_table_of_the_first_layout_is_re_exported_on_its_next_sync(fabric):
+    """A connector exported by the first layout (eval.* columns and an `annotations` JSON column in the spans
+    table) keeps syncing: the next sync re-exports it into the new layout in one OVERWRITE commit, and the
+    old files are still referenced by the earlier snapshot (nothing deleted before the upkeep's retention)."""
+    import pyarrow as pa
+
+    from obslake.fabric.export import PROP_LAYOUT
+
+    put, sync, read, conn, catalog = fabric
+    put("spans", spans_table([{"span_id": f"m{i}", "trace_id": "tm", "name": "llm",
+                               "start": NOW - dt.timedelta(days=5, minutes=i)} for i in range(3)]))
+    put("annotations", annotations_table([{"span_id": "m1", "name": "qa", "label": "ok", "score": 1.0}]))
+    sync()
+    exporter = ProjectExporter(conn, "rag-app", catalog)
+    table = exporter.table()
+    # what the first layout left: its columns, one of its files, and no layout property
+    with table.update_schema() as upd:
+        upd.add_column(("eval.qa.label",), pa_type("string"))
+        upd.add_column(("annotations",), pa_type("string"))
+    table = table.refresh()
+    rows = table.scan().to_arrow()
+    rows = rows.set_column(rows.schema.get_field_index("eval.qa.label"), "eval.qa.label",
+                           pa.array(["stale"] * rows.num_rows, pa.string()))
+    table.overwrite(rows.cast(table.schema().as_arrow()))
+    with table.transaction() as tx:
+        tx.remove_properties(PROP_LAYOUT)
+    old_files = span_files(table)
+    result = sync()
+    assert (result.mode, result.rows) == ("full", 3)
+    table = exporter.table()
+    assert table.properties[PROP_LAYOUT] == "2"
+    assert not {"eval.qa.label", "annotations"} & set(table.schema().column_names)
+    assert not old_files & span_files(table)
+    previous = table.metadata.snapshot_by_id(table.current_snapshot().parent_snapshot_id)
+    assert {t.file.file_path for t in table.scan(snapshot_id=previous.snapshot_id).plan_files()} == old_files
+    data = read("ORDER BY span_id")
+    assert data["span_id"].to_pylist() == ["m0", "m1", "m2"]
+    assert data["eval.qa.label"].to_pylist() == [None, "ok", None]  # from the annotations table, not "stale"
+    again = sync()
+    assert (again.mode, again.rows) == ("unchanged", 0)  # and then incremental as usual
+
+
+def pa_type(name):
+    from pyiceberg.types import StringType
+
+    return {"string": StringType()}[name]
+
+
+def test_latest_view_reads_the_same_through_delta_as_through_iceberg(fabric):
+    """Every table of the layout is also a Delta table over the same files (true column names): the latest
+    view over what deltalake reads gives the same rows as over what DuckDB's iceberg_scan reads."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    from obslake.fabric.ddl import latest_view
+    from obslake.fabric.export import delta_storage_options
+
+    put, _sync, read, conn, catalog = fabric
+    both = conn.model_copy(update={"formats": ("iceberg", "delta")})
+    exporter = ProjectExporter(both, "rag-app", catalog)
+    put("spans", spans_table([{"span_id": f"d{i}", "trace_id": f"td{i // 2}", "name": "llm",
+                               "start": NOW - dt.timedelta(days=i * 7, hours=i)} for i in range(8)]))
+    put("annotations", annotations_table(
+        [{"span_id": f"d{i}", "name": "qa.check", "label": f"l{i}", "score": i / 8} for i in range(0, 8, 2)]
+        + [{"span_id": "d3", "name": "thumbs", "label": "up", "annotator_kind": "HUMAN", "identifier": "u"}]))
+    source = LakeTraceSource(catalog, "traces")
+    exporter.sync(source)
+    put("annotations", annotations_table([{"span_id": "d2", "name": "qa.check", "label": "changed", "score": 0.9,
+                                           "updated_at": NOW + dt.timedelta(seconds=3)}]))
+    exporter.sync(source)
+    spans = DeltaTable(exporter.location, storage_options=delta_storage_options(exporter.table())).to_pyarrow_table()
+    notes = DeltaTable(exporter.annotations_location,
+                       storage_options=delta_storage_options(exporter.annotations_table())).to_pyarrow_table()
+    con = duckdb.connect()
+    con.register("spans_delta", spans)
+    con.register("notes_delta", notes)
+    names = exporter.annotation_names()
+    assert names == [("qa.check", "eval"), ("thumbs", "annotation")]
+    through_delta = con.execute(f"SELECT * FROM ({latest_view('duckdb', 'spans_delta', 'notes_delta', names)}) "
+                                "ORDER BY span_id").fetch_arrow_table()
+    through_iceberg = read("ORDER BY span_id")
+    assert through_delta.num_rows == through_iceberg.num_rows == 8
+    for col in ("span_id", "eval.qa_check.label", "eval.qa_check.score", "annotation.thumbs.label",
+                "attributes.llm.model_name"):
+        assert through_delta[col].to_pylist() == through_iceberg[col].to_pylist(), col
+    assert through_iceberg["eval.qa_check.label"].to_pylist()[2] == "changed"

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from fabric_helpers import NOW, annotations_table, duckdb_connection, spans_table
+from fabric_helpers import NOW, annotations_table, duckdb_connection, duckdb_ddl, spans_table
 from lake_fixtures import own_bucket_for_airflow, to_bytes
-from obslake.config import ImportJob, load_connectors
+from obslake.config import ImportJob, load_connector, load_connectors
 from obslake.lake.importer import import_file
 from obslake.storage import open_store
 
@@ -93,9 +93,10 @@ def test_fabric_dag_run_exports_to_s3_and_a_second_connector_keeps_its_own_names
         run = bag.dags[f"obslake_fabric__{name}"].test()
         assert str(run.state) == "success", name
     con = duckdb_connection(moto_server)
-    for ns in ("ml", "search"):
-        uri = f"s3://{s3_bucket}/exports/{ns}/rag-app/metadata/latest.metadata.json"
-        rows = con.execute(f"SELECT span_id, \"eval.qa_correct.label\" FROM iceberg_scan('{uri}') ORDER BY span_id").fetchall()
+    for name, ns in (("first", "ml"), ("second", "search")):
+        conn = load_connector(d / f"{name}.yaml")
+        view = duckdb_ddl(conn, "rag-app", [("qa_correct", "eval")], moto_server)
+        rows = view.execute('SELECT span_id, "eval.qa_correct.label" FROM rag_app_latest ORDER BY span_id').fetchall()
         assert rows == [(f"s{i}", "correct" if i == 1 else None) for i in range(6)], ns
     probes = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="exports/ml/_obslake_probe/")
     assert probes.get("KeyCount", 0) == 0  # the probe cleans up after itself

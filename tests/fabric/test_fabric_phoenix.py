@@ -9,13 +9,20 @@ import datetime as dt
 import pyarrow.compute as pc
 import pytest
 
-from fabric_helpers import duckdb_connection
+from fabric_helpers import duckdb_ddl
 from obslake.config import Connector
 from obslake.fabric.export import ProjectExporter
 from obslake.lake.catalog import load_catalog
 from obslake.storage.credentials import StorageCredentials
 from obslake.fabric.phoenix import PhoenixSource
-from phoenix_server import annotate, new_trace_id, phoenix_server, send_spans  # noqa: F401 (fixture)
+from phoenix_server import (  # noqa: F401 (fixture)
+    annotate,
+    delete_span_annotations,
+    delete_trace,
+    new_trace_id,
+    phoenix_server,
+    send_spans,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.phoenix]
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -56,11 +63,12 @@ def test_phoenix_to_s3_and_gcs(phoenix_server, lake, s3_client, s3_bucket, moto_
     s3_cat = load_catalog(lake.settings, StorageCredentials.from_env(s3_conn.storage))
     s3_exp = ProjectExporter(s3_conn, project, s3_cat)
     first = s3_exp.sync(source)
-    assert first.rows == 6 and first.mode == "full"
-    con = duckdb_connection(moto_server)
-    uri = f"{s3_conn.project_location(project)}/metadata/latest.metadata.json"
-    got = con.execute(f"""SELECT span_id, "eval.correctness.label", "eval.correctness.explanation",
-                          "attributes.llm.token_count.prompt" FROM iceberg_scan('{uri}') ORDER BY span_id""").fetchall()
+    assert first.rows == 6 and first.mode == "full" and first.annotation_rows == 3
+    pairs = s3_exp.annotation_names()
+    assert pairs == [("correctness", "eval")]
+    con = duckdb_ddl(s3_conn, project, pairs, moto_server)  # `obslake fabric ddl`'s DuckDB output, executed
+    got = con.execute("""SELECT span_id, "eval.correctness.label", "eval.correctness.explanation",
+                         "attributes.llm.token_count.prompt" FROM support_latest ORDER BY span_id""").fetchall()
     expected = sorted([(root, None, None, None) for _, root, _ in traces.values()]
                       + [(llm, "correct", f"trace {t} ok", 10 + t) for t, (_, _, llm) in traces.items()])
     assert got == expected
@@ -69,32 +77,37 @@ def test_phoenix_to_s3_and_gcs(phoenix_server, lake, s3_client, s3_bucket, moto_
 
     from obslake.fabric.export import delta_storage_options
 
-    dtab = DeltaTable(s3_conn.project_location(project),
-                      storage_options=delta_storage_options(s3_exp.table()))
-    delta = dtab.to_pyarrow_table()
-    assert delta.num_rows == 6
-    # Delta shows the true column names (the Parquet files carry them; Iceberg resolves by field id)
-    iceberg = s3_exp.table().scan().to_arrow()
-    assert sorted(delta.column_names) == sorted(iceberg.column_names)
-    assert {"eval.correctness.label", "attributes.llm.token_count.prompt"} <= set(delta.column_names)
-    by_span = [("span_id", "ascending")]
-    assert delta.select(iceberg.column_names).cast(iceberg.schema).sort_by(by_span).to_pylist() == \
-        iceberg.sort_by(by_span).to_pylist()
-    label_col = "eval.correctness.label"
-    assert sorted(x for x in delta[label_col].to_pylist() if x) == ["correct"] * 3
+    def delta(location, table):
+        return DeltaTable(location, storage_options=delta_storage_options(table)).to_pyarrow_table()
 
-    # a reviewer changes the verdict on the 90-day-old answer; the next sync rewrites only that partition
+    spans = delta(s3_exp.location, s3_exp.table())
+    assert spans.num_rows == 6
+    # Delta shows the true column names (the Parquet files carry them; Iceberg resolves by field id)
+    by_span = [("span_id", "ascending")]
+    for location, table in ((s3_exp.location, s3_exp.table()), (s3_exp.annotations_location, s3_exp.annotations_table())):
+        through_delta, iceberg = delta(location, table), table.scan().to_arrow()
+        assert sorted(through_delta.column_names) == sorted(iceberg.column_names)
+        assert through_delta.select(iceberg.column_names).cast(iceberg.schema).sort_by(by_span).to_pylist() == \
+            iceberg.sort_by(by_span).to_pylist()
+    assert "attributes.llm.token_count.prompt" in spans.column_names
+    notes = delta(s3_exp.annotations_location, s3_exp.annotations_table())
+    assert sorted(notes["label"].to_pylist()) == ["correct"] * 3
+
+    # a reviewer changes the verdict on the 90-day-old answer: the next sync appends one version of it and
+    # writes no span
     _, _, old_llm = traces[0]
+    spans_before = {t.file.file_path for t in s3_exp.table().scan().plan_files()}
     annotate(srv.base_url, old_llm, "correctness", "incorrect", 0.0, "re-checked", "LLM")
     second = s3_exp.sync(source)
-    assert second.mode == "incremental" and second.rows == 1  # only the span whose annotation changed
-    row = con.execute(f"""SELECT "eval.correctness.label", "eval.correctness.explanation" FROM iceberg_scan('{uri}')
+    assert (second.mode, second.rows, second.annotation_rows) == ("incremental", 0, 1)
+    assert {t.file.file_path for t in s3_exp.table().refresh().scan().plan_files()} == spans_before
+    row = con.execute(f"""SELECT "eval.correctness.label", "eval.correctness.explanation" FROM support_latest
                           WHERE span_id = '{old_llm}'""").fetchall()
     assert row == [("incorrect", "re-checked")]
-    assert con.execute(f"SELECT count(*) FROM iceberg_scan('{uri}')").fetchone()[0] == 6
-    delta = DeltaTable(s3_conn.project_location(project), storage_options=delta_storage_options(s3_exp.table()))
-    t = delta.to_pyarrow_table()
-    assert t.num_rows == 6 and t.filter(pc.equal(t["span_id"], old_llm))[label_col].to_pylist() == ["incorrect"]
+    assert con.execute("SELECT count(*) FROM support_latest").fetchone()[0] == 6
+    notes = delta(s3_exp.annotations_location, s3_exp.annotations_table().refresh())
+    assert notes.num_rows == 4 and sorted(notes.filter(pc.equal(notes["span_id"], old_llm))["label"].to_pylist()) \
+        == ["correct", "incorrect"]  # the change log keeps both versions; the view shows the latest
 
     # GCS (emulator): same source, another bucket; read back through the catalog
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_client._connection.API_BASE_URL)
@@ -104,7 +117,58 @@ def test_phoenix_to_s3_and_gcs(phoenix_server, lake, s3_client, s3_bucket, moto_
     assert gs_exp.sync(source).rows == 6
     data = gs_exp.table().scan().to_arrow()
     assert sorted(data["span_id"].to_pylist()) == sorted(x for _, r, l in traces.values() for x in (r, l))
-    assert data.filter(pc.equal(data["span_id"], old_llm))["eval.correctness.label"].to_pylist() == ["incorrect"]
+    notes = gs_exp.annotations_table().scan().to_arrow()
+    assert notes.filter(pc.equal(notes["span_id"], old_llm))["label"].to_pylist() == ["incorrect"]
     names = {b.name for b in gcs_client.list_blobs(gcs_bucket, prefix="exports/ml/support/")}
     assert "exports/ml/support/metadata/latest.metadata.json" in names
+    beside = {b.name for b in gcs_client.list_blobs(gcs_bucket, prefix="exports/ml/support__annotations/")}
+    assert "exports/ml/support__annotations/metadata/latest.metadata.json" in beside
     assert any("/data/date=" in n and "/hour=" in n for n in names)
+
+
+def test_deletes_in_phoenix_disappear_after_the_next_sync(phoenix_server, lake, tmp_path):  # noqa: F811
+    """An evaluation deleted on a 90-day-old span, a human annotation deleted, and a whole trace deleted
+    in Phoenix: after the next sync the latest view (DuckDB, through the DDL) and the spans table no
+    longer have them; the change log keeps each deleted version followed by its delete marker."""
+    srv = phoenix_server
+    project = "deletes"
+    traces = _seed(srv, project)
+    (_, _, old_llm), (_, _, mid_llm), (gone_trace, gone_root, gone_llm) = (traces[0], traces[1], traces[2])
+    thumbs = annotate(srv.base_url, mid_llm, "thumbs", "up", 1.0, None, "HUMAN", "reviewer-1")
+    annotate(srv.base_url, mid_llm, "thumbs", "down", 0.0, None, "HUMAN", "reviewer-2")
+    source = PhoenixSource(srv.db_uri)
+    conn = _connector(f"file://{tmp_path}/exports", name="phx_del").model_copy(update={"projects": [project]})
+    catalog = load_catalog(lake.settings, StorageCredentials.from_env(conn.storage))
+    exporter = ProjectExporter(conn, project, catalog)
+    assert exporter.sync(source).rows == 6
+
+    def latest():
+        con = duckdb_ddl(conn, project, exporter.annotation_names())
+        return con.execute('SELECT span_id, "eval.correctness.label", "annotation.thumbs.label", '
+                           '"annotation.thumbs.identifier" FROM deletes_latest ORDER BY span_id').fetchall()
+
+    before = {r[0]: r[1:] for r in latest()}
+    assert before[old_llm][0] == "correct" and before[mid_llm][1:] == ("down", "reviewer-2")
+    # the eval on the 90-day-old span (upserting it again returns its id), one human annotation, a trace
+    old_eval = annotate(srv.base_url, old_llm, "correctness", "correct", 1.0, "trace 0 ok", "LLM")
+    delete_span_annotations(srv.base_url, [old_eval])
+    delete_span_annotations(srv.base_url, [annotate(srv.base_url, mid_llm, "thumbs", "down", 0.0, None, "HUMAN",
+                                                    "reviewer-2")])
+    delete_trace(srv.base_url, gone_trace)
+
+    result = exporter.sync(source)
+    assert result.mode == "incremental"
+    after = {r[0]: r[1:] for r in latest()}
+    assert set(after) == set(before) - {gone_root, gone_llm}  # the deleted trace's spans are gone
+    assert after[old_llm][0] is None  # the deleted eval no longer shows
+    assert after[mid_llm][1:] == ("up", "reviewer-1")  # reviewer-2's is deleted: reviewer-1's is the latest left
+    assert thumbs  # (reviewer-1's annotation was never touched)
+    spans = exporter.table().scan().to_arrow()
+    assert sorted(spans["span_id"].to_pylist()) == sorted(after)
+    log = exporter.annotations_table().scan().to_arrow()
+    markers = log.filter(pc.equal(log["deleted"], True))
+    assert sorted(zip(markers["span_id"].to_pylist(), markers["name"].to_pylist())) == sorted(
+        [(old_llm, "correctness"), (mid_llm, "thumbs"), (gone_llm, "correctness")])
+    # a sync with nothing deleted or changed does not list the keys again and writes nothing
+    quiet = exporter.sync(source)
+    assert (quiet.rows, quiet.annotation_rows) == (0, 0)

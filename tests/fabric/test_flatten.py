@@ -154,7 +154,7 @@ def test_examples_from_the_docstring():
 
 
 def test_a_batch_with_unreadable_attributes_still_exports(caplog):
-    from obslake.fabric.export import rows_for
+    from obslake.fabric.export import span_rows
     from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, ChangeBatch
 
     now = dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
@@ -163,7 +163,7 @@ def test_a_batch_with_unreadable_attributes_still_exports(caplog):
         {"span_id": s, "trace_id": "t", "name": "llm", "start_time": now, "end_time": now, "attributes": text,
          "changed_at": now} for s, text in zip("ab", texts, strict=True)], SPAN_SCHEMA)
     with caplog.at_level("WARNING"):
-        out = rows_for(ChangeBatch(spans, ANNOTATION_SCHEMA.empty_table()), now + dt.timedelta(minutes=1))
+        out = span_rows(ChangeBatch(spans, ANNOTATION_SCHEMA.empty_table()), now + dt.timedelta(minutes=1))
     assert out["attributes.llm.model_name"].to_pylist() == [None, "m"]
     assert out["attributes"].to_pylist() == texts  # the text is kept
     assert "1 of 2 span(s) have attributes that are not a JSON object" in caplog.text

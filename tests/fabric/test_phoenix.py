@@ -164,7 +164,8 @@ def test_change_capture(backend: str, request: pytest.FixtureRequest):
          "completion_tokens": 3, "status": "ERROR", "status_message": "rate limited",
          "start": T0 + dt.timedelta(seconds=2), "end": late_end}])[0]
     c2 = src.changes(project, c1.cursor, overlap=OVERLAP, batch_spans=50_000)
-    spans, anns, _ = collect(c2)
+    spans, anns, batches = collect(c2)
+    assert [b.spans_changed for b in batches] == [True]  # the trace's rows changed
     rows = by_id(spans)
     assert set(rows) == {root, retrieve, llm, late["span_id"]}
     assert (rows[root]["cumulative_error_count"], rows[root]["cumulative_llm_token_count_prompt"],
@@ -179,7 +180,9 @@ def test_change_capture(backend: str, request: pytest.FixtureRequest):
     next_second()
     annotate(srv.base_url, llm, "correctness", "incorrect", 0.0, "contradicts the docs", "LLM")
     c3 = src.changes(project, c2.cursor, overlap=OVERLAP)
-    spans, anns, _ = collect(c3)
+    spans, anns, batches = collect(c3)
+    assert [b.spans_changed for b in batches] == [False]  # only its annotation changed: the span is not rewritten
+    assert c3.live_annotation_keys is None and c3.live_trace_ids is None  # nothing deleted: no key listing
     assert spans["span_id"].to_pylist() == [llm]
     assert ann_set(anns) == {(llm, "correctness", "incorrect", 0.0, "contradicts the docs", "LLM", "")}
     assert c3.high_watermark == spans["changed_at"][0].as_py() == anns["updated_at"][0].as_py() > c2.high_watermark

@@ -35,6 +35,7 @@ columns are listed (:func:`quote_identifier`).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import re
@@ -197,7 +198,14 @@ def duckdb_connect_with_iceberg(database: str = ":memory:", **config):
 # The generator
 # --------------------------------------------------------------------------------------------------
 def ddl(
-    engine: str, *, table_uri: str, namespace: str, project: str, delta: bool = False, columns: list[str] | None = None
+    engine: str,
+    *,
+    table_uri: str,
+    namespace: str,
+    project: str,
+    delta: bool = False,
+    columns: list[str] | None = None,
+    annotations: list[tuple[str, str]] | None = None,
 ) -> str:
     """SQL that makes the exported table of ``project`` queryable in ``engine``.
 
@@ -209,6 +217,9 @@ def ddl(
         delta: the export also writes ``_delta_log/``; only Databricks uses it (``USING DELTA``).
         columns: when given, a view (DuckDB: the view itself) selects exactly these columns, each
             quoted for the engine.
+        annotations: when given (``[]`` too), also the project's annotations table and the view
+            ``<table>_latest``: every span with the latest version of each annotation, one column per
+            ``(name, kind)`` listed here (``kind`` ``eval`` or ``annotation``; see :func:`latest_view`).
 
     Returns:
         The statements, starting with a comment naming what must exist first; placeholders are
@@ -230,6 +241,8 @@ def ddl(
         "duckdb": _duckdb,
     }[engine]
     text = builder(location=location, namespace=namespace, project=project, delta=delta, cols=cols)
+    if annotations is not None:
+        text += "\n" + _annotations_part(engine, location, namespace, project, delta, annotations)
     unknown = placeholders(text) - set(PLACEHOLDERS[engine])
     assert not unknown, f"undocumented placeholders {unknown}"  # a bug here, never user input
     return text
@@ -533,6 +546,173 @@ def _duckdb(*, location, namespace, project, delta, cols) -> str:
         f"CREATE OR REPLACE VIEW {name} AS",
         (_select("duckdb", cols, source) if cols else f"SELECT * FROM {source}") + ";",
     ]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# The annotations table and the latest view
+# --------------------------------------------------------------------------------------------------
+ANNOTATIONS_SUFFIX = "__annotations"  # the annotations table's folder: <namespace>/<project>__annotations
+EVAL_FIELDS = ("label", "score", "explanation")
+HUMAN_FIELDS = (*EVAL_FIELDS, "annotator_kind", "identifier", "updated_at")
+
+
+def column_segment(name: str) -> str:
+    """An annotation name as the middle segment of ``eval.<name>.label`` (dots, control characters: '_')."""
+    return re.sub(r"[.\x00-\x1f\x7f]", "_", name).strip() or "_"
+
+
+def _literal(engine: str, value: str) -> str:
+    """``value`` as a SQL string literal of ``engine`` (BigQuery, Databricks and Snowflake read backslash
+    escapes in string literals; DuckDB and Athena follow the SQL standard: only ``''``)."""
+    if engine in ("bigquery", "databricks", "snowflake"):
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+        return f"'{escaped}'"
+    if "\n" in value or "\r" in value or "\x00" in value:
+        raise ValueError(f"annotation name {value!r} has a line break; it cannot be a view column in {engine}")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def latest_view(engine: str, spans: str, annotations_table: str, pairs: list[tuple[str, str]]) -> str:
+    """``SELECT`` of every span with the latest version of each annotation.
+
+    The annotations table is a change log (one row per version; ``deleted`` marks a removal). For each
+    ``(span_id, name, identifier)`` the latest version counts (by ``updated_at``, then ``_synced_at``),
+    unless it is a delete marker; of those, per ``(span_id, name, kind)`` the most recently updated one
+    fills ``eval.<name>.label|score|explanation`` (kind ``eval``: annotator LLM or CODE) or
+    ``annotation.<name>.label|score|explanation|annotator_kind|identifier|updated_at`` (kind
+    ``annotation``: HUMAN), the columns of Arize's span export. BigQuery, whose column names cannot hold
+    dots, gets ``eval`` and ``annotation`` STRUCT columns instead: ``eval.<name>.label`` reads the same.
+    """
+    q = functools.partial(quote_identifier, engine)
+    # every column of the tables quoted: Snowflake folds unquoted names to upper case, Iceberg's are lower case
+    c = {name: q(name) for name in ("span_id", "name", "identifier", "kind", "updated_at", "_synced_at", "deleted")}
+    seen: set[str] = set()
+    outputs: list[tuple[str, str, str, str]] = []  # (pivot alias, kind, name segment, field)
+    pivot: list[str] = []
+    for name, kind in sorted(set(pairs)):
+        if kind not in ("eval", "annotation"):
+            raise ValueError(f"annotation kind {kind!r} is not eval or annotation")
+        segment = column_segment(name)
+        if engine == "bigquery":
+            segment = re.sub(r"[^0-9A-Za-z_]", "_", segment)
+            segment = f"_{segment}" if segment[:1].isdigit() else segment
+        base, n = segment, 2
+        while f"{kind}.{segment}" in seen:  # two names that read the same as a column
+            segment, n = f"{base}_{n}", n + 1
+        seen.add(f"{kind}.{segment}")
+        for field in EVAL_FIELDS if kind == "eval" else HUMAN_FIELDS:
+            alias = f"c{len(outputs)}"
+            outputs.append((alias, kind, segment, field))
+            pivot.append(
+                f"    MAX(CASE WHEN {c['name']} = {_literal(engine, name)} AND {c['kind']} = '{kind}' "
+                f"THEN {q(field)} END) AS {alias}"
+            )
+    lines = [
+        "WITH versions AS (",
+        "  SELECT *, ROW_NUMBER() OVER (",
+        f"    PARTITION BY {c['span_id']}, {c['name']}, {c['identifier']}",
+        f"    ORDER BY {c['updated_at']} DESC NULLS LAST, {c['_synced_at']} DESC",
+        "  ) AS version_rank",
+        f"  FROM {annotations_table}",
+        "), current_annotations AS (",
+        "  SELECT *, ROW_NUMBER() OVER (",
+        f"    PARTITION BY {c['span_id']}, {c['name']}, {c['kind']}",
+        f"    ORDER BY {c['updated_at']} DESC NULLS LAST, {c['identifier']} DESC",
+        "  ) AS pick",
+        "  FROM versions",
+        f"  WHERE version_rank = 1 AND NOT {c['deleted']}",
+        "), latest AS (",
+        "  SELECT",
+        f"    {c['span_id']}" + ("," if pivot else ""),
+        ",\n".join(pivot),
+        "  FROM current_annotations",
+        "  WHERE pick = 1",
+        f"  GROUP BY {c['span_id']}",
+        ")",
+    ]
+    lines = [line for line in lines if line]
+    if engine == "bigquery":
+        groups = []
+        for group in ("eval", "annotation"):
+            members: dict[str, list[str]] = {}
+            for alias, kind, segment, field in outputs:
+                if kind == group:
+                    members.setdefault(segment, []).append(f"latest.{alias} AS {field}")
+            if members:
+                inner = ",\n".join(f"    STRUCT({', '.join(m)}) AS {q(seg)}" for seg, m in members.items())
+                groups.append(f"  STRUCT(\n{inner}\n  ) AS {group}")
+        select = ["SELECT", "  spans.*" + ("," if groups else ""), ",\n".join(groups)]
+    else:
+        cols = [f"  latest.{alias} AS {q(f'{kind}.{segment}.{field}')}" for alias, kind, segment, field in outputs]
+        select = ["SELECT", "  spans.*" + ("," if cols else ""), ",\n".join(cols)]
+    select = [line for line in select if line]
+    join = f"LEFT JOIN latest ON latest.{c['span_id']} = spans.{c['span_id']}"
+    return "\n".join([*lines, *select, f"FROM {spans} AS spans", join])
+
+
+def _annotations_part(
+    engine: str, location: str, namespace: str, project: str, delta: bool, pairs: list[tuple[str, str]]
+) -> str:
+    """The annotations table's registration and the ``<table>_latest`` view, for :func:`ddl`."""
+    name = sql_table_name(project)
+    ann_location = table_location(location.rsplit("/", 2)[0], namespace, project + ANNOTATIONS_SUFFIX)
+    ann_meta = metadata_uri(ann_location)
+    relative = f"{project}{ANNOTATIONS_SUFFIX}/{LATEST_METADATA}"
+    out = [
+        f"-- The annotations table: {ann_location}",
+        "-- A change log, one row per version of an evaluation or annotation (updated_at, kind",
+        f"-- eval/annotation, a deleted marker). The view {name}_latest joins every span to the latest",
+        "-- version of each annotation. Its columns are the annotation names known when this DDL was",
+        "-- printed: re-run `obslake fabric ddl` after new evaluation names appear.",
+    ]
+    if engine == "bigquery":
+        spans, ann = f"`<bq_project>.<bq_dataset>.{name}`", f"`<bq_project>.<bq_dataset>.{name}_annotations`"
+        view = f"`<bq_project>.<bq_dataset>.{name}_latest`"
+        out += [
+            f"CREATE OR REPLACE EXTERNAL TABLE {ann}",
+            "WITH CONNECTION `<bq_connection>`",
+            "OPTIONS (",
+            "  format = 'ICEBERG',",
+            f"  uris = [{_sql_str(ann_meta)}]",
+            ");",
+        ]
+    elif engine == "databricks":
+        target = f"<uc_catalog>.<uc_schema>.{name}"
+        spans, ann, view = target, f"{target}_annotations", f"{target}_latest"
+        if delta:
+            out += [f"CREATE TABLE IF NOT EXISTS {ann}", "USING DELTA", f"LOCATION {_sql_str(ann_location)};"]
+        else:
+            out += [f"CREATE OR REPLACE TABLE {ann}", f"SHALLOW CLONE iceberg.`{ann_location}`;"]
+    elif engine == "snowflake":
+        target = f"<sf_database>.<sf_schema>.{name}"
+        spans, ann, view = target, f"{target}_annotations", f"{target}_latest"
+        out += [
+            f"CREATE OR REPLACE ICEBERG TABLE {ann}",
+            "  EXTERNAL_VOLUME = '<external_volume>'",
+            "  CATALOG = '<catalog_integration>'",
+            f"  METADATA_FILE_PATH = {_sql_str(relative)};",
+            "-- After each sync, as for the spans table:",
+            f"ALTER ICEBERG TABLE {ann} REFRESH {_sql_str(relative)};",
+        ]
+    elif engine == "athena":
+        spans, ann = f'"<glue_database>"."{name}"', f'"<glue_database>"."{name}_annotations"'
+        view = f'"<glue_database>"."{name}_latest"'
+        table_input = {
+            "Name": f"{name}_annotations",
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": {"table_type": "ICEBERG", "metadata_location": ann_meta},
+            "StorageDescriptor": {"Location": ann_location},
+        }
+        out += [
+            "-- Register it in Glue like the spans table (run once):",
+            "--   aws glue create-table --region <aws_region> --database-name <glue_database> \\",
+            f"--     --table-input '{json.dumps(table_input, separators=(',', ':'))}'",
+        ]
+    else:
+        spans, ann, view = name, f"{name}_annotations", f"{name}_latest"
+        out += [f"CREATE OR REPLACE VIEW {ann} AS", f"SELECT * FROM iceberg_scan({_sql_str(ann_meta)});"]
+    out += [f"CREATE OR REPLACE VIEW {view} AS", latest_view(engine, spans, ann, pairs) + ";"]
     return "\n".join(out) + "\n"
 
 

@@ -1,23 +1,36 @@
-"""Export one project's trace changes into its Iceberg table in the customer's bucket.
+"""Export one project's trace changes into two Iceberg tables in the customer's bucket.
 
-Layout (per project): ``<storage>/<namespace>/<project>/`` with ``data/date=YYYY-MM-DD/hour=HH/*.parquet``
-(identity partitions on ``date`` and ``hour`` of the span start time) and ``metadata/`` holding the
-Iceberg metadata, ``latest.metadata.json`` (a copy of the current metadata, rewritten after every
-commit), ``v<N>.metadata.json`` + ``version-hint.text`` (for readers that resolve a table by its hint).
+Layout (per project; the layout and why it is this one: README "Data Fabric"):
 
-A sync is one Iceberg commit:
+* **spans** at ``<storage>/<namespace>/<project>/``, the path Arize's docs register: one row per span
+  (the span columns, ``attributes`` and ``events`` as JSON, the flattened ``attributes.<key>`` columns),
+  identity-partitioned on ``date`` and ``hour`` of the span start (``data/date=YYYY-MM-DD/hour=HH/``).
+  Append-mostly: new spans are appended; only a span whose own row changed (a late child moves its
+  trace's end time, a re-imported span) rewrites the files that hold it (copy-on-write, no delete files,
+  which Snowflake and BigQuery readers cannot apply).
+* **annotations** at ``<storage>/<namespace>/<project>__annotations/`` (beside the spans table, never
+  inside it): an append-only change log of evaluations and annotations, one row per version
+  (:data:`ANNOTATION_LOG_SCHEMA`: the change time ``updated_at``, ``kind`` eval/annotation, a ``deleted``
+  marker), partitioned on ``date`` of the span start. A changed annotation on a months-old span appends
+  one row; it never rewrites the span. The lake upkeep compacts each partition to the latest version
+  per key (:data:`ANNOTATION_KEYS`). Readers get "spans with their latest evals" from the view that
+  ``obslake fabric ddl`` prints (:mod:`obslake.fabric.ddl`).
 
-* the first sync (empty table) appends every span, streamed in batches;
-* later syncs rebuild only the partitions the changes touch: the data files of those partitions
-  (found by partition value in one pass over the manifests) are read, the changed spans replace
-  their old rows (de-duplicated by ``span_id``), and one OVERWRITE snapshot swaps the old files for
-  the rewritten ones (copy-on-write: no equality or position deletes, which Snowflake and BigQuery
-  readers cannot apply).
+Both tables keep ``metadata/latest.metadata.json`` (a copy of the current metadata, rewritten after
+every commit) and ``v<N>.metadata.json`` + ``version-hint.text``, and optionally a Delta log.
 
-The commit's snapshot summary is the completeness marker: ``obslake.fabric.watermark`` (the latest
-change time covered), ``obslake.fabric.cursor`` (where the next sync starts), ``obslake.fabric.rows``,
-``obslake.fabric.source``. The cursor lives only there, so a crash after the commit loses nothing and a
-crash before it repeats the sync — idempotent, since rows are keyed by ``span_id``.
+A sync commits the annotations first, then the spans. The spans commit's snapshot summary is the
+completeness marker: ``obslake.fabric.watermark`` (the latest change time covered),
+``obslake.fabric.cursor`` (where the next sync starts), ``obslake.fabric.rows``, ``obslake.fabric.source``.
+The cursor lives only there, so a crash after it loses nothing and a crash before it repeats the sync.
+The annotations commit names the sync's starting point (``obslake.fabric.base``: the spans table's
+snapshot and the cursor); a repeated sync that finds its own base on the annotations table's current
+snapshot replaces what that commit added, so a retried sync never doubles the log.
+
+A table of the first layout (one wide table with ``eval.*`` columns, no ``obslake.fabric.layout``
+property) is re-exported in full on its next sync, as one OVERWRITE commit: the columns of the old
+layout are dropped from the current schema; the old files stay in the earlier snapshots until the
+upkeep's retention expires them (nothing is deleted before that).
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obslake.config import Connector, _ident
-from obslake.exceptions import CommitConflictError
+from obslake.exceptions import CommitConflictError, ConfigError
 from obslake.fabric.flatten import flatten
 from obslake.fabric.lake_source import cursor_json
 from obslake.fabric.model import TS, ChangeBatch, TraceSource
@@ -48,6 +61,7 @@ from obslake.lake.iceberg import (
     evolve,
     iceberg_schema,
     identity_spec,
+    latest_by,
     load_or_create,
     load_table,
     read_data_files,
@@ -67,22 +81,45 @@ PROP_CURSOR = "obslake.fabric.cursor"
 PROP_ROWS = "obslake.fabric.rows"
 PROP_SOURCE = "obslake.fabric.source"
 PROP_SYNC = "obslake.fabric.sync-id"
+PROP_BASE = "obslake.fabric.base"
+PROP_LAYOUT = "obslake.fabric.layout"
+LAYOUT = "2"
 EVAL_KINDS = ("LLM", "CODE")
-EVAL_FIELDS = (("label", pa.string()), ("score", pa.float64()), ("explanation", pa.string()))
-HUMAN_FIELDS = (*EVAL_FIELDS, ("annotator_kind", pa.string()), ("identifier", pa.string()), ("updated_at", TS))
-PARTITIONS = ["date", "hour"]
+PARTITIONS = ["date", "hour"]  # of the spans table
+ANNOTATION_PARTITIONS = ["date"]
+ANNOTATIONS_SUFFIX = "__annotations"
+ANNOTATION_KEYS = ["span_id", "name", "identifier"]
+"""One annotation in the source (Phoenix's unique key); the log holds its versions."""
+ANNOTATION_ORDER = ["updated_at", "_synced_at"]
+"""Which version of a key is the latest (the upkeep's compaction and the view agree on it)."""
+ANNOTATION_LOG_SCHEMA = pa.schema(
+    [
+        ("span_id", pa.string()),
+        ("trace_id", pa.string()),
+        ("name", pa.string()),  # document annotations: document.<position>.<name>; trace annotations: trace.<name>
+        ("kind", pa.string()),  # eval (annotator LLM or CODE) | annotation (HUMAN)
+        ("label", pa.string()),
+        ("score", pa.float64()),
+        ("explanation", pa.string()),
+        ("annotator_kind", pa.string()),
+        ("identifier", pa.string()),
+        ("updated_at", TS),
+        ("deleted", pa.bool_()),  # a delete marker: this version says the annotation is gone
+        ("date", pa.date32()),  # of the span's start: the partition
+        ("_synced_at", TS),
+    ]
+)
+# columns of the first layout's single wide table (dropped when such a table is re-exported)
+_OLD_LAYOUT_COLUMNS = re.compile(r"^(eval\.|annotation\.|annotations$)")
 
 
-def _column_name(name: str) -> str:
-    """An annotation name as a column-name segment (dots and control characters become '_')."""
-    return re.sub(r"[.\x00-\x1f\x7f]", "_", name).strip() or "_"
-
-
-def rows_for(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
-    """One output row per span: span columns, flattened attributes, eval/annotation columns, partitions."""
+def span_rows(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
+    """One spans-table row per span: span columns, flattened attributes, partitions, change times."""
     spans = batch.spans
     n = spans.num_rows
-    cols: dict[str, pa.Array] = {name: spans[name] for name in spans.column_names if name != "changed_at"}
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {
+        name: spans[name] for name in spans.column_names if name != "changed_at"
+    }
     flat_attrs = flatten(spans["attributes"])
     if flat_attrs.unreadable:
         log.warning(
@@ -92,35 +129,45 @@ def rows_for(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
             n,
         )
     cols.update(flat_attrs.columns)
-    # annotations: latest per (span, name, eval-or-human) for the flat columns; all of them as JSON
-    index = {sid: i for i, sid in enumerate(spans["span_id"].to_pylist())}
-    flat: dict[str, list] = {}
-    all_json: list[list] = [[] for _ in range(n)]
-    last_change = spans["changed_at"].to_pylist()
-    ann = batch.annotations.sort_by([("updated_at", "ascending")]) if batch.annotations.num_rows else None
-    for a in ann.to_pylist() if ann is not None else []:
-        i = index.get(a["span_id"])
-        if i is None:
-            continue
-        all_json[i].append(
-            {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in a.items() if k != "span_id"}
-        )
-        if a["updated_at"] is not None and (last_change[i] is None or a["updated_at"] > last_change[i]):
-            last_change[i] = a["updated_at"]
-        group, fields = ("eval", EVAL_FIELDS) if a["annotator_kind"] in EVAL_KINDS else ("annotation", HUMAN_FIELDS)
-        for field, _ in fields:
-            col = f"{group}.{_column_name(a['name'])}.{field}"
-            flat.setdefault(col, [None] * n)[i] = a[field]  # ascending updated_at: the latest wins
-    for col in sorted(flat):
-        typ = dict(HUMAN_FIELDS)[col.rsplit(".", 1)[1]]
-        cols[col] = pa.array(flat[col], typ)
-    cols["annotations"] = pa.array([json.dumps(x) if x else None for x in all_json], pa.string())
     start = spans["start_time"]
     cols["date"] = pc.cast(start, pa.date32())
     cols["hour"] = pc.hour(start).cast(pa.int32())
-    cols["_updated_at"] = pa.array(last_change, TS)
+    cols["_updated_at"] = spans["changed_at"]
     cols["_synced_at"] = pa.array([synced_at] * n, TS)
     return pa.table(cols)
+
+
+def annotation_rows(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
+    """The batch's annotations as change-log rows (:data:`ANNOTATION_LOG_SCHEMA`); annotations of spans
+    that are not in the batch are left out (a source sends every annotation of the spans it sends)."""
+    ann = batch.annotations
+    if ann.num_rows == 0:
+        return ANNOTATION_LOG_SCHEMA.empty_table()
+    spans = batch.spans.select(["span_id", "trace_id", "start_time"])
+    if pc.count_distinct(spans["span_id"]).as_py() != spans.num_rows:
+        spans = latest_by(spans, ["span_id"], [])
+    rows = ann.join(spans, "span_id", join_type="inner")
+    n = rows.num_rows
+    kind = pc.if_else(pc.is_in(rows["annotator_kind"], pa.array(EVAL_KINDS)), "eval", "annotation")
+    cols = {
+        "span_id": rows["span_id"],
+        "trace_id": rows["trace_id"],
+        "name": rows["name"],
+        "kind": kind,
+        "label": rows["label"],
+        "score": rows["score"],
+        "explanation": rows["explanation"],
+        "annotator_kind": rows["annotator_kind"],
+        "identifier": pc.fill_null(rows["identifier"], ""),
+        "updated_at": rows["updated_at"],
+        "deleted": pa.array([False] * n, pa.bool_()),
+        "date": pc.cast(rows["start_time"], pa.date32()),
+        "_synced_at": pa.array([synced_at] * n, TS),
+    }
+    return pa.Table.from_arrays(
+        [pa.chunked_array(cols[f.name]).cast(f.type) if n else pa.array([], f.type) for f in ANNOTATION_LOG_SCHEMA],
+        schema=ANNOTATION_LOG_SCHEMA,
+    )
 
 
 @dataclasses.dataclass
@@ -136,6 +183,7 @@ class SyncResult:
     watermark: str | None
     seconds: float
     mode: str  # full | incremental | window | unchanged
+    annotation_rows: int = 0  # change-log rows appended to the annotations table
 
     def to_dict(self) -> dict:
         """Plain form for XCom."""
@@ -147,24 +195,45 @@ class ProjectExporter:
 
     Args:
         connector: the connector (storage, namespace, formats, overlap).
-        project: the project name (a validated path segment).
+        project: the project name (a validated path segment, not ending in ``__annotations``).
         catalog: a catalog whose FileIO can write the connector's storage
             (:func:`obslake.lake.catalog.load_catalog` with the connector's storage).
     """
 
     def __init__(self, connector: Connector, project: str, catalog: Catalog):
+        if project.endswith(ANNOTATIONS_SUFFIX):
+            raise ConfigError(
+                f"connector {connector.name!r}: project {project!r} ends in {ANNOTATIONS_SUFFIX!r}, the folder "
+                f"suffix of a project's annotations table; rename the project in the source"
+            )
         self.connector, self.project, self.catalog = connector, project, catalog
         self.location = connector.project_location(project)
+        self.annotations_location = connector.project_location(project + ANNOTATIONS_SUFFIX)
         # the location is part of the identity: a connector whose storage or namespace changes starts a
         # fresh export where it now points, and never writes into its old registration
         import hashlib
 
         tag = hashlib.sha256(self.location.encode()).hexdigest()[:8]
-        self.identifier = (_ident(f"fabric__{connector.name}"), _ident(f"{project}__{tag}"))
+        namespace = _ident(f"fabric__{connector.name}")
+        self.identifier = (namespace, _ident(f"{project}__{tag}"))
+        self.annotations_identifier = (namespace, _ident(f"{project}{ANNOTATIONS_SUFFIX}__{tag}"))
 
     def table(self) -> Table | None:
-        """The project's table, or None before the first sync."""
+        """The project's spans table, or None before the first sync."""
         return load_table(self.catalog, self.identifier)
+
+    def annotations_table(self) -> Table | None:
+        """The project's annotations (change-log) table, or None before the first annotation."""
+        return load_table(self.catalog, self.annotations_identifier)
+
+    def annotation_names(self) -> list[tuple[str, str]]:
+        """The ``(name, kind)`` pairs in the annotations table (the latest view's column groups)."""
+        table = self.annotations_table()
+        if table is None or table.current_snapshot() is None:
+            return []
+        rows = table.scan(selected_fields=("name", "kind")).to_arrow()
+        pairs = rows.group_by(["name", "kind"], use_threads=False).aggregate([])
+        return sorted(zip(pairs["name"].to_pylist(), pairs["kind"].to_pylist(), strict=True))
 
     def last_cursor(self) -> dict | None:
         """The cursor stored by the last completed sync (None: never synced)."""
@@ -177,24 +246,37 @@ class ProjectExporter:
                 return json.loads(cursor)
         return None
 
-    def _create(self, schema: pa.Schema) -> Table:
-        def definition() -> dict:
-            ischema = iceberg_schema(schema)
-            props = {
+    def _definition(self, schema: pa.Schema, location: str, partitions: list[str], props: dict) -> dict:
+        ischema = iceberg_schema(schema)
+        return {
+            "schema": ischema,
+            "location": location,
+            "partition_spec": identity_spec(ischema, partitions),
+            "properties": {
                 **DEFAULT_TABLE_PROPERTIES,
                 "obslake.fabric.connector": self.connector.name,
                 "obslake.fabric.project": self.project,
                 PROP_PARQUET_NAMES: "iceberg",  # Delta readers see the true column names
+                PROP_LAYOUT: LAYOUT,
                 "format-version": "2",
-            }
-            return {
-                "schema": ischema,
-                "location": self.location,
-                "partition_spec": identity_spec(ischema, PARTITIONS),
-                "properties": props,
-            }
+                **props,
+            },
+        }
 
-        return load_or_create(self.catalog, self.identifier, definition)
+    def _create(self, schema: pa.Schema) -> Table:
+        return load_or_create(
+            self.catalog, self.identifier, lambda: self._definition(schema, self.location, PARTITIONS, {})
+        )
+
+    def _create_annotations(self) -> Table:
+        from obslake.lake.maintenance import PROP_LATEST_BY
+
+        props = {PROP_LATEST_BY: f"{','.join(ANNOTATION_KEYS)};{','.join(ANNOTATION_ORDER)}"}
+        return load_or_create(
+            self.catalog,
+            self.annotations_identifier,
+            lambda: self._definition(ANNOTATION_LOG_SCHEMA, self.annotations_location, ANNOTATION_PARTITIONS, props),
+        )
 
     @staticmethod
     def _evolve(table: Table, schema: pa.Schema) -> Table:
@@ -211,47 +293,103 @@ class ProjectExporter:
         ]
         return pa.Table.from_arrays(arrays, schema=target)
 
+    @staticmethod
+    def _old_layout(table: Table | None) -> bool:
+        return (
+            table is not None and table.current_snapshot() is not None and table.properties.get(PROP_LAYOUT) != LAYOUT
+        )
+
     def sync(
         self, source: TraceSource, *, window: tuple[dt.datetime, dt.datetime] | None = None, sync_id: str | None = None
     ) -> SyncResult:
-        """Export the changes since the stored cursor (or in ``window``) in one commit."""
+        """Export the changes since the stored cursor (or in ``window``): annotations, then spans."""
         started = time.monotonic()
         sync_id = sync_id or uuid.uuid4().hex
         synced_at = dt.datetime.now(dt.UTC)
-        cursor = {"window": [w.isoformat() for w in window]} if window else self.last_cursor()
+        table = self.table()
+        migrate = self._old_layout(table)
+        if migrate:
+            log.warning(
+                "%s: the table has the first Data Fabric layout (eval.* columns in the spans table): re-exporting "
+                "it in full into the spans table plus an annotations table beside it; the old files stay in the "
+                "earlier snapshots until the upkeep's retention expires them",
+                self.location,
+            )
+            window = None
+        if window:
+            cursor: dict | None = {"window": [w.isoformat() for w in window]}
+        else:
+            cursor = None if migrate else self.last_cursor()
+        base = self._base(table, cursor)
         overlap = dt.timedelta(seconds=self.connector.overlap_seconds)
         changes = source.changes(self.project, cursor, overlap=overlap)
-        table = self.table()
-        empty = table is None or table.current_snapshot() is None
-        mode = "window" if window else ("full" if empty else "incremental")
-        if empty:
-            table, data_files, rows, parts, replaced = self._write_full(table, changes.batches, synced_at)
+        full = table is None or table.current_snapshot() is None or migrate
+        mode = "window" if window else ("full" if full else "incremental")
+        ann_table = self.annotations_table()
+        ann_files: list = []
+        ann_rows = 0
+        ann_uuid, ann_counter = uuid.uuid4(), itertools.count(0)
+        span_files: list = []
+        rows = 0
+        parts: set = set()
+        changed: list[pa.Table] = []
+        write_uuid, counter = uuid.uuid4(), itertools.count(0)
+        if migrate and table is not None:
+            table = self._drop_old_columns(table)
+        for batch in changes.batches:
+            log_rows = annotation_rows(batch, synced_at)
+            if log_rows.num_rows:
+                ann_table = ann_table or self._create_annotations()
+                ann_files += write_data_files(ann_table.metadata, ann_table.io, log_rows, ann_uuid, ann_counter)
+                ann_rows += log_rows.num_rows
+            if not batch.spans.num_rows or (not batch.spans_changed and not full):
+                continue  # only the annotations of these spans changed: the spans table is not touched
+            out = span_rows(batch, synced_at)
+            if table is None:
+                table = self._create(out.schema)
+            table = self._evolve(table, out.schema)
+            out = self._conform(out, table.schema().as_arrow())
+            if full:  # streamed: each batch is written as it comes
+                span_files += write_data_files(table.metadata, table.io, out, write_uuid, counter)
+                rows += out.num_rows
+                parts |= set(zip(out["date"].to_pylist(), out["hour"].to_pylist(), strict=True))
+            else:
+                changed.append(out)
+        replaced: list | None = self._all_files(table) if migrate and table is not None else None
+        if not full and changes.live_annotation_keys is not None and ann_table is not None:
+            markers = self._delete_markers(ann_table, changes.live_annotation_keys, synced_at)
+            if markers.num_rows:
+                log.info("%s: %d annotation(s) deleted in the source: delete markers appended", self.project,
+                         markers.num_rows)  # fmt: skip
+                ann_files += write_data_files(ann_table.metadata, ann_table.io, markers, ann_uuid, ann_counter)
+                ann_rows += markers.num_rows
+        gone: set[str] = set()
+        if not full and changes.live_trace_ids is not None and table is not None:
+            gone = self._gone_traces(table, changes.live_trace_ids)
+        if (changed or gone) and table is not None:
+            span_files, rows, n_parts, replaced = self._write_changed(table, changed, gone)
         else:
-            table, data_files, rows, parts, replaced = self._write_incremental(table, changes.batches, synced_at)
+            n_parts = len(parts)
         if table is None:  # nothing in the source yet, and no table to mark
             return SyncResult(
-                self.project,
-                ".".join(self.identifier),
-                self.location,
-                0,
-                0,
-                None,
-                None,
-                time.monotonic() - started,
-                "unchanged",
-            )
+                self.project, ".".join(self.identifier), self.location, 0, 0, None, None,
+                time.monotonic() - started, "unchanged",
+            )  # fmt: skip
         watermark = changes.high_watermark.isoformat() if changes.high_watermark else None
-        out_cursor = cursor if window else changes.cursor
         props = {
             PROP_WATERMARK: watermark or "",
-            PROP_CURSOR: cursor_json(out_cursor),
+            PROP_CURSOR: cursor_json(self.last_cursor() if window else changes.cursor),  # a backfill never moves it
             PROP_ROWS: str(rows),
             PROP_SOURCE: f"{source.name}:{self.project}",
             PROP_SYNC: sync_id,
         }
-        if window:
-            props[PROP_CURSOR] = cursor_json(self.last_cursor())  # a backfill never moves the cursor
-        table = self._commit(table, data_files, replaced, props)
+        # the annotations table exists (and has a snapshot) from the first sync on, so that the latest view
+        # can be created before any span has an annotation
+        ann_table = ann_table or self._create_annotations()
+        if ann_files or ann_table.current_snapshot() is None or self._is_retry(ann_table, base):
+            ann_table = self._commit_annotations(ann_table, ann_files, base, sync_id)
+            self.publish_annotations(ann_table)
+        table = self._commit(table, span_files, replaced, props)
         self.publish(table)
         snap = table.current_snapshot()
         result = SyncResult(
@@ -259,103 +397,174 @@ class ProjectExporter:
             ".".join(self.identifier),
             self.location,
             rows,
-            parts,
+            n_parts,
             snap.snapshot_id if snap else None,
             watermark,
             time.monotonic() - started,
-            mode if rows else ("window" if window else "unchanged"),
+            mode if rows or ann_rows else ("window" if window else "unchanged"),
+            ann_rows,
         )
         log.info(
-            "%s: %s sync wrote %d row(s) in %d partition(s) to %s (watermark %s, %.2fs)",
+            "%s: %s sync wrote %d span row(s) in %d partition(s) to %s and %d annotation row(s) to %s "
+            "(watermark %s, %.2fs)",
             self.project,
             result.mode,
             rows,
-            parts,
+            n_parts,
             self.location,
+            ann_rows,
+            self.annotations_location,
             watermark,
             result.seconds,
         )
         return result
 
+    @staticmethod
+    def _base(table: Table | None, cursor: dict | None) -> str:
+        """Where a sync starts: the spans table's snapshot and the cursor (see the module docstring)."""
+        import hashlib
+
+        snap = table.current_snapshot() if table is not None else None
+        digest = hashlib.sha256(cursor_json(cursor).encode()).hexdigest()[:16]
+        return f"{snap.snapshot_id if snap is not None else 'none'}:{digest}"
+
     def publish(self, table: Table) -> None:
-        """After any commit to the project's table (a sync, or the lake upkeep's expiry and compaction): the
-        ``latest.metadata.json`` pointer and, with ``delta`` in the formats, the Delta log follow it."""
+        """After any commit to the project's spans table (a sync, or the lake upkeep's expiry and compaction):
+        the ``latest.metadata.json`` pointer and, with ``delta`` in the formats, the Delta log follow it."""
+        self._publish(table, self.location, PARTITIONS)
+
+    def publish_annotations(self, table: Table) -> None:
+        """:meth:`publish` for the annotations table."""
+        self._publish(table, self.annotations_location, ANNOTATION_PARTITIONS)
+
+    def _publish(self, table: Table, location: str, partitions: list[str]) -> None:
         write_pointers(table)
         if "delta" in self.connector.formats:
             from obslake.fabric.delta import files_from_iceberg, sync_delta_log, writes_true_names
 
             sync_delta_log(
-                self.location,
+                location,
                 table.schema().as_arrow(),
-                PARTITIONS,
+                partitions,
                 files_from_iceberg(table),
                 storage_options=delta_storage_options(table),
                 true_names=writes_true_names(table),
             )
 
     @staticmethod
-    def _write_files(table: Table, rows: pa.Table, write_uuid: uuid.UUID, counter: itertools.count[int]) -> list:
-        return write_data_files(table.metadata, table.io, rows, write_uuid, counter)
+    def _all_files(table: Table) -> list:
+        snap = table.current_snapshot()
+        if snap is None:
+            return []
+        return [
+            e.data_file
+            for m in snap.manifests(table.io)
+            for e in m.fetch_manifest_entry(table.io, discard_deleted=True)
+        ]
 
-    def _write_full(self, table, batches, synced_at):
-        data_files: list = []
-        rows = 0
-        parts: set = set()
-        write_uuid, counter = uuid.uuid4(), itertools.count(0)
-        for batch in batches:
-            out = rows_for(batch, synced_at)
-            if table is None:
-                table = self._create(out.schema)
-            table = self._evolve(table, out.schema)
-            out = self._conform(out, table.schema().as_arrow())
-            data_files.extend(self._write_files(table, out, write_uuid, counter))
-            rows += out.num_rows
-            parts |= set(zip(out["date"].to_pylist(), out["hour"].to_pylist(), strict=True))
-        return table, data_files, rows, len(parts), None
+    def _drop_old_columns(self, table: Table) -> Table:
+        old = [f.name for f in table.schema().fields if _OLD_LAYOUT_COLUMNS.match(f.name)]
+        if old:
+            with table.update_schema() as upd:
+                for name in old:
+                    upd.delete_column(name)
+            log.info("%s: dropped the first layout's column(s) %s from the current schema", self.location, old)
+        return table
 
-    def _write_incremental(self, table, batches, synced_at):
-        """Rewrite the data files of the partitions the changes touch (copy-on-write).
+    def _write_changed(
+        self, table: Table, changed: list[pa.Table], gone: set[str] | None = None
+    ) -> tuple[list, int, int, list | None]:
+        """Spans whose own rows changed or are new: new ones are appended; the data files that hold an
+        earlier row of one of them, or a span of a ``gone`` trace, are rewritten without it
+        (copy-on-write of those files only).
 
-        The affected files are found by their partition values in one pass over the manifests (no
-        predicate evaluation per file), read whole, merged with the changed spans (a changed span
-        replaces its old row) and rewritten; the commit swaps exactly those files.
+        For changed spans only the files of the partitions they fall in are looked at, and of those only
+        the ``span_id`` column is read; for gone traces (a delete in the source, rare) the ``trace_id``
+        column of every file.
         """
         clock = time.monotonic()
-        changed = [rows_for(b, synced_at) for b in batches]
-        changed = [c for c in changed if c.num_rows]
-        if not changed:
-            return table, [], 0, 0, None
-        phases = {"changes": time.monotonic() - clock}
-        for c in changed:
-            table = self._evolve(table, c.schema)
         target = table.schema().as_arrow()
-        new = pa.concat_tables([self._conform(c, target) for c in changed])
-        from obslake.fabric.lake_source import latest_by
-
-        new = latest_by(new, ["span_id"], ["_updated_at"])
+        if changed:
+            new = pa.concat_tables([self._conform(c, target) for c in changed])
+            new = latest_by(new, ["span_id"], ["_updated_at"])
+        else:
+            new = target.empty_table()
         parts = set(zip(pc.cast(new["date"], pa.int32()).to_pylist(), new["hour"].to_pylist(), strict=True))
+        ids = new["span_id"]
+        replaced = [
+            f
+            for f in (self._files_in_partitions(table, parts) if parts else [])
+            if pc.any(pc.is_in(read_data_files(table, [f], ("span_id",))["span_id"], ids)).as_py()
+        ]
+        gone_ids = pa.array(sorted(gone or ()), pa.string())
+        if len(gone_ids):
+            seen = {f.file_path for f in replaced}
+            replaced += [
+                f
+                for f in self._all_files(table)
+                if f.file_path not in seen
+                and pc.any(pc.is_in(read_data_files(table, [f], ("trace_id",))["trace_id"], gone_ids)).as_py()
+            ]
+        phases = {"plan": time.monotonic() - clock}
         clock = time.monotonic()
-        old_files = self._files_in_partitions(table, parts)
-        phases["plan"] = time.monotonic() - clock
-        clock = time.monotonic()
-        existing = read_data_files(table, old_files)
-        phases["read"] = time.monotonic() - clock
-        clock = time.monotonic()
-        keep = existing.filter(pc.invert(pc.is_in(existing["span_id"], new["span_id"])))
-        merged = pa.concat_tables([self._conform(keep, target), new]).sort_by([("start_time", "ascending")])
-        data_files = self._write_files(table, merged, uuid.uuid4(), itertools.count(0))
+        keep_rows = 0
+        merged = new
+        if replaced:
+            existing = read_data_files(table, replaced)
+            drop = pc.or_(pc.is_in(existing["span_id"], ids), pc.is_in(existing["trace_id"], gone_ids))
+            keep = existing.filter(pc.invert(pc.fill_null(drop, False)))
+            keep_rows = keep.num_rows
+            if len(gone_ids):
+                removed = pc.sum(pc.is_in(existing["trace_id"], gone_ids)).as_py() or 0
+                log.info("%s: removing %d span(s) of %d trace(s) deleted in the source", self.project, removed,
+                         len(gone_ids))  # fmt: skip
+            merged = pa.concat_tables([self._conform(keep, target), new])
+        merged = merged.sort_by([("start_time", "ascending")])
+        data_files = write_data_files(table.metadata, table.io, merged, uuid.uuid4(), itertools.count(0))
         phases["write"] = time.monotonic() - clock
         log.info(
-            "%s: rewriting %d partition(s) (%d file(s) -> %d): %d changed span(s), %d unchanged kept (%s)",
+            "%s: %d changed or new span(s) in %d partition(s): %d file(s) rewritten, %d unchanged row(s) kept, "
+            "%d file(s) written (%s)",
             self.project,
-            len(parts),
-            len(old_files),
-            len(data_files),
             new.num_rows,
-            keep.num_rows,
+            len(parts),
+            len(replaced),
+            keep_rows,
+            len(data_files),
             ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()),
         )
-        return table, data_files, new.num_rows, len(parts), old_files
+        return data_files, new.num_rows, len(parts), replaced or None
+
+    @staticmethod
+    def _gone_traces(table: Table, live: pa.Array) -> set[str]:
+        """Trace ids in the spans table that the source no longer has (reads the ``trace_id`` column)."""
+        exported = pc.unique(table.scan(selected_fields=("trace_id",)).to_arrow()["trace_id"].combine_chunks())
+        return set(exported.filter(pc.invert(pc.is_in(exported, live))).to_pylist())
+
+    @staticmethod
+    def _delete_markers(table: Table, live: pa.Table, synced_at: dt.datetime) -> pa.Table:
+        """A delete marker for every annotation whose latest version is live in the log but whose key the
+        source no longer has (``live``: every key it has). The marker keeps the version's ``updated_at`` and
+        gets this sync's ``_synced_at``, so it is the latest version of its key."""
+        if table.current_snapshot() is None:
+            return ANNOTATION_LOG_SCHEMA.empty_table()
+        fields = ("span_id", "trace_id", "name", "kind", "annotator_kind", "identifier", "updated_at", "deleted",
+                  "date", "_synced_at")  # fmt: skip
+        versions = table.scan(selected_fields=fields).to_arrow()
+        latest = latest_by(versions, ANNOTATION_KEYS, ANNOTATION_ORDER)
+        alive = latest.filter(pc.invert(pc.fill_null(latest["deleted"], False)))
+        # the same key types on both sides (a scan gives large_string, a source string): a join needs them equal
+        keys = live.select(ANNOTATION_KEYS).cast(pa.schema([alive.schema.field(k) for k in ANNOTATION_KEYS]))
+        gone = alive.join(keys, keys=ANNOTATION_KEYS, join_type="left anti")
+        n = gone.num_rows
+        cols = {name: gone[name] for name in fields if name in gone.column_names}
+        cols["deleted"] = pa.chunked_array([pa.array([True] * n, pa.bool_())])
+        cols["_synced_at"] = pa.chunked_array([pa.array([synced_at] * n, TS)])
+        arrays = [
+            cols[f.name].cast(f.type) if f.name in cols else pa.chunked_array([pa.nulls(n, f.type)])
+            for f in ANNOTATION_LOG_SCHEMA
+        ]
+        return pa.Table.from_arrays(arrays, schema=ANNOTATION_LOG_SCHEMA)
 
     @staticmethod
     def _files_in_partitions(table: Table, parts: set[tuple[int, int]]) -> list:
@@ -381,6 +590,31 @@ class ProjectExporter:
                     found.append(entry.data_file)
         return found
 
+    @staticmethod
+    def _is_retry(table: Table, base: str) -> bool:
+        snap = table.current_snapshot()
+        return snap is not None and snap.summary is not None and snap.summary.get(PROP_BASE) == base
+
+    def _commit_annotations(self, table: Table, data_files: list, base: str, sync_id: str) -> Table:
+        """Append the sync's change-log files; if the current snapshot is this sync's own earlier attempt
+        (same base: it committed the annotations, then failed before the spans), replace its files."""
+        from pyiceberg.manifest import ManifestEntryStatus
+
+        snap = table.current_snapshot()
+        redo: list = []
+        if snap is not None and self._is_retry(table, base):
+            redo = [
+                e.data_file
+                for m in snap.manifests(table.io)
+                for e in m.fetch_manifest_entry(table.io, discard_deleted=True)
+                if e.snapshot_id == snap.snapshot_id and e.status == ManifestEntryStatus.ADDED
+            ]
+            log.info(
+                "%s: replacing %d file(s) of an earlier attempt of this sync", self.annotations_location, len(redo)
+            )
+        props = {PROP_BASE: base, PROP_SYNC: sync_id, PROP_ROWS: str(sum(f.record_count for f in data_files))}
+        return self._commit(table, data_files, redo or None, props)
+
     def _commit(self, table: Table, data_files: list, replaced: list | None, props: dict) -> Table:
         from pyiceberg.exceptions import ValidationException
 
@@ -391,7 +625,9 @@ class ProjectExporter:
                 table.refresh()
             tx = table.transaction()
             ensure_properties(tx, table.properties)  # bounded metadata also for tables of earlier versions
-            if replaced:  # one OVERWRITE snapshot: the old files of the touched partitions out, the new in
+            if table.properties.get(PROP_LAYOUT) != LAYOUT:  # a new table, or the end of a re-export
+                tx.set_properties({PROP_LAYOUT: LAYOUT})
+            if replaced:  # one OVERWRITE snapshot: the rewritten files out, the new ones in
                 with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
                     for f in replaced:
                         ow.delete_data_file(f)
@@ -404,10 +640,10 @@ class ProjectExporter:
             return tx.commit_transaction()
 
         try:
-            return commit_with_retry(attempt, what=self.location)
+            return commit_with_retry(attempt, what=table.location())
         except ValidationException as exc:
             # a concurrent commit removed a file we rewrote: our merge is stale, the sync must rerun
-            raise CommitConflictError(f"{self.location}: the table changed during the sync ({exc}); retry") from exc
+            raise CommitConflictError(f"{table.location()}: the table changed during the sync ({exc}); retry") from exc
 
 
 def write_pointers(table: Table) -> None:

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from obslake.config import _ident
 from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS, ChangeBatch, Changes
+from obslake.lake.iceberg import latest_by
 from obslake.schema.mapping import INGESTED_AT, SOURCE_FILE, SOURCE_ROW
 
 if TYPE_CHECKING:
@@ -20,16 +21,6 @@ if TYPE_CHECKING:
     from pyiceberg.expressions import BooleanExpression
 
 log = logging.getLogger(__name__)
-
-
-def latest_by(table: pa.Table, keys: list[str], order: list[str]) -> pa.Table:
-    """One row per ``keys``: the last by ``order`` (ascending sort, keep the last row of each key)."""
-    if table.num_rows == 0:
-        return table
-    idx = pa.array(range(table.num_rows), pa.int64())
-    t = table.append_column("__i", idx).sort_by([(c, "ascending") for c in keys + order])
-    last = t.group_by(keys, use_threads=False).aggregate([("__i", "last")])
-    return table.take(last["__i_last"]).sort_by([(k, "ascending") for k in keys])
 
 
 class LakeTraceSource:
@@ -89,7 +80,7 @@ class LakeTraceSource:
         # pyiceberg's In(term, values) is positional at runtime (SetPredicate.__init__), but mypy sees
         # only the keyword-only __init__ that pydantic's dataclass_transform synthesises for it: hence
         # the type: ignore on each In(...) below
-        from pyiceberg.expressions import AlwaysTrue, In
+        from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, In
 
         spans_t, ann_t = self._table(project, "spans"), self._table(project, "annotations")
 
@@ -121,6 +112,7 @@ class LakeTraceSource:
                 log.warning("%s: the cursor snapshot is no longer in the trace tables' history; exporting all", project)
                 full = True
         span_filter: BooleanExpression
+        annotated: set[str] = set()  # spans whose annotations changed, outside the traces whose spans changed
         if full:
             span_filter = AlwaysTrue()
         else:
@@ -135,7 +127,7 @@ class LakeTraceSource:
                     .to_pylist()
                 )
             if ann_files:
-                ann_spans = set(
+                annotated = set(
                     ann_t.scan(
                         row_filter=In(SOURCE_FILE, ann_files),  # type: ignore[call-arg, arg-type]
                         selected_fields=("span_id",),
@@ -143,15 +135,23 @@ class LakeTraceSource:
                     .to_arrow()["span_id"]
                     .to_pylist()
                 )
-                if ann_spans:
-                    rows = spans_t.scan(
-                        row_filter=In("span_id", ann_spans),  # type: ignore[call-arg, arg-type]
-                        selected_fields=("trace_id",),
-                    ).to_arrow()
-                    traces |= set(rows["trace_id"].to_pylist())
-            if not traces:
+            if not traces and not annotated:
                 return Changes(iter(()), new_cursor, high)
-            span_filter = In("trace_id", traces)  # type: ignore[call-arg, arg-type]
+            span_filter = In("trace_id", traces) if traces else AlwaysFalse()  # type: ignore[call-arg, arg-type]
+
+        def annotations_of(spans: pa.Table) -> pa.Table:
+            if ann_t is None or ann_t.current_snapshot() is None or not spans.num_rows:
+                return pa.Table.from_batches([], ANNOTATION_SCHEMA)
+            filt = AlwaysTrue() if full else In("span_id", set(spans["span_id"].to_pylist()))  # type: ignore[call-arg, arg-type]
+            ann = ann_t.scan(row_filter=filt).to_arrow()
+            ann = latest_by(ann, ["span_id", "name", "identifier"], ["updated_at", INGESTED_AT])
+            return ann.select(ANNOTATION_SCHEMA.names).cast(ANNOTATION_SCHEMA)
+
+        def chunks(spans: pa.Table, ann: pa.Table, spans_changed: bool) -> Iterator[ChangeBatch]:
+            for off in range(0, spans.num_rows, batch_spans):
+                chunk = spans.slice(off, batch_spans)
+                mine = ann.filter(pc.is_in(ann["span_id"], chunk["span_id"])) if ann.num_rows else ann
+                yield ChangeBatch(chunk, mine, spans_changed)
 
         def batches() -> Iterator[ChangeBatch]:
             spans = spans_t.scan(row_filter=span_filter).to_arrow()
@@ -165,16 +165,13 @@ class LakeTraceSource:
                 spans.schema.get_field_index("trace_end_time"), "trace_end_time", spans["end_time_max"].cast(TS)
             )
             spans = spans.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA).sort_by("start_time")
-            ann = pa.Table.from_batches([], ANNOTATION_SCHEMA)
-            if ann_t is not None and ann_t.current_snapshot() is not None:
-                filt = AlwaysTrue() if full else In("span_id", set(spans["span_id"].to_pylist()))  # type: ignore[call-arg, arg-type]
-                ann = ann_t.scan(row_filter=filt).to_arrow()
-                ann = latest_by(ann, ["span_id", "name", "identifier"], ["updated_at", INGESTED_AT])
-                ann = ann.select(ANNOTATION_SCHEMA.names).cast(ANNOTATION_SCHEMA)
-            for off in range(0, spans.num_rows, batch_spans):
-                chunk = spans.slice(off, batch_spans)
-                mine = ann.filter(pc.is_in(ann["span_id"], chunk["span_id"])) if ann.num_rows else ann
-                yield ChangeBatch(chunk, mine)
+            yield from chunks(spans, annotations_of(spans), True)
+            only = annotated - set(spans["span_id"].to_pylist())
+            if only:  # the spans are unchanged: they come only to carry their annotations
+                rest = spans_t.scan(row_filter=In("span_id", only)).to_arrow()  # type: ignore[call-arg, arg-type]
+                rest = latest_by(rest, ["span_id"], [INGESTED_AT, SOURCE_FILE, SOURCE_ROW])
+                rest = rest.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA).sort_by("start_time")
+                yield from chunks(rest, annotations_of(rest), False)
 
         return Changes(batches(), new_cursor, high)
 

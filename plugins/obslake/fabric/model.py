@@ -1,17 +1,17 @@
-"""Data Fabric: the shapes every trace source produces and the exported table's column layout.
+"""Data Fabric: the shapes every trace source produces.
 
 A source yields, per project, *changes*: batches of spans (:data:`SPAN_SCHEMA`) together with ALL
-annotations of those spans (:data:`ANNOTATION_SCHEMA`), plus a new cursor. The exporter turns each
-span and its annotations into one row of the project's table:
+annotations of those spans (:data:`ANNOTATION_SCHEMA`), plus a new cursor. The exporter
+(:mod:`obslake.fabric.export`) writes them into two tables per project:
 
-* the span columns of :data:`SPAN_SCHEMA` (``attributes`` and ``events`` as JSON text);
-* flattened OpenInference attributes (:data:`FLAT_ATTRIBUTES`) as ``attributes.<key>`` columns;
-* per annotation name, from the most recently updated annotation of that name on the span:
-  ``eval.<name>.label|score|explanation`` for annotator kinds LLM and CODE, and
-  ``annotation.<name>.label|score|explanation|annotator_kind|identifier|updated_at`` for HUMAN;
-  all annotations, every identifier, also as JSON in ``annotations``;
-* ``date`` / ``hour`` of ``start_time`` (UTC) — the Hive-style identity partitions;
-* ``_updated_at`` (the change time that made this row be exported) and ``_synced_at``.
+* spans: the span columns of :data:`SPAN_SCHEMA` (``attributes`` and ``events`` as JSON text), the
+  flattened OpenInference attributes (:data:`FLAT_ATTRIBUTES`) as ``attributes.<key>`` columns,
+  ``date`` / ``hour`` of ``start_time`` (UTC, the Hive-style identity partitions), ``_updated_at`` (the
+  source's change time of the span) and ``_synced_at``;
+* annotations: one change-log row per version of an evaluation or annotation; the view that
+  ``obslake fabric ddl`` prints turns the latest of each into ``eval.<name>.label|score|explanation``
+  (annotator kinds LLM and CODE) and ``annotation.<name>.label|score|explanation|annotator_kind|
+  identifier|updated_at`` (HUMAN) columns.
 """
 
 from __future__ import annotations
@@ -50,10 +50,16 @@ FLAT_ATTRIBUTES: dict[str, pa.DataType] = {
 
 @dataclasses.dataclass
 class ChangeBatch:
-    """Spans that changed (new, updated, or whose annotations changed) and all their annotations."""
+    """Spans that changed (new, updated, or whose annotations changed) and all their annotations.
+
+    ``spans_changed=False`` says that the spans of the batch are only there because their annotations
+    changed: the exporter then writes only the annotations (the spans table is not touched). A source
+    that cannot tell leaves it True (always correct, only costlier).
+    """
 
     spans: pa.Table  # SPAN_SCHEMA
     annotations: pa.Table  # ANNOTATION_SCHEMA, every annotation of these spans
+    spans_changed: bool = True
 
 
 @dataclasses.dataclass
@@ -67,6 +73,12 @@ class Changes:
     batches: Iterator[ChangeBatch]
     cursor: dict
     high_watermark: dt.datetime | None = None
+    live_annotation_keys: pa.Table | None = None
+    """When the source saw annotations deleted: the key (``span_id``, ``name``, ``identifier``, as
+    exported) of every annotation the project has now; the exporter marks the others deleted."""
+    live_trace_ids: pa.Array | None = None
+    """When the source saw traces deleted: the id of every trace the project has now; the exporter
+    removes the spans of the others."""
 
 
 @runtime_checkable
@@ -77,7 +89,8 @@ class TraceSource(Protocol):
         Change capture must never miss a late or updated row: cursors are on change time (ingest or
         update time) or on insertion ids, never on event time, and a source with coarse timestamps
         (Phoenix on SQLite stores ``updated_at`` to the second) re-reads an ``overlap`` window before
-        the cursor. Duplicates are fine: the exporter de-duplicates by ``span_id``.
+        the cursor. Duplicates are fine: the exporter de-duplicates by ``span_id``. A source that can
+        lose rows (deletes, retention) says so with ``live_annotation_keys`` / ``live_trace_ids``.
     """
 
     name: str

@@ -31,7 +31,14 @@ Note:
     history, ``{"window": [start, end]}`` re-exports the traces that ended and the spans whose
     annotations were updated in ``[start, end)`` (backfill; the cursor is returned unchanged).
     Spans are read per batch (``batch_spans``); the planning step holds the row ids of the changed
-    traces and spans in memory. Deleted annotations and traces (retention) are not propagated.
+    traces and spans in memory.
+    Deletes: the cursor keeps ``[rows, max id]`` of ``traces`` and the three annotation tables (one
+    ``count(*)`` each per sync); a table with fewer rows than before plus those inserted since lost
+    some, and then the project's current annotation keys or trace ids are listed in full
+    (:attr:`~obslake.fabric.model.Changes.live_annotation_keys` / ``live_trace_ids``) for the exporter
+    to compare (a delete in another project of the same database triggers the listing too; it finds
+    nothing). A row committed late with a lower id (several writers on Postgres) can hide a delete
+    from the count until the next one.
     ``spans.id`` is a safe cursor because Phoenix inserts spans from one writer; several Phoenix
     servers writing one Postgres database could commit a lower id after a higher one.
 """
@@ -62,6 +69,7 @@ UTC = dt.UTC
 TRACE_CHUNK = 500  # traces per span query
 TRACE_PREFIX = "trace."
 SEEN_CAP = 128  # annotation fingerprints kept in the cursor (it is stored with every export)
+DELETABLE = ("traces", "span_annotations", "document_annotations", "trace_annotations")
 
 
 class _Ts(sa.types.TypeDecorator):
@@ -404,9 +412,14 @@ class PhoenixSource:
         overlap = max(overlap, dt.timedelta(0))
         with self._connect() as conn:
             plan = self._guard(lambda: self._plan(conn, project, cursor, overlap))
-        changes = Changes(iter(()), plan.cursor, plan.previous_watermark)
-        if plan.project_rowid is None:
-            return changes
+            changes = Changes(iter(()), plan.cursor, plan.previous_watermark)
+            pid = plan.project_rowid
+            if pid is None:
+                return changes
+            if plan.deleted & {"span_annotations", "document_annotations", "trace_annotations"}:
+                changes.live_annotation_keys = self._guard(lambda: self.live_annotation_keys(conn, pid))
+            if "traces" in plan.deleted:
+                changes.live_trace_ids = self._guard(lambda: self.live_trace_ids(conn, pid))
         changes.batches = self._stream(plan, batch_spans, changes)
         return changes
 
@@ -445,9 +458,11 @@ class PhoenixSource:
         if read_at is None:
             raise UnsupportedTraceSourceError(f"{self!r}: the database returned no CURRENT_TIMESTAMP")
         span_max = conn.scalar(sa.select(sa.func.max(t["spans"].c.id))) or 0
+        counts = self._counts(conn)
         if not incremental:
             anns = list(self._annotations(conn, pid, read_at - overlap))
-            return _Plan(pid, self._cursor(span_max, read_at, anns, overlap, None), None, all_traces=True)
+            return _Plan(pid, self._cursor(span_max, read_at, anns, overlap, None, counts), None, all_traces=True)
+        deleted = self._deleted_in(conn, state.get("counts"), counts)
 
         old_max = int(state["span_id_max"])
         span_max = max(span_max, old_max)
@@ -471,20 +486,103 @@ class PhoenixSource:
         changed = [a for a in anns if not seen.covers(a)]
         spans = self._spans_for(conn, changed, set(traces))
         log.info(
-            "%r %s: %d trace(s) with new spans, %d of %d windowed annotation(s) changed",
+            "%r %s: %d trace(s) with new spans, %d of %d windowed annotation(s) changed%s",
             self,
             project,
             len(traces),
             len(changed),
             len(anns),
+            f"; rows deleted from {', '.join(sorted(deleted))}: comparing the project's keys" if deleted else "",
         )
         return _Plan(
-            pid, self._cursor(span_max, read_at, anns, overlap, previous), previous, traces=traces, spans=spans
+            pid,
+            self._cursor(span_max, read_at, anns, overlap, previous, counts),
+            previous,
+            traces=traces,
+            spans=spans,
+            deleted=frozenset(deleted),
         )
+
+    def _counts(self, conn: sa.Connection) -> dict[str, list[int]]:
+        """``[rows, max id]`` of the traces and annotation tables (all projects: one index read each)."""
+        out = {}
+        for name in DELETABLE:
+            tab = self.t[name]
+            n, top = conn.execute(sa.select(sa.func.count(), sa.func.max(tab.c.id)).select_from(tab)).one()
+            out[name] = [int(n or 0), int(top or 0)]
+        return out
+
+    def _deleted_in(self, conn: sa.Connection, before: Any, now: dict[str, list[int]]) -> set[str]:
+        """The tables that lost rows since ``before`` (the previous sync's :meth:`_counts`): fewer rows now
+        than then plus those inserted since (ids are only ever allocated upwards)."""
+        if not isinstance(before, dict):
+            return set()  # a cursor of an earlier version: from the next sync on
+        lost = set()
+        for name, (n, _top) in now.items():
+            if name not in before:
+                continue
+            was, was_top = before[name]
+            tab = self.t[name]
+            added = conn.scalar(sa.select(sa.func.count()).select_from(tab).where(tab.c.id > was_top)) or 0
+            if n < was + added:
+                lost.add(name)
+        return lost
+
+    def live_annotation_keys(self, conn: sa.Connection, pid: int) -> pa.Table:
+        """``(span_id, name, identifier)`` of every annotation of the project, named as they are exported."""
+        t, tr, sp = self.t, self.t["traces"], self.t["spans"]
+        span_ids: list[str] = []
+        names: list[str] = []
+        idents: list[str] = []
+        for name in ("span_annotations", "document_annotations"):
+            a = t[name]
+            extra = [a.c.document_position] if name == "document_annotations" else []
+            stmt = (
+                sa.select(sp.c.span_id, a.c.name, a.c.identifier, *extra)
+                .select_from(a.join(sp, sp.c.id == a.c.span_rowid).join(tr, tr.c.id == sp.c.trace_rowid))
+                .where(tr.c.project_rowid == pid)
+            )
+            for r in conn.execution_options(yield_per=10_000).execute(stmt):
+                span_ids.append(r.span_id)
+                names.append(f"document.{r.document_position}.{r.name}" if extra else r.name)
+                idents.append(r.identifier or "")
+        ta = t["trace_annotations"]
+        rows = list(
+            conn.execute(
+                sa.select(ta.c.trace_rowid, ta.c.name, ta.c.identifier)
+                .select_from(ta.join(tr, tr.c.id == ta.c.trace_rowid))
+                .where(tr.c.project_rowid == pid)
+            )
+        )
+        roots = self._roots(conn, sorted({r.trace_rowid for r in rows}))
+        root_ids: dict[int, str] = {}
+        for chunk in _chunks(sorted(set(roots.values())), self._in_chunk):
+            root_ids.update(conn.execute(sa.select(sp.c.id, sp.c.span_id).where(sp.c.id.in_(list(chunk)))).tuples())
+        for r in rows:
+            root = roots.get(r.trace_rowid)
+            if root is not None:
+                span_ids.append(root_ids[root])
+                names.append(TRACE_PREFIX + r.name)
+                idents.append(r.identifier or "")
+        return pa.table(
+            {"span_id": pa.array(span_ids, pa.string()), "name": pa.array(names, pa.string()),
+             "identifier": pa.array(idents, pa.string())}
+        )  # fmt: skip
+
+    def live_trace_ids(self, conn: sa.Connection, pid: int) -> pa.Array:
+        """The trace id of every trace of the project."""
+        tr = self.t["traces"]
+        stmt = sa.select(tr.c.trace_id).where(tr.c.project_rowid == pid)
+        return pa.array(list(conn.execution_options(yield_per=10_000).scalars(stmt)), pa.string())
 
     @staticmethod
     def _cursor(
-        span_max: int, read_at: dt.datetime, anns: list[_Ann], overlap: dt.timedelta, previous: dt.datetime | None
+        span_max: int,
+        read_at: dt.datetime,
+        anns: list[_Ann],
+        overlap: dt.timedelta,
+        previous: dt.datetime | None,
+        counts: dict[str, list[int]],
     ) -> dict:
         until = max([read_at] + [a.updated_at for a in anns])
         return {
@@ -492,6 +590,7 @@ class PhoenixSource:
             "annotation_updated_at": read_at.isoformat(),
             "annotations_seen": _Seen.of(anns, read_at - overlap, until).to_json(),
             "high_watermark": previous.isoformat() if previous else None,
+            "counts": counts,
         }
 
     def _annotations(self, conn: sa.Connection, pid: int, since: dt.datetime | None) -> Iterator[_Ann]:
@@ -598,12 +697,16 @@ class PhoenixSource:
             yield chunk
             last = chunk[-1]
 
-    def _span_rows(self, conn: sa.Connection, plan: _Plan) -> Iterator[Any]:
+    def _span_rows(self, conn: sa.Connection, plan: _Plan, traces: bool) -> Iterator[Any]:
+        """The spans of the plan's traces (``traces``: their rows may have changed), else its single spans
+        (only their annotations changed)."""
         sp = self.t["spans"]
         base = self._span_select()
-        for chunk in self._trace_chunks(conn, plan):
-            stmt = base.where(sp.c.trace_rowid.in_(list(chunk))).order_by(sp.c.trace_rowid, sp.c.id)
-            yield from conn.execution_options(yield_per=1000).execute(stmt)
+        if traces:
+            for chunk in self._trace_chunks(conn, plan):
+                stmt = base.where(sp.c.trace_rowid.in_(list(chunk))).order_by(sp.c.trace_rowid, sp.c.id)
+                yield from conn.execution_options(yield_per=1000).execute(stmt)
+            return
         for chunk in _chunks(plan.spans, self._in_chunk):
             yield from conn.execution_options(yield_per=1000).execute(
                 base.where(sp.c.id.in_(list(chunk))).order_by(sp.c.id)
@@ -613,25 +716,27 @@ class PhoenixSource:
         high = plan.previous_watermark
         emitted = 0
         with self._connect() as conn:
-            rows: list[Any] = []
-            it = self._span_rows(conn, plan)
-            while True:
-                row = self._guard(lambda: next(it, None))
-                if row is not None:
-                    rows.append(row)
-                if rows and (row is None or len(rows) >= batch_spans):
-                    batch = self._guard(functools.partial(self._batch, conn, rows))
-                    mark = max(batch.spans["changed_at"].to_pylist(), default=None)
-                    if mark is not None and (high is None or mark > high):
-                        high = mark
-                    emitted += len(rows)
-                    rows = []
-                    changes.high_watermark = high
-                    if plan.cursor.get("span_id_max") is not None:
-                        plan.cursor["high_watermark"] = high.isoformat() if high else None
-                    yield batch
-                if row is None:
-                    break
+            for traces in (True, False):
+                rows: list[Any] = []
+                it = self._span_rows(conn, plan, traces)
+                while True:
+                    row = self._guard(lambda: next(it, None))  # noqa: B023 (called at once, in this iteration)
+                    if row is not None:
+                        rows.append(row)
+                    if rows and (row is None or len(rows) >= batch_spans):
+                        batch = self._guard(functools.partial(self._batch, conn, rows))
+                        batch.spans_changed = traces
+                        mark = max(batch.spans["changed_at"].to_pylist(), default=None)
+                        if mark is not None and (high is None or mark > high):
+                            high = mark
+                        emitted += len(rows)
+                        rows = []
+                        changes.high_watermark = high
+                        if plan.cursor.get("span_id_max") is not None:
+                            plan.cursor["high_watermark"] = high.isoformat() if high else None
+                        yield batch
+                    if row is None:
+                        break
         log.info("%r: exported %d span(s), high watermark %s", self, emitted, high)
 
     def _batch(self, conn: sa.Connection, rows: list[Any]) -> ChangeBatch:
@@ -726,3 +831,4 @@ class _Plan:
     traces: array = dataclasses.field(default_factory=lambda: array("q"))
     spans: array = dataclasses.field(default_factory=lambda: array("q"))
     all_traces: bool = False
+    deleted: frozenset[str] = frozenset()  # tables that lost rows since the previous sync

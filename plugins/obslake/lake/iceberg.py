@@ -822,14 +822,29 @@ def delete_quietly(io: Any, data_files: list[DataFile]) -> None:
 
 
 # -- reading -----------------------------------------------------------------------------------------
-def read_data_files(table: Table, data_files: list[DataFile]) -> pa.Table:
-    """The rows of ``data_files`` in the table's current schema (older files gain null columns)."""
+def read_data_files(table: Table, data_files: list[DataFile], columns: tuple[str, ...] | None = None) -> pa.Table:
+    """The rows of ``data_files`` in the table's current schema (older files gain null columns); only
+    ``columns`` when given."""
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
     from pyiceberg.table import FileScanTask
 
-    scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+    schema = table.schema() if columns is None else table.schema().select(*columns)
+    scan = ArrowScan(table.metadata, table.io, schema, AlwaysTrue())
     return scan.to_table([FileScanTask(f) for f in data_files])
+
+
+def latest_by(table: pa.Table, keys: list[str], order: list[str]) -> pa.Table:
+    """One row per ``keys``: the last by ``order`` (ascending sort, nulls first: a null orders oldest, as
+    ``ORDER BY … DESC NULLS LAST`` does in SQL; ties keep the row that comes last in ``table``)."""
+    if table.num_rows == 0:
+        return table
+    idx = pa.array(range(table.num_rows), pa.int64())
+    t = table.append_column("__i", idx)
+    sort = [(c, "ascending", "at_start") for c in keys + order] + [("__i", "ascending", "at_start")]
+    t = t.take(pc.sort_indices(t, sort_keys=sort))
+    last = t.group_by(keys, use_threads=False).aggregate([("__i", "last")])
+    return table.take(last["__i_last"]).sort_by([(k, "ascending") for k in keys])
 
 
 def list_files(io: Any, location: str) -> Iterator[tuple[str, int, dt.datetime]]:

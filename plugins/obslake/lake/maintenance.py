@@ -8,7 +8,8 @@ twice does nothing more the second time) and planned before it acts (``dry_run``
   unfinished import attempt on the table (its crash check reads the snapshots since then: see
   :meth:`~obslake.lake.ledger.Ledger.mark_pending`).
 * **compact** the small data files of each partition (below ``small_file_bytes``, at least ``min_files`` of
-  them) into files of the target size: copy-on-write, one OVERWRITE commit per table that swaps exactly
+  them) into files of the target size (a change-log table, :data:`PROP_LATEST_BY`, to its latest row per
+  key: every partition with more than one file): copy-on-write, one OVERWRITE commit per table that swaps exactly
   the files it read; a concurrent import only adds files, so a conflict refreshes and commits the same swap
   again (no row lost or doubled), and a concurrent compaction that removed one of the files aborts it.
 * **drop manifests that only record deletions**: a compaction's (or any overwrite's) snapshot lists the
@@ -35,7 +36,14 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from obslake.exceptions import CommitConflictError, printable
-from obslake.lake.iceberg import commit_with_retry, list_files, load_table, read_data_files, write_data_files
+from obslake.lake.iceberg import (
+    commit_with_retry,
+    latest_by,
+    list_files,
+    load_table,
+    read_data_files,
+    write_data_files,
+)
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -48,6 +56,10 @@ PROP_RETENTION = "obslake.maintenance.snapshot-retention-hours"
 PROP_ORPHAN_AGE = "obslake.maintenance.orphan-age-hours"
 PROP_SMALL_FILE = "obslake.maintenance.small-file-bytes"
 PROP_DISABLED = "obslake.maintenance.disabled"
+PROP_LATEST_BY = "obslake.maintenance.latest-by"
+"""``"key1,key2;order1,order2"``: a change-log table (Data Fabric annotations) whose compaction keeps only the
+latest row per key (the last by the order columns); keys never span partitions, so each partition with more
+than one file is rewritten whole."""
 NO_TABLE = "no such table yet"
 """``Report.skipped`` of a table that does not exist (e.g. a job's quarantine before its first bad row)."""
 KEPT_COPIES = 10
@@ -196,11 +208,13 @@ def _live_files(table: Table) -> list[Any]:
 def _compact(
     table: Table, policy: Policy, report: Report, dry_run: bool, after_commit: Any, carry: tuple[str, ...]
 ) -> Table:
+    latest = _latest_by(table)
     by_partition: dict[Any, list[Any]] = defaultdict(list)
     for f in _live_files(table):
-        if f.file_size_in_bytes < policy.small_file_bytes and f.content == 0:
+        if (latest is not None or f.file_size_in_bytes < policy.small_file_bytes) and f.content == 0:
             by_partition[(f.spec_id, tuple(f.partition))].append(f)
-    groups = [files for files in by_partition.values() if len(files) >= policy.min_files]
+    least = 2 if latest is not None else policy.min_files
+    groups = [files for files in by_partition.values() if len(files) >= least]
     report.partitions_compacted = len(groups)
     report.files_compacted = sum(len(g) for g in groups)
     report.bytes_compacted = sum(f.file_size_in_bytes for g in groups for f in g)
@@ -214,6 +228,8 @@ def _compact(
     new = []
     for files in groups:
         rows = read_data_files(table, files)
+        if latest is not None:
+            rows = latest_by(rows, *latest)
         new += write_data_files(table.metadata, table.io, rows, write_uuid, counter)
     report.files_written = len(new)
     old_paths = {f.file_path for f in old}
@@ -245,6 +261,14 @@ def _compact(
         after_commit(table)
     log.info("%s: compacted %d file(s) in %d partition(s) into %d", report.table, len(old), len(groups), len(new))
     return table
+
+
+def _latest_by(table: Table) -> tuple[list[str], list[str]] | None:
+    spec = table.properties.get(PROP_LATEST_BY)
+    if not spec:
+        return None
+    keys, _, order = spec.partition(";")
+    return [k for k in keys.split(",") if k], [o for o in order.split(",") if o]
 
 
 def _carried(table: Table, marker: str, carry: tuple[str, ...]) -> dict[str, str]:

@@ -90,4 +90,5 @@ class MaintenanceOperator(BaseOperator):
             exporter = ProjectExporter(conn, project, catalog)
             carry = (PROP_CURSOR, PROP_WATERMARK, PROP_SOURCE)  # the next sync starts from the cursor
             out.append((catalog, exporter.identifier, exporter.publish, None, carry))
+            out.append((catalog, exporter.annotations_identifier, exporter.publish_annotations, None, ()))
         return out
