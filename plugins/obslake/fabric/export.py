@@ -342,7 +342,7 @@ class ProjectExporter:
                 ann_table = ann_table or self._create_annotations()
                 ann_files += write_data_files(ann_table.metadata, ann_table.io, log_rows, ann_uuid, ann_counter)
                 ann_rows += log_rows.num_rows
-            if not batch.spans.num_rows or (not batch.spans_changed and not full):
+            if not batch.spans.num_rows or not batch.spans_changed:
                 continue  # only the annotations of these spans changed: the spans table is not touched
             out = span_rows(batch, synced_at)
             if table is None:

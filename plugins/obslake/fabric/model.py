@@ -53,8 +53,10 @@ class ChangeBatch:
     """Spans that changed (new, updated, or whose annotations changed) and all their annotations.
 
     ``spans_changed=False`` says that the spans of the batch are only there because their annotations
-    changed: the exporter then writes only the annotations (the spans table is not touched). A source
-    that cannot tell leaves it True (always correct, only costlier).
+    changed: the exporter then writes only the annotations (the spans table is not touched) and uses
+    only ``span_id``, ``trace_id`` and ``start_time`` of the spans (a source may leave the other columns
+    null). A source that cannot tell leaves it True (always correct, only costlier); a whole-history
+    export (no cursor) sends every span with True.
     """
 
     spans: pa.Table  # SPAN_SCHEMA
