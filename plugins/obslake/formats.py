@@ -625,7 +625,14 @@ def _open_csv(
                     yield batch
                 return
             except pa.ArrowInvalid as exc:
-                if not (_is_straddle(exc) and size_now < MAX_CSV_ROW_BYTES):
+                # once blocks grew for a large row, pyarrow may also report the row that still does not fit
+                # as an empty block (it depends on how the stream's reads fall): the same case
+                grown_empty = size_now > CSV_BLOCK_SIZE and "empty csv file or block" in str(exc).lower()
+                if not (_is_straddle(exc) or grown_empty):
+                    raise
+                if size_now >= MAX_CSV_ROW_BYTES:
+                    if grown_empty:
+                        raise pa.ArrowInvalid(f"CSV row straddles the largest block read ({exc})") from exc
                     raise
                 size_now = min(4 * size_now, MAX_CSV_ROW_BYTES)
 

@@ -437,3 +437,30 @@ def test_latest_view_reads_the_same_through_delta_as_through_iceberg(fabric):
                 "attributes.llm.model_name"):
         assert through_delta[col].to_pylist() == through_iceberg[col].to_pylist(), col
     assert through_iceberg["eval.qa_check.label"].to_pylist()[2] == "changed"
+
+
+def test_full_export_goes_day_by_day_and_keeps_traces_and_re_imports_whole(fabric):
+    """The first sync reads the lake's span table one date partition at a time: a trace that crosses
+    midnight still gets its bounds from both days, a span imported twice is exported once (its later
+    version), and every annotation reaches its span."""
+    put, sync, read, conn, catalog = fabric
+    midnight = (NOW - dt.timedelta(days=3)).replace(hour=0, minute=0, second=0)
+    put("spans", spans_table([
+        {"span_id": "m1", "trace_id": "tm", "name": "before", "start": midnight - dt.timedelta(minutes=1), "ms": 100},
+        {"span_id": "m2", "trace_id": "tm", "parent_id": "m1", "name": "after", "start": midnight + dt.timedelta(minutes=1),
+         "ms": 2000},
+        {"span_id": "r1", "trace_id": "tr", "name": "first", "start": midnight - dt.timedelta(days=1)},
+    ]))
+    put("spans", spans_table([{"span_id": "r1", "trace_id": "tr", "name": "re-imported",
+                               "start": midnight - dt.timedelta(days=1)}]))
+    put("annotations", annotations_table([{"span_id": "m2", "name": "qa", "label": "ok"},
+                                          {"span_id": "r1", "name": "qa", "label": "fine"}]))
+    first = sync()
+    assert (first.mode, first.rows, first.annotation_rows) == ("full", 3, 2)
+    data = read("ORDER BY span_id")
+    assert data["span_id"].to_pylist() == ["m1", "m2", "r1"]
+    assert data["name"].to_pylist() == ["before", "after", "re-imported"]
+    end = midnight + dt.timedelta(minutes=1, milliseconds=2000)
+    assert data["trace_end_time"].to_pylist()[:2] == [end, end]  # across the two days' partitions
+    assert data["trace_start_time"].to_pylist()[:2] == [midnight - dt.timedelta(minutes=1)] * 2
+    assert data["eval.qa.label"].to_pylist() == [None, "ok", "fine"]

@@ -36,7 +36,11 @@ class LakeTraceSource:
     Note:
         If the cursor snapshot is no longer in the table's history (expired), the whole table is
         exported again (correct, logged, slower). The spans of changed traces and the annotations of
-        changed spans are read into memory per sync; the first sync streams the span table in batches.
+        changed spans are read into memory per sync. The first sync (the whole history) reads the traces'
+        bounds in one streamed pass over three columns and the annotations' latest versions, then the
+        spans one ``date`` partition at a time: its memory grows with a day's spans, the traces and the
+        annotations, not with all the spans (a span re-imported with a start time on another day is then
+        exported once per day it was imported under).
     """
 
     def __init__(self, catalog: Catalog, space: str = "traces", name: str = "lake"):
@@ -80,7 +84,7 @@ class LakeTraceSource:
         # pyiceberg's In(term, values) is positional at runtime (SetPredicate.__init__), but mypy sees
         # only the keyword-only __init__ that pydantic's dataclass_transform synthesises for it: hence
         # the type: ignore on each In(...) below
-        from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, In, LessThanOrEqual
+        from pyiceberg.expressions import AlwaysTrue, And, EqualTo, GreaterThanOrEqual, In, IsNull, LessThanOrEqual
 
         spans_t, ann_t = self._table(project, "spans"), self._table(project, "annotations")
 
@@ -143,10 +147,11 @@ class LakeTraceSource:
             if not traces and not annotated:
                 return Changes(iter(()), new_cursor, high)
 
-        def annotations_of(spans: pa.Table) -> pa.Table:
-            if ann_t is None or ann_t.current_snapshot() is None or not spans.num_rows:
+        def annotations_of(spans: pa.Table | None) -> pa.Table:
+            """The latest version of each annotation of ``spans`` (None: of every span)."""
+            if ann_t is None or ann_t.current_snapshot() is None or (spans is not None and not spans.num_rows):
                 return pa.Table.from_batches([], ANNOTATION_SCHEMA)
-            ann = ann_t.scan().to_arrow() if full else rows_in(ann_t, "span_id", spans["span_id"])
+            ann = ann_t.scan().to_arrow() if spans is None else rows_in(ann_t, "span_id", spans["span_id"])
             ann = latest_by(ann, ["span_id", "name", "identifier"], ["updated_at", INGESTED_AT])
             return ann.select(ANNOTATION_SCHEMA.names).cast(ANNOTATION_SCHEMA)
 
@@ -156,14 +161,11 @@ class LakeTraceSource:
                 mine = ann.filter(pc.is_in(ann["span_id"], chunk["span_id"])) if ann.num_rows else ann
                 yield ChangeBatch(chunk, mine, spans_changed)
 
-        def batches() -> Iterator[ChangeBatch]:
-            spans = (
-                spans_t.scan(row_filter=span_filter).to_arrow()
-                if full
-                else rows_in(spans_t, "trace_id", traces, row_filter=span_filter)
-            )
-            spans = latest_by(spans, ["span_id"], [INGESTED_AT, SOURCE_FILE, SOURCE_ROW])
-            bounds = spans.group_by("trace_id").aggregate([("start_time", "min"), ("end_time", "max")])
+        def with_bounds(spans: pa.Table, bounds: pa.Table) -> pa.Table:
+            key = spans.schema.field("trace_id").type  # a scan gives large_string, a batch reader string
+            if bounds.schema.field("trace_id").type != key:
+                i = bounds.schema.get_field_index("trace_id")
+                bounds = bounds.set_column(i, "trace_id", bounds["trace_id"].cast(key))
             spans = spans.join(bounds, "trace_id", join_type="left outer")
             spans = spans.set_column(
                 spans.schema.get_field_index("trace_start_time"), "trace_start_time", spans["start_time_min"].cast(TS)
@@ -171,7 +173,38 @@ class LakeTraceSource:
             spans = spans.set_column(
                 spans.schema.get_field_index("trace_end_time"), "trace_end_time", spans["end_time_max"].cast(TS)
             )
-            spans = spans.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA).sort_by("start_time")
+            return spans.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA).sort_by("start_time")
+
+        def full_batches() -> Iterator[ChangeBatch]:
+            """The whole history one date partition at a time (bounded memory): the traces' bounds from one
+            pass over three columns, then each day's spans with their annotations."""
+            bounds = trace_bounds(spans_t)
+            ann = annotations_of(None)
+            values = {f.partition[0] for f in _live_files(spans_t) if f.partition is not None}
+            days = [dt.date(1970, 1, 1) + dt.timedelta(days=d) if isinstance(d, int) else d for d in values - {None}]
+            for when in [*sorted(days), *([None] if None in values else [])]:
+                day_filter = (
+                    IsNull(PARTITION_COLUMN) if when is None else EqualTo(PARTITION_COLUMN, when.isoformat())  # type: ignore[call-arg, arg-type]
+                )
+                spans = spans_t.scan(row_filter=day_filter).to_arrow()
+                spans = latest_by(spans, ["span_id"], [INGESTED_AT, SOURCE_FILE, SOURCE_ROW])
+                mine = bounds.filter(pc.is_in(bounds["trace_id"], spans["trace_id"]))
+                spans = with_bounds(spans, mine)
+                log.info("%s: full export, %s: %d span(s)", project, when, spans.num_rows)
+                yield from chunks(spans, ann.filter(pc.is_in(ann["span_id"], spans["span_id"])), True)
+
+        def batches() -> Iterator[ChangeBatch]:
+            if full and _identity_on(spans_t, PARTITION_COLUMN):
+                yield from full_batches()
+                return
+            spans = (
+                spans_t.scan(row_filter=span_filter).to_arrow()
+                if full
+                else rows_in(spans_t, "trace_id", traces, row_filter=span_filter)
+            )
+            spans = latest_by(spans, ["span_id"], [INGESTED_AT, SOURCE_FILE, SOURCE_ROW])
+            bounds = spans.group_by("trace_id").aggregate([("start_time", "min"), ("end_time", "max")])
+            spans = with_bounds(spans, bounds)
             yield from chunks(spans, annotations_of(spans), True)
             only = annotated - set(spans["span_id"].to_pylist())
             if only:  # the spans are unchanged: they come only to carry their annotations, so only the
@@ -189,6 +222,57 @@ class LakeTraceSource:
                 yield from chunks(rest, annotations_of(rest), False)
 
         return Changes(batches(), new_cursor, high)
+
+
+def _live_files(table) -> list:
+    snap = table.current_snapshot()
+    if snap is None:
+        return []
+    return [
+        e.data_file for m in snap.manifests(table.io) for e in m.fetch_manifest_entry(table.io, discard_deleted=True)
+    ]
+
+
+def _identity_on(table, column: str) -> bool:
+    """The table's spec is one identity partition on ``column`` (what the trace import jobs create)."""
+    fields = table.spec().fields
+    schema = table.schema()
+    return (
+        len(fields) == 1
+        and str(fields[0].transform) == "identity"
+        and schema.find_field(fields[0].source_id).name == column
+    )
+
+
+def trace_bounds(spans_t) -> pa.Table:
+    """``trace_id``, ``start_time_min``, ``end_time_max`` of every trace, from one streamed pass over those three
+    columns (partial aggregates per batch, folded as they pile up: memory grows with the traces, not the spans)."""
+
+    def fold(tables: list[pa.Table]) -> pa.Table:
+        out = (
+            pa.concat_tables(tables)
+            .group_by("trace_id")
+            .aggregate([("start_time_min", "min"), ("end_time_max", "max")])
+        )
+        names = {"start_time_min_min": "start_time_min", "end_time_max_max": "end_time_max"}
+        return out.rename_columns([names.get(c, c) for c in out.column_names])
+
+    parts: list[pa.Table] = []
+    reader = spans_t.scan(selected_fields=("trace_id", "start_time", "end_time")).to_arrow_batch_reader()
+    for batch in reader:
+        t = pa.Table.from_batches([batch]).group_by("trace_id")
+        parts.append(t.aggregate([("start_time", "min"), ("end_time", "max")]))
+        if len(parts) >= 16:
+            parts = [fold(parts)]
+    if not parts:
+        return pa.table(
+            {
+                "trace_id": pa.array([], pa.string()),
+                "start_time_min": pa.array([], TS),
+                "end_time_max": pa.array([], TS),
+            }
+        )
+    return fold(parts)
 
 
 IN_FILTER_MAX = 200
