@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 
 from obslake.config import Connector, _ident
 from obslake.exceptions import CommitConflictError, ConfigError
+from obslake.fabric.ddl import ANNOTATIONS_SUFFIX
 from obslake.fabric.flatten import flatten
 from obslake.fabric.lake_source import cursor_json
 from obslake.fabric.model import TS, ChangeBatch, TraceSource
@@ -62,6 +63,7 @@ from obslake.lake.iceberg import (
     iceberg_schema,
     identity_spec,
     latest_by,
+    live_data_files,
     load_or_create,
     load_table,
     read_data_files,
@@ -87,7 +89,6 @@ LAYOUT = "2"
 EVAL_KINDS = ("LLM", "CODE")
 PARTITIONS = ["date", "hour"]  # of the spans table
 ANNOTATION_PARTITIONS = ["date"]
-ANNOTATIONS_SUFFIX = "__annotations"
 ANNOTATION_KEYS = ["span_id", "name", "identifier"]
 """One annotation in the source (Phoenix's unique key); the log holds its versions."""
 ANNOTATION_ORDER = ["updated_at", "_synced_at"]
@@ -355,7 +356,7 @@ class ProjectExporter:
                 parts |= set(zip(out["date"].to_pylist(), out["hour"].to_pylist(), strict=True))
             else:
                 changed.append(out)
-        replaced: list | None = self._all_files(table) if migrate and table is not None else None
+        replaced: list | None = live_data_files(table) if migrate and table is not None else None
         if not full and changes.live_annotation_keys is not None and ann_table is not None:
             markers = self._delete_markers(ann_table, changes.live_annotation_keys, synced_at)
             if markers.num_rows:
@@ -451,17 +452,6 @@ class ProjectExporter:
                 true_names=writes_true_names(table),
             )
 
-    @staticmethod
-    def _all_files(table: Table) -> list:
-        snap = table.current_snapshot()
-        if snap is None:
-            return []
-        return [
-            e.data_file
-            for m in snap.manifests(table.io)
-            for e in m.fetch_manifest_entry(table.io, discard_deleted=True)
-        ]
-
     def _drop_old_columns(self, table: Table) -> Table:
         old = [f.name for f in table.schema().fields if _OLD_LAYOUT_COLUMNS.match(f.name)]
         if old:
@@ -501,7 +491,7 @@ class ProjectExporter:
             seen = {f.file_path for f in replaced}
             replaced += [
                 f
-                for f in self._all_files(table)
+                for f in live_data_files(table)
                 if f.file_path not in seen
                 and pc.any(pc.is_in(read_data_files(table, [f], ("trace_id",))["trace_id"], gone_ids)).as_py()
             ]

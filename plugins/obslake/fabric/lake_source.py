@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from obslake.config import _ident
 from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, TS, ChangeBatch, Changes
-from obslake.lake.iceberg import latest_by
+from obslake.lake.iceberg import latest_by, live_data_files
 from obslake.schema.mapping import INGESTED_AT, PARTITION_COLUMN, SOURCE_FILE, SOURCE_ROW
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ class LakeTraceSource:
             pass over three columns, then each day's spans with their annotations."""
             bounds = trace_bounds(spans_t)
             ann = annotations_of(None)
-            values = {f.partition[0] for f in _live_files(spans_t) if f.partition is not None}
+            values = {f.partition[0] for f in live_data_files(spans_t) if f.partition is not None}
             days = [dt.date(1970, 1, 1) + dt.timedelta(days=d) if isinstance(d, int) else d for d in values - {None}]
             for when in [*sorted(days), *([None] if None in values else [])]:
                 day_filter = (
@@ -222,15 +222,6 @@ class LakeTraceSource:
                 yield from chunks(rest, annotations_of(rest), False)
 
         return Changes(batches(), new_cursor, high)
-
-
-def _live_files(table) -> list:
-    snap = table.current_snapshot()
-    if snap is None:
-        return []
-    return [
-        e.data_file for m in snap.manifests(table.io) for e in m.fetch_manifest_entry(table.io, discard_deleted=True)
-    ]
 
 
 def _identity_on(table, column: str) -> bool:

@@ -822,6 +822,16 @@ def delete_quietly(io: Any, data_files: list[DataFile]) -> None:
 
 
 # -- reading -----------------------------------------------------------------------------------------
+def live_data_files(table: Table) -> list[Any]:
+    """The data files of the table's current snapshot (one pass over its manifests; none without one)."""
+    snap = table.current_snapshot()
+    if snap is None:
+        return []
+    return [
+        e.data_file for m in snap.manifests(table.io) for e in m.fetch_manifest_entry(table.io, discard_deleted=True)
+    ]
+
+
 def read_data_files(table: Table, data_files: list[DataFile], columns: tuple[str, ...] | None = None) -> pa.Table:
     """The rows of ``data_files`` in the table's current schema (older files gain null columns); only
     ``columns`` when given."""

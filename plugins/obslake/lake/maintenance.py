@@ -40,6 +40,7 @@ from obslake.lake.iceberg import (
     commit_with_retry,
     latest_by,
     list_files,
+    live_data_files,
     load_table,
     read_data_files,
     write_data_files,
@@ -196,21 +197,12 @@ def _expire(
     return table
 
 
-def _live_files(table: Table) -> list[Any]:
-    snap = table.current_snapshot()
-    if snap is None:
-        return []
-    return [
-        e.data_file for m in snap.manifests(table.io) for e in m.fetch_manifest_entry(table.io, discard_deleted=True)
-    ]
-
-
 def _compact(
     table: Table, policy: Policy, report: Report, dry_run: bool, after_commit: Any, carry: tuple[str, ...]
 ) -> Table:
     latest = _latest_by(table)
     by_partition: dict[Any, list[Any]] = defaultdict(list)
-    for f in _live_files(table):
+    for f in live_data_files(table):
         if (latest is not None or f.file_size_in_bytes < policy.small_file_bytes) and f.content == 0:
             by_partition[(f.spec_id, tuple(f.partition))].append(f)
     least = 2 if latest is not None else policy.min_files
@@ -239,7 +231,7 @@ def _compact(
 
         current = table.refresh() if n else table
         props = _carried(current, "compaction", carry)
-        if n and not old_paths <= {f.file_path for f in _live_files(current)}:
+        if n and not old_paths <= {f.file_path for f in live_data_files(current)}:
             raise CommitConflictError(f"{report.table}: files being compacted were removed by another writer")
         try:
             with (
