@@ -176,6 +176,46 @@ def test_one_file_per_partition_and_every_row_back(tmp_path):
         assert part.num_rows == f.record_count
 
 
+def test_one_encoding_choice_per_write_and_true_file_sizes(tmp_path):
+    """The dictionary choice is made once over the rows of a call (not per file: a one-row partition would
+    otherwise look "mostly distinct"), and each DataFile's size is the file's size on disk."""
+    n = 2_000
+    rows = pa.table({
+        "id": pa.array([f"s{i:05d}" for i in range(n)]),  # distinct: plain everywhere
+        "label": pa.array([["cat", "dog"][i % 2] for i in range(n)]),  # repetitive: dictionary everywhere
+        "date": pa.array([dt.date(2026, 1, 1) if i else dt.date(2026, 1, 2) for i in range(n)], pa.date32()),
+    })
+    table = _table(tmp_path, rows.schema, [("date", IdentityTransform())])
+    files = write_data_files(table.metadata, table.io, rows)
+    assert sorted(f.record_count for f in files) == [1, n - 1]
+    for f in files:
+        path = f.file_path.removeprefix("file://")
+        assert f.file_size_in_bytes == Path(path).stat().st_size
+        meta = pq.ParquetFile(path).metadata
+        enc = {meta.schema.column(i).path: meta.row_group(0).column(i).encodings for i in range(meta.num_columns)}
+        assert "RLE_DICTIONARY" in enc["label"] and "RLE_DICTIONARY" not in enc["id"], (f.record_count, enc)
+
+
+def test_rows_of_other_types_take_pyicebergs_projection(tmp_path):
+    """Rows whose types differ from the table's (int32 into a long column) are projected by pyiceberg, so the
+    file holds the table's types; rows of the table's types take its schema as they are: both read back."""
+    rows = _rows()
+    table = _table(tmp_path, rows.schema.set(2, pa.field("hour", pa.int64())), [("date", IdentityTransform())])
+    files = write_data_files(table.metadata, table.io, rows)  # hour is int32 here
+    files += write_data_files(table.metadata, table.io, rows.set_column(2, "hour", rows["hour"].cast(pa.int64())))
+    for f in files:
+        schema = pq.read_schema(f.file_path.removeprefix("file://"))
+        assert schema.field("hour").type == pa.int64() and schema.field("hour").metadata[b"PARQUET:field_id"]
+    with table.transaction() as tx, tx.update_snapshot().fast_append() as app:
+        for f in files:
+            app.append_data_file(f)
+    table.refresh()
+    back = table.scan().to_arrow().sort_by("id")
+    key = lambda h: (h is None, h)  # noqa: E731
+    assert sorted(back["hour"].to_pylist(), key=key) == sorted(rows["hour"].to_pylist() * 2, key=key)
+    assert back.num_rows == 2 * rows.num_rows
+
+
 def test_unpartitioned_falls_back_to_pyiceberg(tmp_path):
     rows = _rows()
     table = _table(tmp_path, rows.schema, [])

@@ -35,6 +35,7 @@ upkeep's retention expires them (nothing is deleted before that).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
@@ -57,6 +58,7 @@ from obslake.fabric.model import TS, ChangeBatch, TraceSource
 from obslake.lake.iceberg import (
     DEFAULT_TABLE_PROPERTIES,
     PROP_PARQUET_NAMES,
+    DataFileWriter,
     commit_with_retry,
     ensure_properties,
     evolve,
@@ -134,7 +136,7 @@ def span_rows(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
     cols["date"] = pc.cast(start, pa.date32())
     cols["hour"] = pc.hour(start).cast(pa.int32())
     cols["_updated_at"] = spans["changed_at"]
-    cols["_synced_at"] = pa.array([synced_at] * n, TS)
+    cols["_synced_at"] = pa.repeat(pa.scalar(synced_at, TS), n)
     return pa.table(cols)
 
 
@@ -161,9 +163,9 @@ def annotation_rows(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
         "annotator_kind": rows["annotator_kind"],
         "identifier": pc.fill_null(rows["identifier"], ""),
         "updated_at": rows["updated_at"],
-        "deleted": pa.array([False] * n, pa.bool_()),
+        "deleted": pa.repeat(pa.scalar(False), n),
         "date": pc.cast(rows["start_time"], pa.date32()),
-        "_synced_at": pa.array([synced_at] * n, TS),
+        "_synced_at": pa.repeat(pa.scalar(synced_at, TS), n),
     }
     return pa.Table.from_arrays(
         [pa.chunked_array(cols[f.name]).cast(f.type) if n else pa.array([], f.type) for f in ANNOTATION_LOG_SCHEMA],
@@ -329,40 +331,52 @@ class ProjectExporter:
         ann_table = self.annotations_table()
         ann_files: list = []
         ann_rows = 0
-        ann_uuid, ann_counter = uuid.uuid4(), itertools.count(0)
         span_files: list = []
         rows = 0
         parts: set = set()
         changed: list[pa.Table] = []
-        write_uuid, counter = uuid.uuid4(), itertools.count(0)
         if migrate and table is not None:
             table = self._drop_old_columns(table)
-        for batch in changes.batches:
-            log_rows = annotation_rows(batch, synced_at)
-            if log_rows.num_rows:
-                ann_table = ann_table or self._create_annotations()
-                ann_files += write_data_files(ann_table.metadata, ann_table.io, log_rows, ann_uuid, ann_counter)
-                ann_rows += log_rows.num_rows
-            if not batch.spans.num_rows or not batch.spans_changed:
-                continue  # only the annotations of these spans changed: the spans table is not touched
-            out = span_rows(batch, synced_at)
-            if table is None:
-                table = self._create(out.schema)
-            table = self._evolve(table, out.schema)
-            out = self._conform(out, table.schema().as_arrow())
-            if full:  # streamed: each batch is written as it comes
-                span_files += write_data_files(table.metadata, table.io, out, write_uuid, counter)
-                rows += out.num_rows
-                parts |= set(zip(out["date"].to_pylist(), out["hour"].to_pylist(), strict=True))
-            else:
-                changed.append(out)
+        # data files are written in the background (one chunk in flight per table) while the next batch is
+        # read and flattened; a writer is replaced when the table's schema changed under it
+        ann_writer: DataFileWriter | None = None
+        span_writer: DataFileWriter | None = None
+        with contextlib.ExitStack() as writers:
+            for batch in changes.batches:
+                log_rows = annotation_rows(batch, synced_at)
+                if log_rows.num_rows:
+                    ann_table = ann_table or self._create_annotations()
+                    ann_writer = ann_writer or writers.enter_context(DataFileWriter(ann_table.metadata, ann_table.io))
+                    for b in log_rows.to_batches():
+                        ann_writer.add(b)
+                    ann_rows += log_rows.num_rows
+                if not batch.spans.num_rows or not batch.spans_changed:
+                    continue  # only the annotations of these spans changed: the spans table is not touched
+                out = span_rows(batch, synced_at)
+                if table is None:
+                    table = self._create(out.schema)
+                table = self._evolve(table, out.schema)
+                out = self._conform(out, table.schema().as_arrow())
+                if full:  # streamed: each batch is written as it comes
+                    if span_writer is None or span_writer.metadata is not table.metadata:
+                        span_files += span_writer.finish() if span_writer is not None else []
+                        span_writer = writers.enter_context(DataFileWriter(table.metadata, table.io))
+                    for b in out.to_batches():
+                        span_writer.add(b)
+                    rows += out.num_rows
+                    hours = out.select(["date", "hour"]).group_by(["date", "hour"]).aggregate([])
+                    parts |= set(zip(hours["date"].to_pylist(), hours["hour"].to_pylist(), strict=True))
+                else:
+                    changed.append(out)
+            span_files += span_writer.finish() if span_writer is not None else []
+            ann_files += ann_writer.finish() if ann_writer is not None else []
         replaced: list | None = live_data_files(table) if migrate and table is not None else None
         if not full and changes.live_annotation_keys is not None and ann_table is not None:
             markers = self._delete_markers(ann_table, changes.live_annotation_keys, synced_at)
             if markers.num_rows:
                 log.info("%s: %d annotation(s) deleted in the source: delete markers appended", self.project,
                          markers.num_rows)  # fmt: skip
-                ann_files += write_data_files(ann_table.metadata, ann_table.io, markers, ann_uuid, ann_counter)
+                ann_files += write_data_files(ann_table.metadata, ann_table.io, markers)
                 ann_rows += markers.num_rows
         gone: set[str] = set()
         if not full and changes.live_trace_ids is not None and table is not None:
@@ -548,8 +562,8 @@ class ProjectExporter:
         gone = alive.join(keys, keys=ANNOTATION_KEYS, join_type="left anti")
         n = gone.num_rows
         cols = {name: gone[name] for name in fields if name in gone.column_names}
-        cols["deleted"] = pa.chunked_array([pa.array([True] * n, pa.bool_())])
-        cols["_synced_at"] = pa.chunked_array([pa.array([synced_at] * n, TS)])
+        cols["deleted"] = pa.chunked_array([pa.repeat(pa.scalar(True), n)])
+        cols["_synced_at"] = pa.chunked_array([pa.repeat(pa.scalar(synced_at, TS), n)])
         arrays = [
             cols[f.name].cast(f.type) if f.name in cols else pa.chunked_array([pa.nulls(n, f.type)])
             for f in ANNOTATION_LOG_SCHEMA

@@ -12,6 +12,7 @@ pyiceberg is imported inside the functions: importing this module is cheap (DAG 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import random
@@ -526,13 +527,15 @@ def _partition_slices(rows: pa.Table, sources: list[str]) -> list[pa.Table]:
         if len(values) <= FILTER_PARTITIONS:
             values = values.take(pc.sort_indices(values))
             return [rows.filter(pc.equal(col, v)) for v in values]
-    rows = rows.sort_by([(c, "ascending") for c in sources])
+    order = pc.sort_indices(rows.select(sources), sort_keys=[(c, "ascending") for c in sources])
+    if not pc.all(pc.equal(order, pa.array(np.arange(rows.num_rows, dtype=order.type.to_pandas_dtype())))).as_py():
+        rows = rows.take(order)  # (rows in partition order already, e.g. spans by start time, are not copied)
     starts = _run_starts([rows[c] for c in sources])
     ends = np.append(starts[1:], rows.num_rows)
     return [rows.slice(s, e - s) for s, e in zip(starts, ends, strict=True)]
 
 
-def _dictionary_columns(df: pa.Table) -> list[str]:
+def _dictionary_columns(df: pa.Table, plain: frozenset[str] | None = None) -> list[str]:
     """The Parquet columns of ``df`` to dictionary-encode: all but the mostly-distinct primitive ones.
 
     Arrow's Parquet writer dictionary-encodes every column until its dictionary outgrows the page
@@ -542,21 +545,30 @@ def _dictionary_columns(df: pa.Table) -> list[str]:
     primitive column more than half distinct in its first :data:`DICTIONARY_SAMPLE_ROWS` rows is
     written plain; the others (tags, labels, ``date``, the lineage constants, nested columns' leaves)
     keep dictionary encoding. Only the encoding differs: values and statistics are the same.
+
+    ``plain``: the top-level columns to write plain, chosen already (by :func:`_plain_columns` over the
+    rows of a whole write call: one choice for all its files, not a sample per file).
     """
+    if plain is None:
+        plain = _plain_columns(df)
+    return [leaf for f in df.schema if f.name not in plain for leaf in _leaf_paths(f.name, f.type)]
+
+
+def _plain_columns(df: pa.Table) -> frozenset[str]:
+    """The top-level primitive columns of ``df`` more than half distinct in its first
+    :data:`DICTIONARY_SAMPLE_ROWS` rows (see :func:`_dictionary_columns`)."""
     sample = df.slice(0, DICTIONARY_SAMPLE_ROWS)
-    out: list[str] = []
+    out: set[str] = set()
     for field, col in zip(sample.schema, sample.columns, strict=True):
         if pa.types.is_nested(field.type):
-            out.extend(_leaf_paths(field.name, field.type))
             continue
         valid = len(col) - col.null_count
         try:
-            mostly_distinct = valid > 0 and pc.count_distinct(col).as_py() * 2 > valid
+            if valid > 0 and pc.count_distinct(col).as_py() * 2 > valid:
+                out.add(field.name)
         except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # a type without a hash kernel
-            mostly_distinct = False
-        if not mostly_distinct:
-            out.append(field.name)
-    return out
+            pass
+    return frozenset(out)
 
 
 def _leaf_paths(path: str, t: pa.DataType) -> list[str]:
@@ -618,10 +630,13 @@ def _write_tasks(
     return tasks
 
 
-def parquet_write_options(properties: dict[str, str], sample: pa.Table) -> tuple[dict[str, Any], int]:
+def parquet_write_options(
+    properties: dict[str, str], sample: pa.Table, plain: frozenset[str] | None = None
+) -> tuple[dict[str, Any], int]:
     """How the one write path writes Parquet for a table's properties: ``ParquetWriter`` keyword arguments
-    (compression and level, page sizes, the dictionary-encoded columns chosen from ``sample``) and the row
-    group size. The benchmark floor (``bench/p1_throughput.py``) writes with exactly these."""
+    (compression and level, page sizes, the dictionary-encoded columns chosen from ``sample``, or all but
+    ``plain`` when given) and the row group size. The benchmark floor (``bench/p1_throughput.py``) writes
+    with exactly these."""
     from pyiceberg.io.pyarrow import _get_parquet_writer_kwargs
     from pyiceberg.table import TableProperties
     from pyiceberg.utils.properties import property_as_int
@@ -631,17 +646,57 @@ def parquet_write_options(properties: dict[str, str], sample: pa.Table) -> tuple
     )
     options = {
         "store_decimal_as_integer": True,
-        "use_dictionary": _dictionary_columns(sample),
+        "use_dictionary": _dictionary_columns(sample, plain),
         **_get_parquet_writer_kwargs(properties),
     }
     return options, row_group_size or TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT
 
 
-def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any) -> DataFile:
+@dataclasses.dataclass(frozen=True)
+class _FilePlan:
+    """What every data file of one :func:`write_data_files` call shares, worked out once for the call."""
+
+    file_schema: Any  # the Iceberg schema as written (pyiceberg's sanitised names unless PROP_PARQUET_NAMES)
+    projected: pa.Schema  # the Arrow schema of a projected batch (field ids, nullability)
+    plain: frozenset[str]  # top-level columns written without dictionary encoding (see _dictionary_columns)
+    downcast: bool  # pyiceberg's downcast-ns-timestamp-to-us-on-write setting
+
+
+def _file_plan(metadata: TableMetadata, rows: pa.Table, task_schema: Any) -> _FilePlan:
+    from pyiceberg.io.fileformat import FileFormatFactory
+    from pyiceberg.io.pyarrow import PYARROW_PARQUET_FIELD_ID_KEY, _to_requested_schema
+    from pyiceberg.manifest import FileFormat
+    from pyiceberg.schema import sanitize_column_names
+    from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE
+    from pyiceberg.utils.config import Config
+
+    schema = metadata.schema()
+    file_schema = schema if stores_iceberg_names(metadata.properties) else sanitize_column_names(schema)
+    downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
+    projected = _to_requested_schema(
+        requested_schema=file_schema,
+        file_schema=task_schema,
+        batch=pa.RecordBatch.from_pylist([], schema=rows.schema),
+        downcast_ns_timestamp_to_us=downcast,
+        include_field_ids=True,
+        format_model=FileFormatFactory.get(FileFormat.PARQUET),
+    ).schema
+    ids = {f.name: f.field_id for f in schema.fields}
+    plain_ids = {ids[name] for name in _plain_columns(rows) if name in ids}
+    plain = frozenset(
+        f.name for f in projected if int((f.metadata or {}).get(PYARROW_PARQUET_FIELD_ID_KEY, -1)) in plain_ids
+    )
+    return _FilePlan(file_schema, projected, plain, downcast)
+
+
+def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any, plan: _FilePlan) -> DataFile:
     """Write one pyiceberg ``WriteTask`` as a Parquet data file; its DataFile (with column metrics).
 
     The same file pyiceberg's ``write_file`` writes (schema with field ids, the table's Parquet
-    properties and metrics modes), except that only :func:`_dictionary_columns` are dictionary-encoded.
+    properties and metrics modes), except that only :func:`_dictionary_columns` are dictionary-encoded
+    (chosen once per write call, in ``plan``). Batches already of the projected types (the usual case:
+    rows conformed to the table) take the projected schema as they are instead of pyiceberg's
+    column-by-column projection (same values; a tenth of the cost of a small file).
     """
     from pyiceberg.io.fileformat import FileFormatFactory
     from pyiceberg.io.pyarrow import (
@@ -651,35 +706,35 @@ def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any
         parquet_path_to_id_mapping,
     )
     from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-    from pyiceberg.schema import sanitize_column_names
-    from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE
     from pyiceberg.typedef import Record
-    from pyiceberg.utils.config import Config
 
-    schema = metadata.schema()
-    file_schema = schema if stores_iceberg_names(metadata.properties) else sanitize_column_names(schema)
-    downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
-    format_model = FileFormatFactory.get(FileFormat.PARQUET)
-    df = pa.Table.from_batches(
-        [
-            _to_requested_schema(
-                requested_schema=file_schema,
-                file_schema=task.schema,
-                batch=batch,
-                downcast_ns_timestamp_to_us=downcast,
-                include_field_ids=True,
-                format_model=format_model,
-            )
-            for batch in task.record_batches
-        ]
-    )
+    file_schema, batches = plan.file_schema, task.record_batches
+    if all(b.schema.equals(plan.projected, check_metadata=False) for b in batches):
+        df = pa.Table.from_batches(batches, schema=plan.projected)
+    else:
+        format_model = FileFormatFactory.get(FileFormat.PARQUET)
+        df = pa.Table.from_batches(
+            [
+                _to_requested_schema(
+                    requested_schema=file_schema,
+                    file_schema=task.schema,
+                    batch=batch,
+                    downcast_ns_timestamp_to_us=plan.downcast,
+                    include_field_ids=True,
+                    format_model=format_model,
+                )
+                for batch in batches
+            ]
+        )
     file_path = locations.new_data_location(
         data_file_name=task.generate_data_file_filename("parquet"), partition_key=task.partition_key
     )
-    options, row_group_size = parquet_write_options(metadata.properties, df)
+    options, row_group_size = parquet_write_options(metadata.properties, df, plan.plain)
     out = io.new_output(file_path)
-    with out.create(overwrite=True) as fos, pq.ParquetWriter(fos, schema=df.schema, **options) as writer:
-        writer.write(df, row_group_size=row_group_size)
+    with out.create(overwrite=True) as fos:
+        with pq.ParquetWriter(fos, schema=df.schema, **options) as writer:
+            writer.write(df, row_group_size=row_group_size)
+        size = fos.tell()  # the bytes written (a stat of the file would cost a round trip on object stores)
     statistics = data_file_statistics_from_parquet_metadata(
         parquet_metadata=writer.writer.metadata,
         stats_columns=compute_statistics_plan(file_schema, metadata.properties),
@@ -690,7 +745,7 @@ def _write_data_file(metadata: TableMetadata, io: Any, locations: Any, task: Any
         file_path=file_path,
         file_format=FileFormat.PARQUET,
         partition=task.partition_key.partition if task.partition_key else Record(),
-        file_size_in_bytes=len(out),
+        file_size_in_bytes=size,
         sort_order_id=None,
         spec_id=metadata.default_spec_id,
         equality_ids=None,
@@ -733,7 +788,10 @@ def write_data_files(
         )
     tasks = _write_tasks(metadata, _partition_slices(rows, sources), sources, write_uuid, counter)
     locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
-    return list(ExecutorFactory.get_or_create().map(lambda t: _write_data_file(metadata, io, locations, t), tasks))
+    plan = _file_plan(metadata, rows, tasks[0].schema)
+    return list(
+        ExecutorFactory.get_or_create().map(lambda t: _write_data_file(metadata, io, locations, t, plan), tasks)
+    )
 
 
 class DataFileWriter:
