@@ -151,3 +151,13 @@ def own_bucket_for_airflow(monkeypatch, s3_client, bucket: str, moto_server: str
     aws_connection(monkeypatch, moto_server)
     monkeypatch.setenv(f"AIRFLOW_VAR_{variable.upper()}", key)
     return key
+
+
+def asset_events(uri: str) -> list[dict]:
+    """The extras of the Airflow asset events of ``uri``, oldest first (from the metadata DB)."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        q = session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(AssetModel.uri == uri)
+        return [e.extra for e in q.order_by(AssetEvent.id)]

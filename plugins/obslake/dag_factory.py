@@ -38,12 +38,15 @@ def _stem(path: Path) -> str:
 
 def build_import_dag(job: ImportJob) -> Any:
     """The DAG ``obslake_import__<job>``: wait for new files → verify bucket → validate → import (mapped over
-    batches of small files, a large file alone)."""
-    from airflow.configuration import conf
-    from airflow.sdk import DAG
+    batches of small files, a large file alone) → report (fails the run if a file was refused).
 
-    from obslake.airflow_support import job_to_dict
+    A job paused in its YAML gets no schedule (a paused job costs nothing: no run starts to skip at once)."""
+    from airflow.configuration import conf
+    from airflow.sdk import DAG, AssetAlias
+
+    from obslake.airflow_support import import_alias, job_to_dict
     from obslake.operators.iceberg_sync import IcebergImportOperator
+    from obslake.operators.import_report import ImportReportOperator
     from obslake.operators.schema_validate import SchemaValidateOperator
     from obslake.operators.tag_verify import TagVerifyOperator
     from obslake.sensors.prefix import S3KeyPrefixSensor
@@ -55,7 +58,7 @@ def build_import_dag(job: ImportJob) -> Any:
     with DAG(
         dag_id=job.dag_id,
         description=f"Import {job.source} into {'.'.join(job.table_identifier)} (obslake)",
-        schedule=job.schedule,
+        schedule=None if job.status == JobStatus.paused else job.schedule,
         start_date=START,
         catchup=False,
         max_active_runs=1,
@@ -88,8 +91,14 @@ def build_import_dag(job: ImportJob) -> Any:
             tag_name=job.tag_name,
         )
         valid = SchemaValidateOperator(task_id="validate_files", job=job_dict, files=files.output)
-        imported = IcebergImportOperator.partial(task_id="import_files", job=job_dict).expand(files=valid.output)
-        files >> verify >> valid >> imported
+        imported = IcebergImportOperator.partial(
+            task_id="import_files", job=job_dict, outlets=[AssetAlias(import_alias(job.name))]
+        ).expand(files=valid.output)
+        report = ImportReportOperator(
+            task_id="report_failures", validate_task_id="validate_files", import_task_id="import_files"
+        )
+        files >> verify >> valid >> imported >> report
+        valid >> report
     return dag
 
 
@@ -177,10 +186,25 @@ def build_import_dags(directory: str | Path) -> dict[str, Any]:
     return _build_all(jobs, errors, build_import_dag, "obslake_import__", "import job")
 
 
+def fabric_schedule(connector) -> Any:
+    """The connector's schedule as Airflow should run it: a cron schedule (``@hourly``, ``0 * * * *``) as a
+    data-interval timetable, so a backfill run covers the hour (or day) before its logical date rather than
+    Airflow 3's default zero-width interval (``create_cron_data_intervals=False``); no schedule when the
+    connector is paused in its YAML (a paused connector costs nothing)."""
+    from airflow.sdk import CronDataIntervalTimetable
+
+    if connector.status == JobStatus.paused:
+        return None
+    if connector.schedule in ("@once", "@continuous") or not connector.schedule:
+        return connector.schedule
+    return CronDataIntervalTimetable(connector.schedule, timezone="UTC")
+
+
 def build_fabric_dag(connector) -> Any:
     """The DAG ``obslake_fabric__<connector>``: verify bucket → permission probe → sync each project (mapped)."""
-    from airflow.sdk import DAG
+    from airflow.sdk import DAG, AssetAlias
 
+    from obslake.airflow_support import fabric_alias
     from obslake.operators.iceberg_sync import IcebergExportOperator
     from obslake.operators.storage_probe import StorageProbeOperator
     from obslake.operators.tag_verify import TagVerifyOperator
@@ -188,7 +212,7 @@ def build_fabric_dag(connector) -> Any:
     with DAG(
         dag_id=connector.dag_id,
         description=f"Data Fabric: {connector.source.type} projects {', '.join(connector.projects)} -> {connector.root}/",
-        schedule=connector.schedule,
+        schedule=fabric_schedule(connector),
         start_date=START,
         catchup=connector.catchup,
         max_active_runs=1,
@@ -216,7 +240,9 @@ def build_fabric_dag(connector) -> Any:
         )
         probe = StorageProbeOperator(task_id="probe_permissions", uri=connector.root, conn_id=connector.conn_id)
         sync = IcebergExportOperator.partial(
-            task_id="sync_project", connector=connector.model_dump(mode="json")
+            task_id="sync_project",
+            connector=connector.model_dump(mode="json"),
+            outlets=[AssetAlias(fabric_alias(connector.name))],
         ).expand(project=list(connector.projects))
         verify >> probe >> sync
     return dag

@@ -9,24 +9,48 @@ from obslake.lake.catalog import LakeSettings
 from obslake.lake.ledger import Ledger
 
 
+def _latest_versions(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the latest version of each file key, the earlier versions): a key's versions are its etags, the
+    latest the one first seen last."""
+    latest: dict[tuple, dict] = {}
+    for r in rows:
+        k = (r["bucket"], r["key"])
+        if k not in latest or _aware(r["first_seen"]) >= _aware(latest[k]["first_seen"]):
+            latest[k] = r
+    current = list(latest.values())
+    keep = {id(r) for r in current}
+    return current, [r for r in rows if id(r) not in keep]
+
+
+def _aware(when: dt.datetime) -> dt.datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
 def job_status(job_name: str, *, ledger: Ledger | None = None, errors: int = 5) -> dict:
     """Counts per status, rows, bad rows, last import and the latest errors of one job.
 
+    Each file key counts once, by its latest version: a file that failed and was then fixed (a new version
+    imported) is succeeded, no longer a failure; its earlier versions are counted as ``earlier_versions``
+    (``fixed``: of those, the failed versions of keys now succeeded) and stay in the ledger.
+
     Returns:
         ``{"job", "files": {"pending", "succeeded", "failed"}, "rows", "bad_rows", "last_import",
-        "latest_errors": [{"file", "etag", "when", "error"}]}`` — JSON-able except ``last_import``
-        and ``when`` (datetimes).
+        "earlier_versions", "fixed", "latest_errors": [{"file", "etag", "when", "error", "status", "code",
+        "attempts"}]}`` — JSON-able except ``last_import`` and ``when`` (datetimes).
     """
     ledger = ledger or Ledger(LakeSettings.from_env().state_uri)
     rows = ledger.rows(job_name)
+    current, earlier = _latest_versions(rows)
     files = {"pending": 0, "succeeded": 0, "failed": 0}
-    for r in rows:
+    for r in current:
         files[r["status"]] = files.get(r["status"], 0) + 1
-    done = [r for r in rows if r["status"] == "succeeded" and r["finished_at"]]
+    # the rows in the table: each key's latest imported version (a newer version that failed replaced nothing)
+    done, _ = _latest_versions([r for r in rows if r["status"] == "succeeded" and r["finished_at"]])
+    succeeded_keys = {(r["bucket"], r["key"]) for r in current if r["status"] == "succeeded"}
     # failed files, and pending ones whose last attempt failed transiently (never "pending" with nothing)
     failed = sorted(
-        (r for r in rows if r["status"] == "failed" or (r["status"] == "pending" and r["error"])),
-        key=lambda r: r["finished_at"] or r["first_seen"],
+        (r for r in current if r["status"] == "failed" or (r["status"] == "pending" and r["error"])),
+        key=lambda r: _aware(r["finished_at"] or r["first_seen"]),
         reverse=True,
     )
     return {
@@ -35,6 +59,8 @@ def job_status(job_name: str, *, ledger: Ledger | None = None, errors: int = 5) 
         "rows": sum(r["rows"] or 0 for r in done),
         "bad_rows": sum(r["bad_rows"] or 0 for r in done),
         "last_import": max((r["finished_at"] for r in done), default=None),
+        "earlier_versions": len(earlier),
+        "fixed": sum(r["status"] == "failed" and (r["bucket"], r["key"]) in succeeded_keys for r in earlier),
         "latest_errors": [
             {
                 "file": f"{r['bucket']}/{r['key']}" if r["bucket"] else r["key"],
@@ -72,10 +98,49 @@ def format_status(status: dict, job_status_word: str = "") -> str:
         "  ".join(str(h).ljust(w) for h, w in zip(head, widths, strict=True)),
         "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)),
     ]
+    if status.get("earlier_versions"):
+        lines.append(
+            f"{status['earlier_versions']} earlier version(s) of changed files kept in the ledger"
+            f" ({status.get('fixed', 0)} failed, then fixed by a new version)"
+        )
     if status["latest_errors"]:
         lines.append("latest errors:")
         for e in status["latest_errors"]:
             state = f"{e.get('status', 'failed')}, {e.get('attempts') or 1} attempt(s)"
             lines.append(f"  {printable(e['file'])} (etag {printable(e['etag'][:12])}, {state}):")
             lines.extend(f"    {printable(line)}" for line in e["error"].splitlines()[:8])
+    return "\n".join(lines)
+
+
+def run_summary(invalid: list[dict] | None, imported: list | None) -> dict:
+    """The verdict of one import run: what its validation refused and what its import tasks committed.
+
+    Args:
+        invalid: the files the validation step refused (``{"file", "code", "error"}`` each).
+        imported: the import tasks' results, one list per task (``ImportResult.to_dict()`` each).
+
+    Returns:
+        ``{"failed": [{"file", "code", "error"}], "imported": n, "rows": n, "already_imported": n}``.
+    """
+    results = [r for task in imported or [] if task for r in (task if isinstance(task, list) else [task]) if r]
+    return {
+        "failed": [dict(f) for f in invalid or []],
+        "imported": sum(r.get("status") == "imported" for r in results),
+        "rows": sum(r.get("rows") or 0 for r in results if r.get("status") == "imported"),
+        "already_imported": sum(r.get("status") == "already-imported" for r in results),
+    }
+
+
+def format_run_summary(summary: dict, limit: int = 20) -> str:
+    """``summary`` (of :func:`run_summary`) as the lines an alert shows: counts, then each refused file."""
+    failed = summary["failed"]
+    lines = [
+        f"{summary['imported']} file(s) imported ({summary['rows']:,} rows), {summary['already_imported']} imported "
+        f"before, {len(failed)} failed"
+    ]
+    for f in failed[:limit]:
+        lines.append(f"FAILED {printable(f['file'])} [{printable(f.get('code') or '-')}]")
+        lines.extend(f"    {printable(line)}" for line in str(f.get("error") or "").splitlines()[:12])
+    if len(failed) > limit:
+        lines.append(f"... and {len(failed) - limit} more (obslake status <job>)")
     return "\n".join(lines)

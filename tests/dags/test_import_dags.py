@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from lake_fixtures import aws_connection, inference_rows, own_bucket_for_airflow, to_bytes
+from lake_fixtures import asset_events, aws_connection, inference_rows, own_bucket_for_airflow, to_bytes
 from obslake.lake.importer import source_files
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def test_repo_dags_parse_without_errors_and_carry_tags_and_retries(monkeypatch):
         if dag_id.startswith("obslake_import__"):
             assert "import" in dag.tags
             assert [t.task_id for t in dag.topological_sort()] == [
-                "wait_for_new_files", "verify_bucket_ownership", "validate_files", "import_files"]
+                "wait_for_new_files", "verify_bucket_ownership", "validate_files", "import_files", "report_failures"]
 
 
 def _job_yaml(name: str, source: str, status: str = "active", extra: str = "") -> str:
@@ -172,6 +172,16 @@ def s3_job(tmp_path, monkeypatch, s3_client, s3_bucket, moto_server, lake, airfl
     return make
 
 
+def _xcom(run, task_id: str, key: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id,
+                                                 key=key).one()
+        return XComModel.deserialize_value(row)
+
+
 def _states(run) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for ti in run.get_task_instances():
@@ -189,14 +199,25 @@ def test_dag_run_imports_each_file_once_in_batches(s3_job, s3_client, s3_bucket,
     bad = inference_rows(10, start=900).drop_columns(["predicted_label"])
     s3_client.put_object(Bucket=s3_bucket, Key="in/bad/missing-label.parquet", Body=to_bytes(bad, "parquet"))
     run = dag.test()
-    assert str(run.state) == "success", _states(run)
     states = _states(run)
+    # the good files are imported, and the refused one makes the run fail (alerts fire), in its last task
+    assert str(run.state) == "failed", states
     assert states["import_files"] == ["success"]  # the three small valid files: one batch, one mapped task
+    assert states["report_failures"] == ["failed"]
+    summary = _xcom(run, "report_failures", "summary")
+    assert summary["imported"] == 3 and summary["rows"] == 300
+    [refused] = summary["failed"]
+    assert refused["file"].endswith("in/bad/missing-label.parquet") and refused["code"]
+    assert "predicted_label" in refused["error"]
     table = lake.catalog.load_table(("tests", "e2e__production"))
     # the table's first file creates it alone; the other two are committed together
     assert [len(source_files(s.summary)) for s in table.snapshots()] == [1, 2]
     data = table.scan().to_arrow()
     assert data.num_rows == 300 and pc.count_distinct(data["prediction_id"]).as_py() == 300
+    # the model table is an Asset: one event (rows, files, snapshot) for the batch that landed
+    [event] = asset_events("iceberg://lake/tests/e2e__production")
+    assert event["rows"] == 300 and len(event["files"]) == 3 and event["job"] == "e2e"
+    assert event["snapshot_id"] == table.current_snapshot().snapshot_id
     counts = lake.ledger.counts("e2e")
     assert counts == {"pending": 0, "succeeded": 3, "failed": 1}
     failed = [r for r in lake.ledger.rows("e2e") if r["status"] == "failed"][0]
@@ -206,6 +227,7 @@ def test_dag_run_imports_each_file_once_in_batches(s3_job, s3_client, s3_bucket,
     started = time.monotonic()
     run2 = dag.test()
     assert _states(run2)["wait_for_new_files"] == ["skipped"]
+    assert len(asset_events("iceberg://lake/tests/e2e__production")) == 1  # nothing landed: no event
     assert time.monotonic() - started < 60
     assert lake.catalog.load_table(("tests", "e2e__production")).scan().to_arrow().num_rows == 300
 
@@ -239,9 +261,24 @@ def test_missing_bucket_fails_the_sensor_instead_of_skipping(s3_job, s3_client, 
 def test_yaml_paused_job_reads_nothing_even_if_the_dag_runs(s3_job, s3_client, s3_bucket, lake):
     dag = s3_job("resting", extra="poll_interval: 0.5\nsensor_timeout: 3\nstatus: paused\n")
     s3_client.put_object(Bucket=s3_bucket, Key="in/a.parquet", Body=to_bytes(inference_rows(10), "parquet"))
+    assert type(dag.timetable).__name__ == "NullTimetable"  # paused in YAML: no scheduled run at all
     run = dag.test()
     assert _states(run)["wait_for_new_files"] == ["skipped"]
     assert lake.ledger.rows("resting") == []
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_a_run_whose_every_file_is_refused_fails_in_its_report(s3_job, s3_client, s3_bucket, lake):
+    dag = s3_job()
+    bad = inference_rows(10, start=900).drop_columns(["predicted_label"])
+    s3_client.put_object(Bucket=s3_bucket, Key="in/only/bad.parquet", Body=to_bytes(bad, "parquet"))
+    run = dag.test()
+    states = _states(run)
+    assert str(run.state) == "failed" and states["report_failures"] == ["failed"], states
+    assert states["validate_files"] == ["success"] and states["import_files"] == ["skipped"]
+    [refused] = _xcom(run, "report_failures", "summary")["failed"]
+    assert refused["file"].endswith("in/only/bad.parquet") and "predicted_label" in refused["error"]
 
 
 @pytest.mark.airflow

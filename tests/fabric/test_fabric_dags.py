@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from fabric_helpers import NOW, annotations_table, duckdb_connection, duckdb_ddl, spans_table
-from lake_fixtures import own_bucket_for_airflow, to_bytes
+from lake_fixtures import asset_events, own_bucket_for_airflow, to_bytes
 from obslake.config import ImportJob, load_connector, load_connectors
 from obslake.lake.importer import import_file
 from obslake.storage import open_store
@@ -56,6 +56,18 @@ def test_fabric_dag_integrity_and_pause(tmp_path, monkeypatch):
     fabric = {k: v for k, v in bag.dags.items() if k.startswith("obslake_fabric__")}
     assert set(fabric) == {"obslake_fabric__live", "obslake_fabric__resting"}
     assert fabric["obslake_fabric__resting"].is_paused_upon_creation is True
+    # paused in YAML: no schedule at all (a paused connector starts no run, not even one that skips)
+    assert type(fabric["obslake_fabric__resting"].timetable).__name__ == "NullTimetable"
+    # a cron schedule has hour-wide data intervals (what a backfill run re-exports), not Airflow 3's
+    # zero-width default (create_cron_data_intervals=False), whatever that setting says
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    core = DagSerialization.from_dict(DagSerialization.to_dict(fabric["obslake_fabric__live"])).timetable
+    import pendulum
+
+    when = pendulum.datetime(2026, 3, 4, 17, 0, tz="UTC")
+    interval = core.infer_manual_data_interval(run_after=when)
+    assert (interval.start, interval.end) == (when - dt.timedelta(hours=1), when)
     live = fabric["obslake_fabric__live"]
     assert [t.task_id for t in live.topological_sort()] == ["verify_bucket_ownership", "probe_permissions", "sync_project"]
     assert all(t.retries >= 2 for t in live.tasks) and "data-fabric" in live.tags
@@ -98,6 +110,10 @@ def test_fabric_dag_run_exports_to_s3_and_a_second_connector_keeps_its_own_names
         view = duckdb_ddl(conn, "rag-app", [("qa_correct", "eval")], moto_server)
         rows = view.execute('SELECT span_id, "eval.qa_correct.label" FROM rag_app_latest ORDER BY span_id').fetchall()
         assert rows == [(f"s{i}", "correct" if i == 1 else None) for i in range(6)], ns
+    # each project table is an Asset (its location): one event per sync that advanced it
+    for ns in ("ml", "search"):
+        [event] = asset_events(f"s3://{s3_bucket}/exports/{ns}/rag-app")
+        assert event["rows"] == 6 and event["annotation_rows"] == 1 and event["mode"] == "full", event
     probes = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="exports/ml/_obslake_probe/")
     assert probes.get("KeyCount", 0) == 0  # the probe cleans up after itself
 

@@ -82,7 +82,8 @@ def test_the_dags_show_the_design_cards_operator_names(make_job, tmp_path):
     imports = build_import_dag(make_job(f"file://{tmp_path}/in/"))
     assert {t.task_id: t.operator_name for t in imports.tasks} == {
         "wait_for_new_files": "S3KeyPrefixSensor", "verify_bucket_ownership": "TagVerifyOperator",
-        "validate_files": "SchemaValidateOperator", "import_files": "IcebergSyncOperator"}
+        "validate_files": "SchemaValidateOperator", "import_files": "IcebergSyncOperator",
+        "report_failures": "ImportReportOperator"}
     assert imports.get_task("import_files").operator_class is IcebergImportOperator
     fabric = build_fabric_dag(Connector.model_validate(_connector("s3://some-bucket/fabric")))
     assert fabric.get_task("sync_project").operator_name == "IcebergSyncOperator"

@@ -13,7 +13,16 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from obslake.airflow_support import airflow_errors, job_from_dict, job_to_dict
+from obslake.airflow_support import (
+    airflow_errors,
+    emit_asset_event,
+    export_asset_uri,
+    fabric_alias,
+    import_alias,
+    job_from_dict,
+    job_to_dict,
+    table_asset_uri,
+)
 from obslake.hooks import ObslakeHook
 
 
@@ -86,6 +95,20 @@ class IcebergImportOperator(IcebergSyncOperator):
             counts["already-imported"],
             counts["failed"],
         )
+        landed = [r for r in results if r.status == "imported"]
+        if landed and any(getattr(o, "name", None) == import_alias(job.name) for o in self.outlets or []):
+            # the table's asset event (only when rows landed): downstream DAGs scheduled on it run next
+            emit_asset_event(
+                context,
+                import_alias(job.name),
+                table_asset_uri(job.table_identifier),
+                {
+                    "job": job.name,
+                    "files": [r.uri for r in landed],
+                    "rows": sum(r.rows for r in landed),
+                    "snapshot_id": landed[-1].snapshot_id,
+                },
+            )
         failed = [r for r in results if r.status == "failed"]
         if failed:
             raise AirflowFailException(
@@ -142,4 +165,11 @@ class IcebergExportOperator(IcebergSyncOperator):
             result = ProjectExporter(conn, self.project, catalog).sync(
                 make_source(conn.source, catalog, connection_uri), window=window, sync_id=context.get("run_id")
             )
-        return result.to_dict()
+        out = result.to_dict()
+        if result.mode != "unchanged" and any(
+            getattr(o, "name", None) == fabric_alias(conn.name) for o in self.outlets or []
+        ):
+            # the project table's asset event, when the export advanced
+            extra = {k: out.get(k) for k in ("project", "rows", "annotation_rows", "snapshot_id", "watermark", "mode")}
+            emit_asset_event(context, fabric_alias(conn.name), export_asset_uri(result.location), extra)
+        return out

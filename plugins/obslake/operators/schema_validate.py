@@ -52,7 +52,8 @@ class SchemaValidateOperator(BaseOperator):
         table_schema = table_arrow_schema(self.hook.catalog, job.table_identifier)
         fingerprint = job.schema_.fingerprint()
         ok: list[dict] = []
-        failed = retry = 0
+        refused: list[dict] = []  # for the run's report (ImportReportOperator): file, code, located problems
+        retry = 0
         for item in self.files or []:
             info = ObjectInfo.from_dict(item)
             try:
@@ -64,7 +65,7 @@ class SchemaValidateOperator(BaseOperator):
                 continue
             except Exception as exc:  # noqa: BLE001 - validate_file catches everything; belt and braces
                 problem = internal_problem(store.uri(info.key), exc)
-                failed += 1
+                refused.append({"file": store.uri(info.key), "code": problem.code, "error": str(problem)[:4000]})
                 self.log.error("INVALID %s", printable(problem))
                 ledger.mark_failed(job.name, info, error=str(problem), fingerprint=fingerprint, code=problem.code)
                 continue
@@ -79,14 +80,15 @@ class SchemaValidateOperator(BaseOperator):
                 )
                 ok.append(item)
             else:
-                failed += 1
+                code = report.problems[0].code if report.problems else None
+                refused.append({"file": store.uri(info.key), "code": code, "error": report.summary()[:4000]})
                 self.log.error("INVALID %s", "\n".join(printable(line) for line in report.summary().splitlines()))
                 ledger.mark_failed(
                     job.name,
                     info,
                     error=report.summary(),
                     fingerprint=fingerprint,
-                    code=report.problems[0].code if report.problems else None,
+                    code=code,
                 )
         batches = plan_batches(
             [ObjectInfo.from_dict(item) for item in ok],
@@ -97,10 +99,11 @@ class SchemaValidateOperator(BaseOperator):
         self.log.info(
             "%d file(s) valid, %d failed validation, %d to retry; %d import task(s) (batch: max %d files, %d bytes)",
             len(ok),
-            failed,
+            len(refused),
             retry,
             len(batches),
             job.batch.max_files,
             job.batch.max_bytes,
         )
+        context["ti"].xcom_push(key="failed", value=refused)
         return [[info.to_dict() for info in batch] for batch in batches]
