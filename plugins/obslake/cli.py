@@ -89,18 +89,17 @@ def cmd_dry_run(args) -> int:
     if args.file:
         infos = [store.head(_key_of(store, job, args.file))]
     else:
-        from obslake.lake.catalog import LakeSettings
         from obslake.lake.discovery import find_new_files
         from obslake.lake.ledger import Ledger
 
-        infos, _ = find_new_files(job, store, prefix, Ledger(LakeSettings.from_env().state_uri))
+        infos, _ = find_new_files(job, store, prefix, Ledger(_lake().state_uri))
         if not infos:
             print(f"{job.name}: no new files under {job.source}")
             return 0
     from obslake.exceptions import TransientError
-    from obslake.lake.catalog import LakeSettings, load_catalog, table_arrow_schema
+    from obslake.lake.catalog import load_catalog, table_arrow_schema
 
-    table_schema = table_arrow_schema(load_catalog(LakeSettings.from_env()), job.table_identifier)
+    table_schema = table_arrow_schema(load_catalog(_lake()), job.table_identifier)
     failed = retry = 0
     for info in infos:
         try:
@@ -119,7 +118,16 @@ def cmd_dry_run(args) -> int:
     return 1 if failed or retry else 0
 
 
+def _lake():
+    """Where the lake is, as the DAGs' tasks see it: the Airflow connection ``iceberg_default`` (or
+    ``OBSLAKE_LAKE_CONN_ID``) when it exists, else the ``OBSLAKE_*`` environment."""
+    from obslake.hooks.obslake import lake_settings
+
+    return lake_settings()[0]
+
+
 def cmd_status(args) -> int:
+    from obslake.lake.ledger import Ledger
     from obslake.status import format_status, job_status
 
     jobs, _ = load_import_jobs(_jobs_dir(args))
@@ -129,7 +137,8 @@ def cmd_status(args) -> int:
         print(f"no jobs in {_jobs_dir(args)}")
     for name in names:
         job = known.get(name)
-        print(format_status(job_status(name), job.status.value if job else "not in include/"))
+        ledger = Ledger(_lake().state_uri)
+        print(format_status(job_status(name, ledger=ledger), job.status.value if job else "not in include/"))
         print()
     return 0
 
@@ -236,7 +245,7 @@ def cmd_maintenance(args) -> int:
     """Lake upkeep of one table now (what the ``obslake_maintenance`` DAG does daily); ``--dry-run`` only plans."""
     import datetime as dt
 
-    from obslake.lake.catalog import LakeSettings, load_catalog
+    from obslake.lake.catalog import load_catalog
     from obslake.lake.iceberg import load_table
     from obslake.lake.ledger import Ledger
     from obslake.lake.maintenance import Policy, maintain
@@ -245,7 +254,7 @@ def cmd_maintenance(args) -> int:
     ident = tuple(args.table.split(".", 1))
     if len(ident) != 2:
         raise ObslakeError(f"table {args.table!r}: give it as namespace.name (e.g. ctr_space.ctr__production)")
-    settings = LakeSettings.from_env()
+    settings = _lake()
     catalog = load_catalog(settings)
     table = load_table(catalog, ident)
     if table is None:

@@ -54,3 +54,70 @@ def test_hook_gives_the_lake_and_an_export_catalog_for_a_bucket(lake, monkeypatc
     assert export.properties["s3.endpoint"] == moto_server
     assert export.properties["py-io-impl"] == "obslake.lake.iceberg.StoreFileIO"
     assert "s3.endpoint" not in hook.catalog.properties  # the lake's own catalog keeps its own FileIO
+
+
+# -- the lake from an Airflow connection (type iceberg, the Apache Iceberg provider's) -------------------------
+def _iceberg_connection(monkeypatch, conn_id: str = "iceberg_default", **fields) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "iceberg", **fields}))
+
+
+def test_the_lake_comes_from_the_iceberg_connection_mapped_as_the_providers_hook_maps_it(monkeypatch, tmp_path):
+    from airflow.providers.apache.iceberg.hooks import iceberg as provider
+
+    from obslake.hooks.obslake import lake_settings
+
+    monkeypatch.setenv("OBSLAKE_CATALOG_URI", f"sqlite:///{tmp_path}/env.db")  # what must NOT be used
+    for fields in (
+        {"host": "https://catalog.example.com/api/", "login": "id", "password": "secret",
+         "extra": {"warehouse": "s3://wh/", "s3.region": "eu-west-1"}},
+        {"extra": {"type": "sql", "uri": f"sqlite:///{tmp_path}/c.db", "warehouse": f"file://{tmp_path}/wh"}},
+        {"extra": {"type": "glue", "glue.region": "eu-west-1", "warehouse": "s3://wh/"}},
+    ):
+        _iceberg_connection(monkeypatch, **fields)
+        seen: dict = {}
+        monkeypatch.setattr(provider, "load_catalog", lambda name, **props: seen.update(props))
+        provider.IcebergHook().catalog  # noqa: B018 - what the provider's hook hands pyiceberg
+        settings, from_connection = lake_settings()
+        assert from_connection
+        ours = dict(settings.properties)
+        ours.pop("init_catalog_tables", None)  # obslake's addition for a SQL catalog (it creates its tables)
+        assert ours == seen, fields
+    # a SQL catalog's database holds the ledger too, unless the connection names another
+    assert lake_settings()[0].state_uri != f"sqlite:///{tmp_path}/c.db"  # (the glue connection is the last one)
+    _iceberg_connection(monkeypatch, extra={"type": "sql", "uri": f"sqlite:///{tmp_path}/c.db"})
+    assert lake_settings()[0].state_uri == f"sqlite:///{tmp_path}/c.db"
+    _iceberg_connection(monkeypatch, extra={"type": "sql", "uri": f"sqlite:///{tmp_path}/c.db",
+                                            "obslake.state-uri": f"sqlite:///{tmp_path}/s.db"})
+    settings = lake_settings()[0]
+    assert settings.state_uri == f"sqlite:///{tmp_path}/s.db" and "obslake.state-uri" not in settings.properties
+
+
+def test_without_an_iceberg_connection_the_environment_is_the_default(monkeypatch, tmp_path):
+    from obslake.hooks.obslake import lake_settings
+
+    monkeypatch.delenv("AIRFLOW_CONN_ICEBERG_DEFAULT", raising=False)
+    monkeypatch.setenv("OBSLAKE_CATALOG_URI", f"sqlite:///{tmp_path}/env.db")
+    settings, from_connection = lake_settings()
+    assert not from_connection and settings == LakeSettings.from_env()
+    assert settings.properties["uri"] == f"sqlite:///{tmp_path}/env.db"
+
+
+def test_a_lake_connection_imports_into_an_s3_warehouse_with_the_jobs_aws_connection(
+        monkeypatch, moto_server, s3_client, s3_bucket, tmp_path):
+    """The Iceberg connection names the catalog and an s3:// warehouse but no S3 credentials: the warehouse is
+    written with the job's AWS connection (moto here), and the table's files land in that bucket."""
+    import pyarrow as pa
+
+    _aws_connection(monkeypatch, "job_s3", moto_server)
+    _iceberg_connection(monkeypatch, extra={"type": "sql", "uri": f"sqlite:///{tmp_path}/lake.db",
+                                            "warehouse": f"s3://{s3_bucket}/warehouse"})
+    hook = ObslakeHook("job_s3")
+    assert hook.settings.properties["warehouse"] == f"s3://{s3_bucket}/warehouse"
+    assert hook.ledger.uri == f"sqlite:///{tmp_path}/lake.db"
+    catalog = hook.catalog
+    catalog.create_namespace("conn_ns")
+    table = catalog.create_table(("conn_ns", "t"), schema=pa.schema([("x", pa.int64())]))
+    table.append(pa.table({"x": [1, 2, 3]}))
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="warehouse/")["Contents"]]
+    assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
+    assert catalog.load_table(("conn_ns", "t")).scan().to_arrow()["x"].to_pylist() == [1, 2, 3]

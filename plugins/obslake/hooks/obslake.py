@@ -110,6 +110,37 @@ def store_for(uri: str, conn_id: str | None = None) -> tuple[ObjectStore, str]:
     return open_store(uri, gcs_client=client)
 
 
+LAKE_CONN_ID = "iceberg_default"
+"""The Airflow connection (type ``iceberg``, the Apache Iceberg provider's) of the lake, when it exists."""
+
+
+def lake_settings(conn_id: str | None = None) -> tuple[LakeSettings, bool]:
+    """(where the lake is, whether it came from a connection).
+
+    The Airflow connection ``conn_id`` (default ``OBSLAKE_LAKE_CONN_ID``, else ``iceberg_default``), read through
+    the Iceberg provider's ``IcebergHook`` and mapped to pyiceberg catalog properties as that hook maps it (its
+    extras, ``host`` → ``uri``, ``type`` default ``rest``, ``login:password`` → a REST ``credential``), plus
+    the extra ``obslake.state-uri`` for the ledger; without such a connection, the ``OBSLAKE_*`` environment
+    (the embedded default of the demo and the tests).
+    """
+    from obslake.lake.catalog import LakeSettings
+
+    conn_id = conn_id or os.environ.get("OBSLAKE_LAKE_CONN_ID") or LAKE_CONN_ID
+    try:
+        from airflow.providers.apache.iceberg.hooks.iceberg import IcebergHook
+
+        conn = IcebergHook(iceberg_conn_id=conn_id).get_connection(conn_id)
+    except Exception:  # noqa: BLE001 - no such connection (AirflowNotFoundException): the environment
+        return LakeSettings.from_env(), False
+    props: dict[str, Any] = dict(conn.extra_dejson or {})
+    if conn.host:
+        props["uri"] = conn.host.rstrip("/")
+    props.setdefault("type", "rest")
+    if props["type"] == "rest" and conn.login and conn.password:
+        props["credential"] = f"{conn.login}:{conn.password}"
+    return LakeSettings.from_properties(props), True
+
+
 class ObslakeHook(BaseHook):
     """The lake and one bucket, as the Airflow wrappers need them (one per task; cheap to build).
 
@@ -117,8 +148,11 @@ class ObslakeHook(BaseHook):
         conn_id: the Airflow connection of the bucket (``aws_default`` / ``google_cloud_default`` by scheme
             when None).
 
-    The lake's settings come from the ``OBSLAKE_*`` environment (:meth:`LakeSettings.from_env`); catalog and
-    ledger are built on first use and cached by the process, as pyiceberg's catalogs are.
+    The lake's settings come from the Airflow connection ``iceberg_default`` when it exists, else from the
+    ``OBSLAKE_*`` environment (:func:`lake_settings`); catalog and ledger are built on first use and cached by
+    the process, as pyiceberg's catalogs are. A warehouse on ``s3://`` or ``gs://`` whose connection names no
+    storage credentials (no ``s3.*`` / ``gcs.*`` extra) is written with this hook's bucket connection when that
+    is of the warehouse's cloud, else with the cloud's default connection.
     """
 
     conn_name_attr = "conn_id"
@@ -129,18 +163,36 @@ class ObslakeHook(BaseHook):
         self.conn_id = conn_id
 
     @cached_property
+    def _lake(self) -> tuple[LakeSettings, bool]:
+        return lake_settings()
+
+    @cached_property
     def settings(self) -> LakeSettings:
         """Where the catalog, the warehouse and the ledger are."""
-        from obslake.lake.catalog import LakeSettings
+        return self._lake[0]
 
-        return LakeSettings.from_env()
+    def _warehouse_credentials(self) -> StorageCredentials | None:
+        """The warehouse bucket's credentials from an Airflow connection (see the class docstring), or None."""
+        settings, from_connection = self._lake
+        warehouse = settings.warehouse or ""
+        scheme = warehouse.split("://", 1)[0]
+        if not from_connection or scheme not in DEFAULT_CONN:
+            return None
+        if any(k.startswith(("s3.", "gcs.", "client.")) for k in settings.properties):
+            return None  # the connection names them itself
+        conn_id = self.conn_id
+        if conn_id is not None:
+            kind = BaseHook.get_connection(conn_id).conn_type or ""
+            if ("aws" in kind) != (scheme == "s3"):
+                conn_id = None  # the bucket's connection is of the other cloud
+        return credentials_for(warehouse, conn_id)
 
     @cached_property
     def catalog(self) -> Catalog:
         """The lake's Iceberg catalog (model tables, trace tables)."""
         from obslake.lake.catalog import load_catalog
 
-        return load_catalog(self.settings)
+        return load_catalog(self.settings, self._warehouse_credentials())
 
     @cached_property
     def ledger(self) -> Ledger:

@@ -90,6 +90,31 @@ class LakeSettings:
             state_uri = f"sqlite:///{obslake_home(env) / 'state.db'}"
         return cls(ctype, tuple(sorted(props.items())), state_uri)
 
+    @classmethod
+    def from_properties(cls, properties: dict[str, Any], env: dict[str, str] | None = None) -> LakeSettings:
+        """Settings from pyiceberg catalog properties (an Airflow ``iceberg`` connection's, see
+        :func:`obslake.hooks.obslake.lake_settings`): ``type`` (default ``rest``, as the Iceberg provider),
+        ``uri``, ``warehouse``, credentials...; obslake's own key ``obslake.state-uri`` names the ledger's
+        database (default: a SQL catalog's ``uri``, else ``OBSLAKE_STATE_URI``, else ``$OBSLAKE_HOME/state.db``)."""
+        env = dict(os.environ if env is None else env)
+        props = {k: str(v) for k, v in properties.items() if k != STATE_URI_PROPERTY}
+        props.setdefault("type", "rest")
+        if props["type"] == "sql":
+            if "uri" not in props:
+                raise ConfigError("an Iceberg connection of type sql needs a uri (the catalog's SQLAlchemy URI)")
+            props.setdefault("init_catalog_tables", "true")
+        state_uri = (
+            str(properties.get(STATE_URI_PROPERTY) or "")
+            or (props["uri"] if props["type"] == "sql" else "")
+            or env.get("OBSLAKE_STATE_URI")
+            or f"sqlite:///{obslake_home(env) / 'state.db'}"
+        )
+        return cls(props["type"], tuple(sorted(props.items())), state_uri)
+
+
+STATE_URI_PROPERTY = "obslake.state-uri"
+"""The key, among an Iceberg connection's extras, of the ledger's SQLAlchemy URI."""
+
 
 @lru_cache(maxsize=16)
 def _load_catalog_cached(settings: LakeSettings, storage_properties: tuple[tuple[str, str], ...] | None) -> Catalog:

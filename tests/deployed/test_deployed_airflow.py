@@ -1,0 +1,146 @@
+"""obslake in a real Airflow deployment: api-server, dag-processor and scheduler (LocalExecutor) as processes on
+loopback with a Postgres metadata DB (``bench/airflow_stack.py``), the lake in Postgres + a local warehouse.
+
+One deployment, three things only a real scheduler shows: an import run with a refused file ends failed after its
+good files are imported; the model table's asset event starts a downstream DAG scheduled on that Asset; and
+``airflow backfill create`` on a connector makes hour-wide runs whose sync re-exports exactly its hour.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(PROJECT))  # bench.airflow_stack: the one harness, shared with the benchmarks
+
+from bench.airflow_stack import (  # noqa: E402
+    AirflowStack, create_database, drop_database, migrate_template, pg_uri, unique_name,
+)
+
+KEY_VARIABLE, KEY = "obslake_deployed_key", "deployed-ingestion-key-0123456789"
+JOB = {
+    "name": "deployed", "ingestion_key_variable": KEY_VARIABLE,
+    "model": {"space": "dep", "name": "ctr", "type": "score_categorical", "environment": "production"},
+    "schema": {"prediction_id": "prediction_id", "timestamp": "prediction_ts", "prediction_label": "predicted_label",
+               "prediction_score": "predicted_score", "features": {"prefix": "feature_"}},
+    "formats": ["parquet"], "schedule": None, "deferrable": False, "retries": 0, "poll_interval": 1,
+    "sensor_timeout": 60,
+}
+ASSET = "iceberg://lake/dep/ctr__production"
+DOWNSTREAM = '''
+import json, os
+from pathlib import Path
+from airflow.sdk import DAG, Asset, task
+
+with DAG("after_import", schedule=[Asset("{asset}")], catchup=False):
+    @task
+    def record(triggering_asset_events=None):
+        events = [e.extra for e in triggering_asset_events[Asset("{asset}")]]
+        Path(os.environ["OBSLAKE_TEST_MARKER"]).write_text(json.dumps(events))
+    record()
+'''
+
+
+def _parquet(path: Path, start: int, n: int, drop_label: bool = False) -> None:
+    ts = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    cols = {"prediction_id": [f"p-{i}" for i in range(start, start + n)],
+            "prediction_ts": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
+            "feature_x": [float(i) for i in range(n)], "predicted_label": ["a"] * n, "predicted_score": [0.5] * n}
+    if drop_label:
+        del cols["predicted_label"]
+    pq.write_table(pa.table(cols), path)
+
+
+@pytest.mark.airflow
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_deployed_failures_assets_and_backfill(tmp_path):
+    src, exports, include, dags = (tmp_path / n for n in ("src", "exports", "include", "dags"))
+    for d in (src, exports, include / "import_jobs", include / "connectors", dags, tmp_path / "warehouse"):
+        d.mkdir(parents=True)
+    for d in (src, exports):  # LocalStore's bucket tags: the ownership proof of a file:// "bucket"
+        (d / ".obslake-tags.json").write_text(json.dumps({"arize-ingestion-key": KEY}))
+    _parquet(src / "a.parquet", 0, 40)
+    _parquet(src / "b.parquet", 40, 60)
+    _parquet(src / "bad.parquet", 100, 5, drop_label=True)
+    (include / "import_jobs" / "deployed.yaml").write_text(yaml.safe_dump({**JOB, "source": f"file://{src}/"}))
+    (include / "connectors" / "dep.yaml").write_text(textwrap.dedent(f"""
+        name: dep
+        source: {{type: lake, space: traces}}
+        projects: [rag-app]
+        storage: file://{exports}
+        namespace: ml
+        ingestion_key_variable: {KEY_VARIABLE}
+        retries: 0
+    """))
+    for f in ("import_jobs.py", "data_fabric.py"):
+        shutil.copy(PROJECT / "dags" / f, dags / f)
+    (dags / "after_import.py").write_text(DOWNSTREAM.format(asset=ASSET))
+    marker = tmp_path / "downstream.json"
+
+    template = migrate_template(tmp_path)
+    lake_db = unique_name("obslake_test_lake")
+    create_database(lake_db)
+    env = {"OBSLAKE_CATALOG_URI": pg_uri(lake_db), "OBSLAKE_STATE_URI": pg_uri(lake_db),
+           "OBSLAKE_WAREHOUSE": f"file://{tmp_path / 'warehouse'}", "OBSLAKE_HOME": str(tmp_path / "home"),
+           "OBSLAKE_INCLUDE_DIR": str(include), f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": KEY,
+           "OBSLAKE_TEST_MARKER": str(marker)}
+    try:
+        with AirflowStack(tmp_path / "airflow", template=template, parallelism=2, dags_folder=dags, env=env) as s:
+            s.start()
+            for dag_id in ("obslake_import__deployed", "after_import", "obslake_fabric__dep"):
+                s.wait_for_dag(dag_id)
+
+            # 1. the refused file fails the run, in its last task, after the good files were imported
+            run_id = s.trigger("obslake_import__deployed", "deployed_1")
+            state = s.wait_for_run("obslake_import__deployed", run_id, timeout=300)
+            states = {t["task_id"]: t["state"] for t in s.task_instances("obslake_import__deployed", run_id)}
+            assert state == "failed", s.failure_report("obslake_import__deployed", run_id)
+            assert states["import_files"] == "success" and states["report_failures"] == "failed", states
+            log = s.task_log("obslake_import__deployed", run_id, "report_failures", -1, 1)
+            assert log is not None and "bad.parquet" in log.read_text() and "COLUMN_MISSING" in log.read_text()
+
+            # 2. the table's asset event runs the downstream DAG, with the import's figures
+            deadline = time.monotonic() + 180
+            while not marker.exists() and time.monotonic() < deadline:
+                s.check_alive()
+                time.sleep(1)
+            assert marker.exists(), s.diagnostics(("scheduler",))
+            [event] = json.loads(marker.read_text())
+            assert event["rows"] == 100 and sorted(f.rsplit("/", 1)[-1] for f in event["files"]) == [
+                "a.parquet", "b.parquet"]
+
+            # 3. a backfill of a connector: one run per hour, each with its hour as data interval, re-exported
+            s.cli("backfill", "create", "--dag-id", "obslake_fabric__dep", "--from-date", "2026-11-30T10:00:00+00:00",
+                  "--to-date", "2026-11-30T11:00:00+00:00")
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                runs = s.query("SELECT run_id, state, data_interval_start, data_interval_end FROM dag_run "
+                               "WHERE dag_id = 'obslake_fabric__dep' AND run_type = 'backfill' ORDER BY 3")
+                if len(runs) == 2 and all(r[1] in ("success", "failed") for r in runs):
+                    break
+                s.check_alive()
+                time.sleep(2)
+            assert [r[1] for r in runs] == ["success", "success"], (runs, s.diagnostics(("scheduler",)))
+            starts = [r[2] for r in runs]
+            assert [r[3] - r[2] for r in runs] == [dt.timedelta(hours=1)] * 2, runs
+            assert [x.hour for x in starts] == [10, 11]
+            for run_id, _state, start, end in runs:
+                text = s.task_log("obslake_fabric__dep", run_id, "sync_project", 0, 1).read_text()
+                assert f"re-exporting the changes of {start.isoformat()} .. {end.isoformat()}" in text or (
+                    f"{start:%Y-%m-%d %H:%M}" in text and f"{end:%Y-%m-%d %H:%M}" in text), text[-2000:]
+    finally:
+        drop_database(lake_db)
+        drop_database(template)
