@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from lake_fixtures import asset_events, aws_connection, inference_rows, own_bucket_for_airflow, to_bytes
+from lake_fixtures import asset_events, inference_rows, own_bucket_for_airflow, to_bytes
 from obslake.lake.importer import source_files
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -241,7 +241,9 @@ def test_wrong_tag_fails_the_run_before_any_object_is_read(s3_job, s3_client, s3
     run = dag.test()
     states = _states(run)
     assert str(run.state) == "failed"
-    assert states["verify_bucket_ownership"] == ["failed"]
+    # the sensor proves ownership before its first listing, so it is the one that fails
+    assert states["wait_for_new_files"] == ["failed"]
+    assert states["verify_bucket_ownership"] == ["upstream_failed"]
     assert states["validate_files"] == ["upstream_failed"]
     assert lake.ledger.rows("e2e") == []  # nothing was read, validated or imported
 
@@ -296,7 +298,7 @@ def test_trigger_waits_without_blocking_the_event_loop_then_fires(s3_client, s3_
     from obslake.airflow_support import job_to_dict
     from obslake.triggers.prefix import NewFilesTrigger
 
-    aws_connection(monkeypatch, moto_server)
+    own_bucket_for_airflow(monkeypatch, s3_client, s3_bucket, moto_server, "obslake_test_key")
     job = make_job(f"s3://{s3_bucket}/in/", conn_id="aws_default", poll_interval=0.2)
     trigger = NewFilesTrigger(job=job_to_dict(job), poll_interval=0.2)
     path, kwargs = trigger.serialize()

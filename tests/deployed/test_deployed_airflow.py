@@ -139,8 +139,10 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
             assert [x.hour for x in starts] == [10, 11]
             for run_id, _state, start, end in runs:
                 text = s.task_log("obslake_fabric__dep", run_id, "sync_project", 0, 1).read_text()
-                assert f"re-exporting the changes of {start.isoformat()} .. {end.isoformat()}" in text or (
-                    f"{start:%Y-%m-%d %H:%M}" in text and f"{end:%Y-%m-%d %H:%M}" in text), text[-2000:]
+                events = [json.loads(line)["event"] for line in text.splitlines() if "re-exporting" in line]
+                assert len(events) == 1 and events[0].startswith("backfill run: re-exporting the changes of "), events
+                window = events[0].rsplit(" of ", 1)[1].split(" .. ")
+                assert [dt.datetime.fromisoformat(w) for w in window] == [start, end], events
     finally:
         drop_database(lake_db)
         drop_database(template)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lake_fixtures import aws_connection
+from lake_fixtures import own_bucket_for_airflow
 from obslake.airflow_support import job_to_dict
 from obslake.sensors.prefix import S3KeyPrefixSensor
 from obslake.storage.base import ObjectInfo
@@ -20,8 +20,9 @@ from obslake.triggers.prefix import NewFilesTrigger
 
 
 @pytest.fixture(autouse=True)
-def aws_default(monkeypatch, moto_server, lake):
-    aws_connection(monkeypatch, moto_server)
+def aws_default(monkeypatch, moto_server, lake, s3_client, s3_bucket):
+    """aws_default (moto), the job's ingestion key as a Variable, the bucket tagged with it."""
+    own_bucket_for_airflow(monkeypatch, s3_client, s3_bucket, moto_server, "obslake_test_key")
 
 
 @pytest.fixture
@@ -161,3 +162,32 @@ def test_a_deferral_timeout_is_a_skip_and_other_trigger_failures_are_not(job, s3
         sensor.resume_execution("__fail__", {"error": TriggerFailureReason.TRIGGER_TIMEOUT}, {})
     with pytest.raises(TaskDeferralError):
         sensor.resume_execution("__fail__", {"error": TriggerFailureReason.TRIGGER_FAILURE}, {})
+
+
+def test_the_bucket_is_proven_before_it_is_listed_and_the_verdict_is_kept(job, s3_client, s3_bucket, monkeypatch):
+    """The sensor proves the bucket's ownership before its first listing (a wrong tag: nothing is listed) and
+    keeps a success for a while, so that polling every few seconds does not read the tags each time."""
+    import os
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from obslake.lake import discovery
+    from obslake.storage.s3 import S3Store
+
+    key = os.environ["AIRFLOW_VAR_OBSLAKE_TEST_KEY"]
+    _put(s3_client, s3_bucket, "in/a.csv")
+    listed, tag_reads = [], []
+    real_find, real_tags = discovery.find_new_files, S3Store.get_bucket_tags
+    monkeypatch.setattr(discovery, "find_new_files", lambda *a, **k: listed.append(1) or real_find(*a, **k))
+    monkeypatch.setattr(S3Store, "get_bucket_tags", lambda self: tag_reads.append(1) or real_tags(self))
+
+    s3_client.put_bucket_tagging(Bucket=s3_bucket, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": "x"}]})
+    for _ in range(2):  # a failure is never kept: each poke reads the tags again, and lists nothing
+        with pytest.raises(AirflowFailException, match="differs from the key"):
+            _sensor(job).poke({})
+    assert listed == [] and len(tag_reads) == 2
+
+    s3_client.put_bucket_tagging(Bucket=s3_bucket, Tagging={"TagSet": [{"Key": "arize-ingestion-key", "Value": key}]})
+    for _ in range(3):
+        assert _sensor(job).poke({}).is_done
+    assert len(listed) == 3 and len(tag_reads) == 3  # proven once, then kept (OWNERSHIP_TTL_SECONDS)

@@ -13,15 +13,16 @@ import json
 
 import pytest
 
-from lake_fixtures import aws_connection, free_port
+from lake_fixtures import aws_connection, free_port, own_bucket_for_airflow
 from obslake.airflow_support import job_from_dict, job_to_dict
 from obslake.storage.base import ObjectInfo
 from obslake.triggers.prefix import NewFilesTrigger
 
 
 @pytest.fixture
-def aws_default(monkeypatch, moto_server):
-    aws_connection(monkeypatch, moto_server)
+def aws_default(monkeypatch, moto_server, s3_client, s3_bucket):
+    """aws_default (moto), the job's ingestion key as a Variable, the bucket tagged with it."""
+    own_bucket_for_airflow(monkeypatch, s3_client, s3_bucket, moto_server, "obslake_test_key")
 
 
 def _trigger(make_job, source: str, poll: float = 0.05, **job) -> NewFilesTrigger:
@@ -97,6 +98,7 @@ def test_a_missing_bucket_is_a_terminal_error_event(aws_default, lake, make_job)
 
 
 def test_an_unreachable_endpoint_is_a_retryable_error_event(monkeypatch, lake, make_job):
+    monkeypatch.setenv("AIRFLOW_VAR_OBSLAKE_TEST_KEY", "some-key")
     aws_connection(
         monkeypatch, f"http://127.0.0.1:{free_port()}", "s3_down",
         config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 1, "read_timeout": 1},

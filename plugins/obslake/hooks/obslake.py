@@ -15,7 +15,10 @@ Provider imports happen inside the functions, so importing this module costs no 
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +111,47 @@ def store_for(uri: str, conn_id: str | None = None) -> tuple[ObjectStore, str]:
 
         client = GCSHook(gcp_conn_id=conn_id).get_conn()
     return open_store(uri, gcs_client=client)
+
+
+OWNERSHIP_TTL_SECONDS = 300.0
+"""How long a proven bucket ownership stands for the sensor and trigger of a process (the ownership task of each
+run always checks afresh): polling every few seconds then reads the bucket's tags once per five minutes."""
+_proven: dict[tuple[str, str, str], float] = {}
+_proven_lock = threading.Lock()
+
+
+def verify_ownership(
+    store: ObjectStore, key_variable: str, tag_name: str, *, ttl: float = OWNERSHIP_TTL_SECONDS
+) -> None:
+    """Raise unless ``store``'s bucket carries ``tag_name`` = the key in the Airflow Variable ``key_variable``.
+
+    A verdict of success is kept ``ttl`` seconds per (bucket, tag, key); a failure is never kept. The key's
+    value never appears in a message (:func:`obslake.ownership.verify_bucket_ownership`).
+
+    Raises:
+        ConfigError: the Variable is not set. BucketOwnershipError: the tag is missing or different.
+    """
+    import hashlib
+
+    from airflow.sdk import Variable
+
+    from obslake.exceptions import ConfigError
+    from obslake.ownership import verify_bucket_ownership
+
+    key = Variable.get(key_variable, default=None)
+    if not key:
+        raise ConfigError(
+            f"Airflow Variable {key_variable!r} (the job's ingestion key) is not set. Fix: "
+            f"airflow variables set {key_variable} <your-ingestion-key>  (or store it in your secrets backend)"
+        )
+    proof = (store.uri(""), tag_name, hashlib.sha256(key.encode()).hexdigest())
+    now = time.monotonic()
+    with _proven_lock:
+        if ttl > 0 and now - _proven.get(proof, -math.inf) < ttl:
+            return
+    verify_bucket_ownership(store, tag_name, key, f"Airflow Variable {key_variable!r}")
+    with _proven_lock:
+        _proven[proof] = now
 
 
 LAKE_CONN_ID = "iceberg_default"

@@ -44,17 +44,8 @@ class TagVerifyOperator(BaseOperator):
 
     def execute(self, context) -> None:
         """Raise ``AirflowFailException`` (no retry) when the tag is missing or different."""
-        from airflow.sdk import Variable
-        from airflow.sdk.exceptions import AirflowFailException
+        from obslake.hooks.obslake import verify_ownership
 
-        from obslake.ownership import verify_bucket_ownership
-
-        key = Variable.get(self.key_variable, default=None)
-        if not key:
-            raise AirflowFailException(
-                f"Airflow Variable {self.key_variable!r} (the job's ingestion key) is not set. Fix: "
-                f"airflow variables set {self.key_variable} <your-ingestion-key>  (or store it in your secrets backend)"
-            )
         with airflow_errors():
             store, _ = ObslakeHook(self.conn_id).store(self.source)
-            verify_bucket_ownership(store, self.tag_name, key, f"Airflow Variable {self.key_variable!r}")
+            verify_ownership(store, self.key_variable, self.tag_name, ttl=0)  # each run proves it afresh

@@ -42,14 +42,17 @@ class S3KeyPrefixSensor(BaseSensorOperator):
         return job_from_dict(data)
 
     def poke(self, context) -> PokeReturnValue:
-        """List the prefix once; done when there is at least one new version."""
+        """List the prefix once (after proving the bucket's ownership, a verdict kept five minutes); done when
+        there is at least one new version."""
         from obslake.hooks import ObslakeHook
+        from obslake.hooks.obslake import verify_ownership
         from obslake.lake.discovery import find_new_files
 
         job = self._job()
         hook = ObslakeHook(job.conn_id)
         with airflow_errors():
             store, prefix = hook.store(job.source)
+            verify_ownership(store, job.ingestion_key_variable, job.tag_name)  # before the bucket is listed
             new, _ = find_new_files(job, store, prefix, hook.ledger)
         return PokeReturnValue(is_done=bool(new), xcom_value=[o.to_dict() for o in new])
 

@@ -45,18 +45,14 @@ def _cached_store(source: str, conn_id: str | None):
 
 def _poll(job_dict: dict) -> tuple[list[dict], int]:
     from obslake.airflow_support import job_from_dict
-    from obslake.hooks.obslake import lake_settings
+    from obslake.hooks.obslake import lake_settings, verify_ownership
     from obslake.lake.discovery import find_new_files
     from obslake.lake.ledger import Ledger
 
     job = job_from_dict(job_dict)
     store, prefix = _cached_store(job.source, job.conn_id)
-    now = time.monotonic()
-    with _stores_lock:  # the lake's connection, read again after STORE_TTL_SECONDS as the stores are
-        hit = _stores.get(("lake", None))
-        if hit is None or now - hit[0] >= STORE_TTL_SECONDS:
-            hit = _stores[("lake", None)] = (now, lake_settings()[0].state_uri, "")
-    new, total = find_new_files(job, store, prefix, Ledger(str(hit[1])))
+    verify_ownership(store, job.ingestion_key_variable, job.tag_name)  # before the bucket is listed
+    new, total = find_new_files(job, store, prefix, Ledger(lake_settings()[0].state_uri))
     return [o.to_dict() for o in new], total
 
 
