@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from obslake.exceptions import printable
 from obslake.lake.catalog import LakeSettings
@@ -144,3 +145,59 @@ def format_run_summary(summary: dict, limit: int = 20) -> str:
     if len(failed) > limit:
         lines.append(f"... and {len(failed) - limit} more (obslake status <job>)")
     return "\n".join(lines)
+
+
+def fabric_status(connector, catalog) -> list[dict]:
+    """Per project of a Data Fabric connector: its tables, the last sync and the DuckDB DDL to read it.
+
+    Args:
+        connector: the connector (:class:`~obslake.config.Connector`).
+        catalog: a catalog that reads the connector's bucket (``ObslakeHook.export_catalog``).
+
+    Returns:
+        ``[{"project", "table", "location", "last_sync", "watermark", "rows_last_sync", "rows", "mode",
+        "formats", "annotations", "ddl", "error"}]``; a project whose tables cannot be read has ``error`` set
+        (the others are still listed).
+    """
+    from obslake.fabric.ddl import ddl
+    from obslake.fabric.export import PROP_ROWS, PROP_WATERMARK, ProjectExporter
+
+    out = []
+    for project in connector.projects:
+        row: dict = {
+            "project": project,
+            "location": connector.project_location(project),
+            "formats": list(connector.formats),
+            "table": None,
+            "last_sync": None,
+            "watermark": None,
+            "rows_last_sync": None,
+            "rows": None,
+            "annotations": [],
+            "ddl": "",
+            "error": None,
+        }
+        try:
+            exporter = ProjectExporter(connector, project, catalog)
+            row["table"] = ".".join(exporter.identifier)
+            table = exporter.table()
+            snap = table.current_snapshot() if table is not None else None
+            if snap is not None:
+                summary: Any = snap.summary or {}
+                row["last_sync"] = dt.datetime.fromtimestamp(snap.timestamp_ms / 1000, dt.UTC)
+                row["watermark"] = summary.get(PROP_WATERMARK) or None
+                row["rows_last_sync"] = int(summary.get(PROP_ROWS) or 0)
+                row["rows"] = int(summary.get("total-records") or 0)
+            row["annotations"] = exporter.annotation_names()
+            row["ddl"] = ddl(
+                "duckdb",
+                table_uri=connector.storage,
+                namespace=connector.namespace,
+                project=project,
+                delta="delta" in connector.formats,
+                annotations=row["annotations"],
+            )
+        except Exception as exc:  # noqa: BLE001 - one unreadable project must not hide the others
+            row["error"] = f"{type(exc).__name__}: {printable(exc, 500)}"
+        out.append(row)
+    return out

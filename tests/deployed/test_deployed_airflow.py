@@ -29,6 +29,7 @@ from bench.airflow_stack import (  # noqa: E402
 )
 
 KEY_VARIABLE, KEY = "obslake_deployed_key", "deployed-ingestion-key-0123456789"
+PASSWORD = "viewer-password-0123"
 JOB = {
     "name": "deployed", "ingestion_key_variable": KEY_VARIABLE,
     "model": {"space": "dep", "name": "ctr", "type": "score_categorical", "environment": "production"},
@@ -60,6 +61,82 @@ def _parquet(path: Path, start: int, n: int, drop_label: bool = False) -> None:
     if drop_label:
         del cols["predicted_label"]
     pq.write_table(pa.table(cols), path)
+
+
+def _ui_is_protected(port: int) -> None:
+    """No session, or a forged one: refused (Airflow's own auth guards the plugin's routes)."""
+    import urllib.error
+    import urllib.request
+
+    for headers, want in (({}, 401), ({"Cookie": "_token=forged"}, 403), ({"Authorization": "Bearer x.y.z"}, 403)):
+        for path in ("/obslake/", "/obslake/jobs/deployed", "/obslake/api/status"):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30)
+            assert err.value.code == want, (path, headers, err.value.code)
+
+
+def _token(port: int) -> str:
+    """A session of the user ``viewer`` (simple auth manager), as the login form gets it."""
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/auth/token", method="POST",
+                                 data=json.dumps({"username": "viewer", "password": PASSWORD}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["access_token"]
+
+
+def _ui_in_a_browser(port: int) -> None:
+    """Headless Chromium with a viewer's session opens the obslake page and the job page and sees the refused file
+    with its error, then Airflow's own UI with the nav entry; screenshots are kept as test artifacts."""
+    import os
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        message = "chromium and chromedriver are not installed (./run test installs them with apt-get as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    artifacts = Path(os.environ.get("OBSLAKE_TEST_ARTIFACTS") or PROJECT / ".test-artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        driver.get(f"{base}/api/v2/version")  # any page of the origin, to set the session cookie on it
+        driver.add_cookie({"name": "_token", "value": _token(port), "path": "/"})
+        driver.get(f"{base}/obslake/")
+        WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.TAG_NAME, "table")))
+        text = driver.find_element(By.TAG_NAME, "body").text
+        driver.save_screenshot(str(artifacts / "obslake-ui-jobs.png"))
+        assert "deployed" in text and "bad.parquet" in text and "COLUMN_MISSING" in text, text
+        assert "predicted_label" in text, text  # the located problem itself, shown without a click
+        assert "obslake_fabric__dep" in text and "rag-app" in text, text  # the connectors table
+        driver.find_element(By.LINK_TEXT, "deployed").click()
+        WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.TAG_NAME, "h2")))
+        page = driver.find_element(By.TAG_NAME, "body").text
+        driver.save_screenshot(str(artifacts / "obslake-ui-job.png"))
+        assert "File history" in page and "a.parquet" in page and "succeeded" in page and "failed" in page, page
+        # the nav entry: Airflow's own UI shows the page in its frame
+        driver.get(f"{base}/plugin/obslake")
+        frame = WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.TAG_NAME, "iframe")))
+        assert "/obslake" in (frame.get_attribute("src") or ""), frame.get_attribute("src")
+        driver.switch_to.frame(frame)
+        WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.TAG_NAME, "table")))
+        assert "bad.parquet" in driver.find_element(By.TAG_NAME, "body").text
+        driver.switch_to.default_content()
+        driver.save_screenshot(str(artifacts / "obslake-ui-in-airflow.png"))
+    finally:
+        driver.quit()
 
 
 @pytest.mark.airflow
@@ -96,7 +173,12 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
     env = {"OBSLAKE_CATALOG_URI": pg_uri(lake_db), "OBSLAKE_STATE_URI": pg_uri(lake_db),
            "OBSLAKE_WAREHOUSE": f"file://{tmp_path / 'warehouse'}", "OBSLAKE_HOME": str(tmp_path / "home"),
            "OBSLAKE_INCLUDE_DIR": str(include), f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": KEY,
-           "OBSLAKE_TEST_MARKER": str(marker)}
+           "OBSLAKE_TEST_MARKER": str(marker),
+           # real users, so that the obslake page's protection is the deployment's (not the all-admins mode)
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "viewer:viewer",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "passwords.json")}
+    (tmp_path / "passwords.json").write_text(json.dumps({"viewer": PASSWORD}))
     try:
         with AirflowStack(tmp_path / "airflow", template=template, parallelism=2, dags_folder=dags, env=env) as s:
             s.start()
@@ -122,7 +204,10 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
             assert event["rows"] == 100 and sorted(f.rsplit("/", 1)[-1] for f in event["files"]) == [
                 "a.parquet", "b.parquet"]
 
-            # 3. a backfill of a connector: one run per hour, each with its hour as data interval, re-exported
+            # 3. the obslake page is refused without a session
+            _ui_is_protected(s.port)
+
+            # 4. a backfill of a connector: one run per hour, each with its hour as data interval, re-exported
             s.cli("backfill", "create", "--dag-id", "obslake_fabric__dep", "--from-date", "2026-11-30T10:00:00+00:00",
                   "--to-date", "2026-11-30T11:00:00+00:00")
             deadline = time.monotonic() + 300
@@ -143,6 +228,9 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
                 assert len(events) == 1 and events[0].startswith("backfill run: re-exporting the changes of "), events
                 window = events[0].rsplit(" of ", 1)[1].split(" .. ")
                 assert [dt.datetime.fromisoformat(w) for w in window] == [start, end], events
+
+            # 5. the obslake page in a real browser: the failed file's error as a person sees it
+            _ui_in_a_browser(s.port)
     finally:
         drop_database(lake_db)
         drop_database(template)
