@@ -422,3 +422,24 @@ def test_one_job_name_in_two_files_is_refused(tmp_path):
     jobs, errors = load_import_jobs(tmp_path)
     assert jobs == [] and {e.path.name for e in errors} == {"ctr.yaml", "ctr.yml"}
     assert "also defined in" in str(errors[0])
+
+
+def test_window_prefix_names_a_folder_per_data_interval_and_refuses_anything_else():
+    import datetime as dt
+
+    import pytest
+
+    from obslake.config import ImportJob
+
+    base = {"name": "w", "source": "s3://bkt/p/", "ingestion_key_variable": "k", "kind": "spans",
+            "trace_project": "x"}
+    job = ImportJob.model_validate({**base, "window_prefix": "dt={date}/h={hour}"})
+    start = dt.datetime(2026, 11, 30, 5, tzinfo=dt.UTC)
+    assert job.window_folder(start) == "dt=2026-11-30/h=05/"
+    every = ImportJob.model_validate({**base, "window_prefix": "{year}/{month}/{day}/{date_nodash}"})
+    assert every.window_folder(start) == "2026/11/30/20261130/"
+    assert ImportJob.model_validate(base).window_folder(start) == ""  # no window: the whole source
+    for bad in ("static/", "{nope}/", "../{date}", "/{date}", "{date!r}", "{date:>12}", "{date", "a}{date}",
+                "{date}?x", "{0}/", "{date.year}"):
+        with pytest.raises(ValueError, match="window_prefix"):
+            ImportJob.model_validate({**base, "window_prefix": bad})

@@ -27,6 +27,7 @@ at most a short excerpt of the file (:data:`EXCERPT_CHARS`), control characters 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import stat
@@ -53,6 +54,8 @@ from obslake.schema.types import (  # noqa: F401 (re-exported: the job vocabular
 )
 from obslake.storage.base import check_storage_uri, parse_uri
 
+WINDOW_FIELDS = ("date", "date_nodash", "year", "month", "day", "hour")
+"""The placeholders of an import job's ``window_prefix`` (of the start of a run's data interval, UTC)."""
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_TAG_NAME = "arize-ingestion-key"
 DEFAULT_MAX_FILE_BYTES = 1024**3  # 1 GiB, as Arize's file importer
@@ -306,6 +309,12 @@ class ImportJob(_Strict):
     batch: BatchSettings = BatchSettings()
     max_files_per_run: int = Field(500, gt=0, le=1000, description="the rest waits for the next run")
     schedule: str | None = Field("@continuous", description="Airflow schedule; @continuous keeps one run polling")
+    window_prefix: str | None = Field(
+        None,
+        description="a folder per time window under source, e.g. 'dt={date}/' or '{year}/{month}/{day}/{hour}/': "
+        "each run lists only the folder of its data interval (a cron schedule, default @daily), so "
+        "`airflow backfill create` imports past windows",
+    )
     deferrable: bool | None = Field(None, description="None: Airflow's [operators] default_deferrable")
     status: JobStatus = JobStatus.active
     retries: int = Field(2, ge=0, le=20)
@@ -331,6 +340,44 @@ class ImportJob(_Strict):
         except ConfigError as exc:  # pydantic reports ValueErrors with the field's location
             raise ValueError(str(exc)) from None
         return v if v.endswith("/") else v + "/"
+
+    @field_validator("window_prefix")
+    @classmethod
+    def _window_prefix(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import string
+
+        try:
+            parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+        except ValueError as exc:  # an unmatched '{' or '}'
+            raise ValueError(f"window_prefix {_q(v)}: {exc}") from None
+        fields = {f for f, _, _ in parts}
+        unknown = fields - set(WINDOW_FIELDS) | {
+            f"{f}{'!' + c if c else ''}{':' + sp if sp else ''}" for f, sp, c in parts if sp or c
+        }
+        if unknown or not fields:
+            raise ValueError(
+                f"window_prefix {_q(v)}: use one or more of {', '.join('{' + f + '}' for f in WINDOW_FIELDS)} "
+                f"(the start of each run's data interval){'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}"
+            )
+        if v.startswith("/") or ".." in v.split("/") or any(c in v for c in "?#\\"):
+            raise ValueError(f"window_prefix {_q(v)} must be a relative folder below source (no '/', '..', '?', '#')")
+        return v if v.endswith("/") else v + "/"
+
+    def window_folder(self, start: dt.datetime) -> str:
+        """The folder below ``source`` of the window starting at ``start`` (``""`` without ``window_prefix``)."""
+        if not self.window_prefix:
+            return ""
+        values = {
+            "date": start.strftime("%Y-%m-%d"),
+            "date_nodash": start.strftime("%Y%m%d"),
+            "year": start.strftime("%Y"),
+            "month": start.strftime("%m"),
+            "day": start.strftime("%d"),
+            "hour": start.strftime("%H"),
+        }
+        return self.window_prefix.format(**values)
 
     @field_validator("ingestion_key_variable")
     @classmethod

@@ -36,6 +36,20 @@ def _stem(path: Path) -> str:
     return re.sub(r"[^a-z0-9_-]", "_", path.stem.lower())[:MAX_STEM] or "_"
 
 
+def import_schedule(job: ImportJob) -> Any:
+    """A job paused in YAML: none (a paused job costs nothing: no run starts to skip at once). A job with a
+    ``window_prefix``: its cron schedule (default ``@daily``) as a data-interval timetable, each run importing
+    its interval's folder (so ``airflow backfill create`` imports past windows). Otherwise the job's schedule."""
+    from airflow.sdk import CronDataIntervalTimetable
+
+    if job.status == JobStatus.paused:
+        return None
+    if job.window_prefix:
+        cron = job.schedule if job.schedule and job.schedule not in ("@continuous", "@once") else "@daily"
+        return CronDataIntervalTimetable(cron, timezone="UTC")
+    return job.schedule
+
+
 def build_import_dag(job: ImportJob) -> Any:
     """The DAG ``obslake_import__<job>``: wait for new files → verify bucket → validate → import (mapped over
     batches of small files, a large file alone) → report (fails the run if a file was refused).
@@ -58,7 +72,7 @@ def build_import_dag(job: ImportJob) -> Any:
     with DAG(
         dag_id=job.dag_id,
         description=f"Import {job.source} into {'.'.join(job.table_identifier)} (obslake)",
-        schedule=None if job.status == JobStatus.paused else job.schedule,
+        schedule=import_schedule(job),
         start_date=START,
         catchup=False,
         max_active_runs=1,

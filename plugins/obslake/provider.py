@@ -40,5 +40,6 @@ def get_provider_info() -> dict:
         ],
         "sensors": [{"integration-name": integration, "python-modules": ["obslake.sensors.prefix"]}],
         "triggers": [{"integration-name": integration, "python-modules": ["obslake.triggers.prefix"]}],
-        "plugins": [{"name": "obslake", "plugin-class": "obslake.plugin.ObslakePlugin"}],
+        # the UI plugin is registered by the airflow.plugins entry point alone (listed here too, Airflow would
+        # load it twice and warn "already registered")
     }

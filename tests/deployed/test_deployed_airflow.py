@@ -76,6 +76,38 @@ def _ui_is_protected(port: int) -> None:
             assert err.value.code == want, (path, headers, err.value.code)
 
 
+def _backfill_runs(s, dag_id: str, timeout: float = 300) -> list[tuple]:
+    """Once every backfill of ``dag_id`` has completed: its backfill runs (run_id, state, start, end, the sensor's
+    try number). (Airflow allows one running backfill per DAG; reprocessing re-runs the same runs.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        open_backfills = s.query("SELECT count(*) FROM backfill WHERE dag_id = %s AND completed_at IS NULL",
+                                 (dag_id,))[0][0]
+        runs = s.query("SELECT r.run_id, r.state, r.data_interval_start, r.data_interval_end, t.try_number "
+                       "FROM dag_run r JOIN task_instance t ON t.dag_id = r.dag_id AND t.run_id = r.run_id "
+                       "AND t.task_id = 'wait_for_new_files' WHERE r.dag_id = %s AND r.run_type = 'backfill' "
+                       "ORDER BY r.data_interval_start", (dag_id,))
+        if (not open_backfills and runs and all(r[1] in ("success", "failed") for r in runs)) or (
+                time.monotonic() > deadline):
+            return runs
+        s.check_alive()
+        time.sleep(2)
+
+
+def _table_figures(env: dict, ident: tuple[str, str]) -> tuple[int, int]:
+    """(rows, snapshots) of a lake table, read here with pyiceberg (its own catalog, disposed after)."""
+    from pyiceberg.catalog import load_catalog
+
+    from obslake.lake.catalog import CATALOG_NAME, LakeSettings
+
+    catalog = load_catalog(CATALOG_NAME, **LakeSettings.from_env(env).properties)
+    try:
+        table = catalog.load_table(ident)
+        return table.scan(selected_fields=("prediction_id",)).to_arrow().num_rows, len(table.snapshots())
+    finally:
+        catalog.engine.dispose()
+
+
 def _token(port: int) -> str:
     """A session of the user ``viewer`` (simple auth manager), as the login form gets it."""
     import urllib.request
@@ -153,6 +185,15 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
     _parquet(src / "b.parquet", 40, 60)
     _parquet(src / "bad.parquet", 100, 5, drop_label=True)
     (include / "import_jobs" / "deployed.yaml").write_text(yaml.safe_dump({**JOB, "source": f"file://{src}/"}))
+    # a windowed job: one folder per day; a backfill imports the past days' folders (and only those)
+    windowed = tmp_path / "windowed"
+    for day, start, n in (("2026-11-29", 1000, 20), ("2026-11-30", 2000, 30), ("2026-12-01", 3000, 7)):
+        (windowed / f"dt={day}").mkdir(parents=True)
+        _parquet(windowed / f"dt={day}" / "part.parquet", start, n)
+    (windowed / ".obslake-tags.json").write_text(json.dumps({"arize-ingestion-key": KEY}))
+    (include / "import_jobs" / "windowed.yaml").write_text(yaml.safe_dump({
+        **JOB, "name": "windowed", "source": f"file://{windowed}/", "window_prefix": "dt={date}/",
+        "schedule": "@daily", "model": {**JOB["model"], "name": "win"}}))
     (include / "connectors" / "dep.yaml").write_text(textwrap.dedent(f"""
         name: dep
         source: {{type: lake, space: traces}}
@@ -182,7 +223,7 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
     try:
         with AirflowStack(tmp_path / "airflow", template=template, parallelism=2, dags_folder=dags, env=env) as s:
             s.start()
-            for dag_id in ("obslake_import__deployed", "after_import", "obslake_fabric__dep"):
+            for dag_id in ("obslake_import__deployed", "after_import", "obslake_fabric__dep", "obslake_import__windowed"):
                 s.wait_for_dag(dag_id)
 
             # 1. the refused file fails the run, in its last task, after the good files were imported
@@ -229,7 +270,24 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
                 window = events[0].rsplit(" of ", 1)[1].split(" .. ")
                 assert [dt.datetime.fromisoformat(w) for w in window] == [start, end], events
 
-            # 5. the obslake page in a real browser: the failed file's error as a person sees it
+            # 5. a backfill of a windowed import job: each day's folder, once; the same backfill again changes nothing
+            table = ("dep", "win__production")
+            for attempt in (1, 2):
+                args = ["backfill", "create", "--dag-id", "obslake_import__windowed",
+                        "--from-date", "2026-11-29T00:00:00+00:00", "--to-date", "2026-11-30T00:00:00+00:00"]
+                s.cli(*args, *(["--reprocess-behavior", "completed"] if attempt == 2 else []))
+                runs = _backfill_runs(s, "obslake_import__windowed")
+                assert [r[1] for r in runs] == ["success"] * 2, "\n".join(
+                    s.failure_report("obslake_import__windowed", r[0]) for r in runs if r[1] != "success")
+                assert [r[2].day for r in runs] == [29, 30] and [r[4] for r in runs] == [attempt] * 2, runs
+                rows, snapshots = _table_figures(env, table)
+                assert rows == 50, rows  # the 29th (20) and the 30th (30), not December's folder (7)
+                if attempt == 1:
+                    first_snapshots = snapshots
+                else:
+                    assert snapshots == first_snapshots  # nothing was imported again
+
+            # 6. the obslake page in a real browser: the failed file's error as a person sees it
             _ui_in_a_browser(s.port)
     finally:
         drop_database(lake_db)

@@ -191,3 +191,22 @@ def test_the_bucket_is_proven_before_it_is_listed_and_the_verdict_is_kept(job, s
     for _ in range(3):
         assert _sensor(job).poke({}).is_done
     assert len(listed) == 3 and len(tag_reads) == 3  # proven once, then kept (OWNERSHIP_TTL_SECONDS)
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_a_windowed_job_lists_its_intervals_folder_and_never_waits_for_a_past_one(make_job, s3_client, s3_bucket,
+                                                                                  deferrable):
+    import datetime as dt
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    job = make_job(f"s3://{s3_bucket}/in/", poll_interval=0.05, sensor_timeout=30, window_prefix="dt={date}/")
+    _put(s3_client, s3_bucket, "in/dt=2026-11-29/a.csv", "in/dt=2026-11-30/b.csv", "in/c.csv")
+    day = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
+    ctx = {"data_interval_start": day, "data_interval_end": day + dt.timedelta(days=1)}
+    assert [f["key"] for f in _sensor(job, deferrable=deferrable).execute(dict(ctx))] == ["in/dt=2026-11-29/a.csv"]
+    started = time.monotonic()
+    empty = {"data_interval_start": day - dt.timedelta(days=1), "data_interval_end": day}
+    with pytest.raises(AirflowSkipException, match="a past window: not waited for"):
+        _sensor(job, deferrable=deferrable).execute(empty)
+    assert time.monotonic() - started < 10  # not the 30 s sensor_timeout

@@ -35,6 +35,7 @@ class S3KeyPrefixSensor(BaseSensorOperator):
         self.job = job_to_dict(job_obj)
         self.source = job_obj.source
         self.deferrable = deferrable
+        self.window = ""  # a windowed job's folder of this run (below source), set by execute
 
     def _job(self):
         data = dict(self.job)
@@ -53,7 +54,7 @@ class S3KeyPrefixSensor(BaseSensorOperator):
         with airflow_errors():
             store, prefix = hook.store(job.source)
             verify_ownership(store, job.ingestion_key_variable, job.tag_name)  # before the bucket is listed
-            new, _ = find_new_files(job, store, prefix, hook.ledger)
+            new, _ = find_new_files(job, store, prefix + self.window, hook.ledger)
         return PokeReturnValue(is_done=bool(new), xcom_value=[o.to_dict() for o in new])
 
     def execute(self, context) -> Any:
@@ -70,6 +71,22 @@ class S3KeyPrefixSensor(BaseSensorOperator):
 
             # is_paused_upon_creation only applies once; a YAML switched to paused later still stops here
             raise AirflowSkipException(f"job {job.name} has status {job.status.value} in its YAML: nothing is read")
+        if job.window_prefix and context.get("data_interval_start") is not None:
+            # a windowed job: this run lists only its data interval's folder; a window that has ended (a
+            # backfill, a late run) is listed once: what is new is imported, nothing is waited for
+            self.window = job.window_folder(context["data_interval_start"])
+            self.log.info("window %s .. %s: %s%s", context["data_interval_start"], context["data_interval_end"],
+                          self.source, self.window)  # fmt: skip
+            end = context.get("data_interval_end")
+            if end is not None and end <= dt.datetime.now(dt.UTC):
+                first = self.poke(context)
+                if first.is_done:
+                    return first.xcom_value
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(
+                    f"nothing new under {self.source}{self.window} (a past window: not waited for)"
+                )
         if not self.deferrable:
             from airflow.sdk.exceptions import AirflowSensorTimeout
 
@@ -83,7 +100,7 @@ class S3KeyPrefixSensor(BaseSensorOperator):
         from obslake.triggers.prefix import NewFilesTrigger
 
         self.defer(
-            trigger=NewFilesTrigger(job=job_to_dict(self._job()), poll_interval=self.poke_interval),
+            trigger=NewFilesTrigger(job=job_to_dict(self._job()), poll_interval=self.poke_interval, window=self.window),
             method_name="execute_complete",
             timeout=dt.timedelta(seconds=self.timeout),
         )

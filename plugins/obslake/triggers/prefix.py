@@ -43,7 +43,7 @@ def _cached_store(source: str, conn_id: str | None):
         return store, prefix
 
 
-def _poll(job_dict: dict) -> tuple[list[dict], int]:
+def _poll(job_dict: dict, window: str = "") -> tuple[list[dict], int]:
     from obslake.airflow_support import job_from_dict
     from obslake.hooks.obslake import lake_settings, verify_ownership
     from obslake.lake.discovery import find_new_files
@@ -52,7 +52,7 @@ def _poll(job_dict: dict) -> tuple[list[dict], int]:
     job = job_from_dict(job_dict)
     store, prefix = _cached_store(job.source, job.conn_id)
     verify_ownership(store, job.ingestion_key_variable, job.tag_name)  # before the bucket is listed
-    new, total = find_new_files(job, store, prefix, Ledger(lake_settings()[0].state_uri))
+    new, total = find_new_files(job, store, prefix + window, Ledger(lake_settings()[0].state_uri))
     return [o.to_dict() for o in new], total
 
 
@@ -65,22 +65,27 @@ class NewFilesTrigger(BaseTrigger):
     Args:
         job: the import job as a dict (:func:`obslake.airflow_support.job_to_dict`).
         poll_interval: seconds between polls.
+        window: a windowed job's folder below its source that this run lists (``""``: the whole source).
     """
 
-    def __init__(self, job: dict, poll_interval: float = 10.0):
+    def __init__(self, job: dict, poll_interval: float = 10.0, window: str = ""):
         super().__init__()
         self.job = job
         self.poll_interval = poll_interval
+        self.window = window
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Import path and kwargs, as Airflow stores them."""
-        return ("obslake.triggers.prefix.NewFilesTrigger", {"job": self.job, "poll_interval": self.poll_interval})
+        kwargs: dict[str, Any] = {"job": self.job, "poll_interval": self.poll_interval}
+        if self.window:  # (the form of triggers deferred before windows existed stays the same)
+            kwargs["window"] = self.window
+        return ("obslake.triggers.prefix.NewFilesTrigger", kwargs)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Yield one event: ``success`` with the files, or ``error`` with a message."""
         while True:
             try:
-                files, total = await asyncio.to_thread(_poll, self.job)
+                files, total = await asyncio.to_thread(_poll, self.job, self.window)
             except Exception as exc:  # noqa: BLE001 - reported to the task, which fails or retries
                 from obslake.exceptions import printable
 
