@@ -1,7 +1,9 @@
 """Build obslake's DAGs from your own DAGs folder, with one import.
 
-In a file of your DAGs folder (e.g. ``dags/obslake_dags.py``)::
+In a file of your DAGs folder (e.g. ``dags/obslake_dags.py``; Airflow's safe-mode discovery parses only files
+that mention "airflow" and "dag", hence the comment)::
 
+    # Airflow DAGs of obslake
     from obslake.dags import all_dags
 
     globals().update(all_dags("/opt/airflow/include"))  # include/import_jobs/*.yaml, include/connectors/*.yaml

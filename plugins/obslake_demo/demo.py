@@ -29,7 +29,10 @@ import pyarrow as pa
 
 from obslake_demo.writers import write_table
 
-PROJECT = Path(__file__).resolve().parents[2]  # the repository root (plugins/obslake_demo/demo.py): dags/, include/
+KIT = Path(__file__).resolve().parent / "kit"
+"""dags/ and include/: in a checkout, symlinks to the repository's own; in an installed wheel, their copies."""
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root, when running from a checkout
+DAGS, INCLUDE = (KIT / "dags").resolve(), (KIT / "include").resolve()
 BUCKET = "obslake-demo"
 PREFIX = "click-thru-rate/production/v1/"
 KEY_VARIABLE = "obslake_demo_ingestion_key"
@@ -108,7 +111,10 @@ def _say(msg: str) -> None:
 def run_demo(workdir: str | Path | None = None, *, keep: bool = False) -> int:
     """Run the whole demo; return a process exit code."""
     t0 = time.monotonic()
-    workdir = Path(workdir or PROJECT / ".obslake-demo").resolve()
+    # a checkout keeps its demo under the repository (.obslake-demo/, git-ignored); an installed wheel in the
+    # current directory
+    home = CHECKOUT if (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "dags").is_dir() else Path.cwd()
+    workdir = Path(workdir or home / ".obslake-demo").resolve()
     if workdir.exists() and not keep:
         shutil.rmtree(workdir)
     (workdir / "airflow").mkdir(parents=True, exist_ok=True)
@@ -119,7 +125,7 @@ def run_demo(workdir: str | Path | None = None, *, keep: bool = False) -> int:
         "OBSLAKE_HOME": str(workdir / "lake"),
         "OBSLAKE_INCLUDE_DIR": str(workdir / "include"),
         "AIRFLOW_HOME": str(workdir / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{workdir / 'airflow' / 'airflow.db'}",
@@ -140,7 +146,7 @@ def run_demo(workdir: str | Path | None = None, *, keep: bool = False) -> int:
     # the shipped example is `status: paused` (it must not poll a bucket a deployment lacks): run an active copy
     for sub in ("import_jobs", "connectors"):
         (workdir / "include" / sub).mkdir(parents=True, exist_ok=True)
-        for example in (PROJECT / "include" / sub).glob("demo_*.yaml"):
+        for example in (INCLUDE / sub).glob("demo_*.yaml"):
             text = example.read_text().replace("status: paused", "status: active")
             (workdir / "include" / sub / example.name).write_text(text)
     os.environ["OBSLAKE_S3_ENDPOINT_URL"] = endpoint  # for `obslake fabric sync` and DuckDB below
