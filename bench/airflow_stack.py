@@ -184,12 +184,32 @@ class AirflowStack:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self) -> None:
-        """Start the api-server (and wait until it answers), the dag-processor and the scheduler."""
+    def start(self, triggerer: bool = False) -> None:
+        """Start the api-server (and wait until it answers), the dag-processor and the scheduler (and, with
+        ``triggerer``, a triggerer for deferrable tasks)."""
         self._spawn("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(self.port)])
         self._wait_http(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", timeout=180)
         self._spawn("dag-processor", [AIRFLOW, "dag-processor"])
         self._spawn("scheduler", [AIRFLOW, "scheduler"])
+        if triggerer:
+            self.start_triggerer()
+
+    def start_triggerer(self) -> None:
+        """(Re)start the triggerer (after :meth:`kill` of a previous one, say)."""
+        self._spawn("triggerer", [AIRFLOW, "triggerer"])
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component and everything it started (a crash, as an OOM kill would do it)."""
+        proc = self.procs.pop(name)
+        family = _descendants({proc.pid})
+        _signal_group(proc.pid, signal.SIGKILL)
+        for pid, started in family.items():
+            if _start_time(pid) == started:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        proc.wait(timeout=30)
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = open(self.home / f"{name}.log", "ab")

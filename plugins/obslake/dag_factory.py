@@ -257,6 +257,9 @@ def build_fabric_dag(connector) -> Any:
             task_id="sync_project",
             connector=connector.model_dump(mode="json"),
             outlets=[AssetAlias(fabric_alias(connector.name))],
+            # one sync of the connector at a time, across runs: backfill runs (which do not obey the DAG's
+            # max_active_runs) and a scheduled run never commit to the same tables concurrently
+            max_active_tis_per_dag=1,
         ).expand(project=list(connector.projects))
         verify >> probe >> sync
     return dag

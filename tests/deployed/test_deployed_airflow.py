@@ -1,9 +1,12 @@
 """obslake in a real Airflow deployment: api-server, dag-processor and scheduler (LocalExecutor) as processes on
 loopback with a Postgres metadata DB (``bench/airflow_stack.py``), the lake in Postgres + a local warehouse.
 
-One deployment, three things only a real scheduler shows: an import run with a refused file ends failed after its
-good files are imported; the model table's asset event starts a downstream DAG scheduled on that Asset; and
-``airflow backfill create`` on a connector makes hour-wide runs whose sync re-exports exactly its hour.
+One deployment (with a triggerer), what only real Airflow processes show: an import run with a refused file ends
+failed after its good files are imported; the model table's asset event starts a downstream DAG scheduled on that
+Asset; the obslake page refuses requests without a session; ``airflow backfill create`` on a connector makes
+hour-wide runs, one sync at a time, and on a windowed import job imports each past folder once (again: nothing);
+a deferrable sensor waits in the triggerer, survives the triggerer's kill -9 and imports the late file once; and
+headless Chromium shows the refused file's error on the obslake page.
 """
 
 from __future__ import annotations
@@ -92,6 +95,12 @@ def _backfill_runs(s, dag_id: str, timeout: float = 300) -> list[tuple]:
             return runs
         s.check_alive()
         time.sleep(2)
+
+
+def _ti_state(s, dag_id: str, run_id: str, task_id: str) -> str | None:
+    rows = s.query("SELECT state FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = %s",
+                   (dag_id, run_id, task_id))
+    return rows[0][0] if rows else None
 
 
 def _table_figures(env: dict, ident: tuple[str, str]) -> tuple[int, int]:
@@ -191,6 +200,13 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
         (windowed / f"dt={day}").mkdir(parents=True)
         _parquet(windowed / f"dt={day}" / "part.parquet", start, n)
     (windowed / ".obslake-tags.json").write_text(json.dumps({"arize-ingestion-key": KEY}))
+    # a deferrable job whose folder is empty when its run starts: the sensor waits in the real triggerer
+    deferred = tmp_path / "deferred"
+    deferred.mkdir()
+    (deferred / ".obslake-tags.json").write_text(json.dumps({"arize-ingestion-key": KEY}))
+    (include / "import_jobs" / "deferred.yaml").write_text(yaml.safe_dump({
+        **JOB, "name": "deferred", "source": f"file://{deferred}/", "deferrable": True, "sensor_timeout": 600,
+        "model": {**JOB["model"], "name": "deferred"}}))
     (include / "import_jobs" / "windowed.yaml").write_text(yaml.safe_dump({
         **JOB, "name": "windowed", "source": f"file://{windowed}/", "window_prefix": "dt={date}/",
         "schedule": "@daily", "model": {**JOB["model"], "name": "win"}}))
@@ -222,8 +238,9 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
     (tmp_path / "passwords.json").write_text(json.dumps({"viewer": PASSWORD}))
     try:
         with AirflowStack(tmp_path / "airflow", template=template, parallelism=2, dags_folder=dags, env=env) as s:
-            s.start()
-            for dag_id in ("obslake_import__deployed", "after_import", "obslake_fabric__dep", "obslake_import__windowed"):
+            s.start(triggerer=True)
+            for dag_id in ("obslake_import__deployed", "after_import", "obslake_fabric__dep", "obslake_import__windowed",
+                           "obslake_import__deferred"):
                 s.wait_for_dag(dag_id)
 
             # 1. the refused file fails the run, in its last task, after the good files were imported
@@ -263,6 +280,9 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
             starts = [r[2] for r in runs]
             assert [r[3] - r[2] for r in runs] == [dt.timedelta(hours=1)] * 2, runs
             assert [x.hour for x in starts] == [10, 11]
+            spans = sorted(s.query("SELECT start_date, end_date FROM task_instance WHERE dag_id = 'obslake_fabric__dep' "
+                                   "AND task_id = 'sync_project'"))
+            assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # never two syncs at once
             for run_id, _state, start, end in runs:
                 text = s.task_log("obslake_fabric__dep", run_id, "sync_project", 0, 1).read_text()
                 events = [json.loads(line)["event"] for line in text.splitlines() if "re-exporting" in line]
@@ -287,7 +307,23 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
                 else:
                     assert snapshots == first_snapshots  # nothing was imported again
 
-            # 6. the obslake page in a real browser: the failed file's error as a person sees it
+            # 6. the deferrable sensor waits in the triggerer; the triggerer is killed mid-wait and restarted; the
+            # file that then lands is imported once
+            run_id = s.trigger("obslake_import__deferred", "deferred_1")
+            deadline = time.monotonic() + 120
+            while _ti_state(s, "obslake_import__deferred", run_id, "wait_for_new_files") != "deferred":
+                assert time.monotonic() < deadline, s.diagnostics(("scheduler", "triggerer"))
+                s.check_alive()
+                time.sleep(1)
+            s.kill("triggerer")
+            s.start_triggerer()
+            _parquet(deferred / "late.parquet", 5000, 25)
+            state = s.wait_for_run("obslake_import__deferred", run_id, timeout=300)
+            assert state == "success", s.failure_report("obslake_import__deferred", run_id)
+            rows, snapshots = _table_figures(env, ("dep", "deferred__production"))
+            assert (rows, snapshots) == (25, 1)
+
+            # 7. the obslake page in a real browser: the failed file's error as a person sees it
             _ui_in_a_browser(s.port)
     finally:
         drop_database(lake_db)

@@ -71,6 +71,7 @@ def test_fabric_dag_integrity_and_pause(tmp_path, monkeypatch):
     live = fabric["obslake_fabric__live"]
     assert [t.task_id for t in live.topological_sort()] == ["verify_bucket_ownership", "probe_permissions", "sync_project"]
     assert all(t.retries >= 2 for t in live.tasks) and "data-fabric" in live.tags
+    assert live.get_task("sync_project").max_active_tis_per_dag == 1  # backfill runs never sync at once
 
 
 @pytest.mark.airflow
