@@ -79,7 +79,45 @@ def _ui_is_protected(port: int) -> None:
             assert err.value.code == want, (path, headers, err.value.code)
 
 
-def _backfill_runs(s, dag_id: str, timeout: float = 300) -> list[tuple]:
+def _import_spans(env: dict, src: Path, n: int) -> dt.datetime:
+    """Import ``n`` trace spans of project rag-app into the lake (as a ``kind: spans`` job would); the commit time."""
+    import json as _json
+
+    from obslake.config import ImportJob
+    from obslake.lake.catalog import LakeSettings, load_catalog
+    from obslake.lake.importer import import_file
+    from obslake.lake.ledger import Ledger
+    from obslake.storage import open_store
+
+    start = dt.datetime(2026, 11, 20, 9, tzinfo=dt.timezone.utc)
+    attrs = _json.dumps({"llm": {"model_name": "gpt-4o"}, "input": {"value": "q"}})
+    pq.write_table(pa.table({
+        "context.span_id": [f"s{i}" for i in range(n)], "context.trace_id": [f"t{i // 2}" for i in range(n)],
+        "parent_id": [None] * n, "name": ["llm"] * n, "span_kind": ["LLM"] * n,
+        "start_time": pa.array([start + dt.timedelta(minutes=i) for i in range(n)], pa.timestamp("us", tz="UTC")),
+        "end_time": pa.array([start + dt.timedelta(minutes=i, seconds=1) for i in range(n)],
+                             pa.timestamp("us", tz="UTC")),
+        "status_code": ["OK"] * n, "status_message": [""] * n, "attributes": [attrs] * n}), src / "spans.parquet")
+    job = ImportJob.model_validate({"name": "dep_spans", "source": f"file://{src}/", "kind": "spans",
+                                    "trace_project": "rag-app", "ingestion_key_variable": KEY_VARIABLE})
+    settings = LakeSettings.from_env(env)
+    store, _ = open_store(job.source)
+    catalog = load_catalog(settings)
+    result = import_file(job, store, store.head("spans.parquet"), catalog=catalog, ledger=Ledger(settings.state_uri))
+    assert result.status == "imported", result
+    snap = catalog.load_table(job.table_identifier).current_snapshot()
+    return dt.datetime.fromtimestamp(snap.timestamp_ms / 1000, dt.timezone.utc)  # the commit time: the window
+
+
+def _export_rows(location: Path) -> int:
+    """Rows of an exported spans table, read by DuckDB from its latest.metadata.json (a reader we did not write)."""
+    from obslake.fabric.ddl import duckdb_connect_with_iceberg
+
+    con = duckdb_connect_with_iceberg()
+    return con.execute(f"SELECT count(*) FROM iceberg_scan('{location}/metadata/latest.metadata.json')").fetchone()[0]
+
+
+def _backfill_runs(s, dag_id: str, timeout: float = 300, task: str = "wait_for_new_files") -> list[tuple]:
     """Once every backfill of ``dag_id`` has completed: its backfill runs (run_id, state, start, end, the sensor's
     try number). (Airflow allows one running backfill per DAG; reprocessing re-runs the same runs.)"""
     deadline = time.monotonic() + timeout
@@ -88,8 +126,8 @@ def _backfill_runs(s, dag_id: str, timeout: float = 300) -> list[tuple]:
                                  (dag_id,))[0][0]
         runs = s.query("SELECT r.run_id, r.state, r.data_interval_start, r.data_interval_end, t.try_number "
                        "FROM dag_run r JOIN task_instance t ON t.dag_id = r.dag_id AND t.run_id = r.run_id "
-                       "AND t.task_id = 'wait_for_new_files' WHERE r.dag_id = %s AND r.run_type = 'backfill' "
-                       "ORDER BY r.data_interval_start", (dag_id,))
+                       "AND t.task_id = %s WHERE r.dag_id = %s AND r.run_type = 'backfill' "
+                       "ORDER BY r.data_interval_start", (task, dag_id))
         if (not open_backfills and runs and all(r[1] in ("success", "failed") for r in runs)) or (
                 time.monotonic() > deadline):
             return runs
@@ -219,6 +257,22 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
         ingestion_key_variable: {KEY_VARIABLE}
         retries: 0
     """))
+    # a connector with one-minute windows: a backfill of the minute in which trace spans were committed re-exports
+    # exactly those (the lake source's windows are commit times; Airflow backfills only intervals that have ended)
+    exports2, spans_src = tmp_path / "exports2", tmp_path / "spans"
+    for d in (exports2, spans_src):
+        d.mkdir()
+        (d / ".obslake-tags.json").write_text(json.dumps({"arize-ingestion-key": KEY}))
+    (include / "connectors" / "minutely.yaml").write_text(textwrap.dedent(f"""
+        name: minutely
+        source: {{type: lake, space: traces}}
+        projects: [rag-app]
+        storage: file://{exports2}
+        namespace: ml
+        schedule: "* * * * *"
+        ingestion_key_variable: {KEY_VARIABLE}
+        retries: 0
+    """))
     for f in ("import_jobs.py", "data_fabric.py"):
         shutil.copy(PROJECT / "dags" / f, dags / f)
     (dags / "after_import.py").write_text(DOWNSTREAM.format(asset=ASSET))
@@ -240,7 +294,7 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
         with AirflowStack(tmp_path / "airflow", template=template, parallelism=2, dags_folder=dags, env=env) as s:
             s.start(triggerer=True)
             for dag_id in ("obslake_import__deployed", "after_import", "obslake_fabric__dep", "obslake_import__windowed",
-                           "obslake_import__deferred"):
+                           "obslake_import__deferred", "obslake_fabric__minutely"):
                 s.wait_for_dag(dag_id)
 
             # 1. the refused file fails the run, in its last task, after the good files were imported
@@ -307,7 +361,24 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
                 else:
                     assert snapshots == first_snapshots  # nothing was imported again
 
-            # 6. the deferrable sensor waits in the triggerer; the triggerer is killed mid-wait and restarted; the
+            # 6. a connector backfill that holds spans: the minute of their commit, twice; the minute before: nothing
+            committed = _import_spans(env, spans_src, 6)
+            minute = committed.replace(second=0, microsecond=0)
+            while dt.datetime.now(dt.timezone.utc) < minute + dt.timedelta(minutes=1, seconds=2):
+                time.sleep(1)  # Airflow backfills only intervals that have ended
+            for attempt, (start, want) in enumerate([(minute, 6), (minute, 6), (minute - dt.timedelta(minutes=1), 0)]):
+                s.cli("backfill", "create", "--dag-id", "obslake_fabric__minutely", "--from-date", start.isoformat(),
+                      "--to-date", start.isoformat(), "--reprocess-behavior", "completed")
+                runs = {r[2]: r for r in _backfill_runs(s, "obslake_fabric__minutely", task="sync_project")}
+                run = runs[start]
+                assert run[1] == "success", s.failure_report("obslake_fabric__minutely", run[0])
+                text = s.task_log("obslake_fabric__minutely", run[0], "sync_project", 0, run[4]).read_text()
+                wrote = [json.loads(line)["event"] for line in text.splitlines() if "sync wrote" in line]
+                assert len(wrote) == 1 and f"window sync wrote {want} span row(s)" in wrote[0] if want else (
+                    "wrote 0 span row(s)" in wrote[0]), (attempt, wrote)
+                assert _export_rows(exports2 / "ml" / "rag-app") == 6  # each span once, however often re-exported
+
+            # 7. the deferrable sensor waits in the triggerer; the triggerer is killed mid-wait and restarted; the
             # file that then lands is imported once
             run_id = s.trigger("obslake_import__deferred", "deferred_1")
             deadline = time.monotonic() + 120
@@ -323,7 +394,7 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
             rows, snapshots = _table_figures(env, ("dep", "deferred__production"))
             assert (rows, snapshots) == (25, 1)
 
-            # 7. the obslake page in a real browser: the failed file's error as a person sees it
+            # 8. the obslake page in a real browser: the failed file's error as a person sees it
             _ui_in_a_browser(s.port)
     finally:
         drop_database(lake_db)
