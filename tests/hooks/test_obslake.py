@@ -121,3 +121,18 @@ def test_a_lake_connection_imports_into_an_s3_warehouse_with_the_jobs_aws_connec
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="warehouse/")["Contents"]]
     assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
     assert catalog.load_table(("conn_ns", "t")).scan().to_arrow()["x"].to_pylist() == [1, 2, 3]
+
+
+def test_an_aws_connection_without_any_credentials_is_a_clear_config_error(monkeypatch, tmp_path):
+    import pytest
+
+    from obslake.exceptions import ConfigError
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask an instance metadata endpoint
+    monkeypatch.setenv("AIRFLOW_CONN_BARE_AWS", json.dumps({"conn_type": "aws", "extra": {"region_name": "us-east-1"}}))
+    with pytest.raises(ConfigError, match="gives no AWS credentials .* Fix:"):
+        credentials_for("s3://some-bucket/x/", "bare_aws")

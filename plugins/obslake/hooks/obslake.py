@@ -66,7 +66,16 @@ def credentials_for(uri: str, conn_id: str | None = None) -> StorageCredentials:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         hook = S3Hook(aws_conn_id=conn_id)
-        creds = hook.get_credentials()
+        try:
+            creds = hook.get_credentials()
+        except AttributeError as exc:  # boto3 found no credentials at all (the provider calls None.get_frozen_...)
+            from obslake.exceptions import ConfigError
+
+            raise ConfigError(
+                f"the Airflow connection {conn_id!r} gives no AWS credentials for {uri} (no keys in it, no role, "
+                "no environment or instance credentials). Fix: put the keys (login/password) or a role_arn in that "
+                "connection"
+            ) from exc
         return StorageCredentials(
             "s3",
             endpoint=hook.conn_config.get_service_endpoint_url("s3") or None,
