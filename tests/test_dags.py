@@ -22,3 +22,17 @@ def test_all_dags_from_an_include_folder(monkeypatch):
         all_dags()
     monkeypatch.setenv("OBSLAKE_INCLUDE_DIR", str(PROJECT / "include"))
     assert set(all_dags()) == set(dags)
+
+
+def test_a_failure_callback_reaches_every_dag(monkeypatch):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from obslake.dags import all_dags
+
+    def alert(context):
+        pass
+
+    dags = all_dags(PROJECT / "include", on_failure_callback=alert)
+    assert dags and all(d.on_failure_callback is alert for d in dags.values())
+    assert all(DagSerialization.to_dict(d)["dag"].get("has_on_failure_callback") for d in dags.values())
+    assert not any(d.on_failure_callback for d in all_dags(PROJECT / "include").values())

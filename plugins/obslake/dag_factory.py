@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 from pathlib import Path
@@ -50,7 +51,7 @@ def import_schedule(job: ImportJob) -> Any:
     return job.schedule
 
 
-def build_import_dag(job: ImportJob) -> Any:
+def build_import_dag(job: ImportJob, on_failure_callback: Any = None) -> Any:
     """The DAG ``obslake_import__<job>``: wait for new files → verify bucket → validate → import (mapped over
     batches of small files, a large file alone) → report (fails the run if a file was refused).
 
@@ -76,6 +77,7 @@ def build_import_dag(job: ImportJob) -> Any:
         start_date=START,
         catchup=False,
         max_active_runs=1,
+        on_failure_callback=on_failure_callback,
         is_paused_upon_creation=job.status == JobStatus.paused,
         tags=[
             "obslake",
@@ -190,14 +192,15 @@ def _load_all(load, directory: str | Path, what: str) -> tuple[list, list]:
         return [], [err]
 
 
-def build_import_dags(directory: str | Path) -> dict[str, Any]:
+def build_import_dags(directory: str | Path, on_failure_callback: Any = None) -> dict[str, Any]:
     """``{dag_id: DAG}`` for every job YAML in ``directory`` (deleted jobs get no DAG).
 
     Never raises for anything a YAML file holds: each bad file gets its config-error DAG and every
     good file its DAG.
     """
     jobs, errors = _load_all(load_import_jobs, directory, "import job")
-    return _build_all(jobs, errors, build_import_dag, "obslake_import__", "import job")
+    build = functools.partial(build_import_dag, on_failure_callback=on_failure_callback)
+    return _build_all(jobs, errors, build, "obslake_import__", "import job")
 
 
 def fabric_schedule(connector) -> Any:
@@ -214,7 +217,7 @@ def fabric_schedule(connector) -> Any:
     return CronDataIntervalTimetable(connector.schedule, timezone="UTC")
 
 
-def build_fabric_dag(connector) -> Any:
+def build_fabric_dag(connector, on_failure_callback: Any = None) -> Any:
     """The DAG ``obslake_fabric__<connector>``: verify bucket → permission probe → sync each project (mapped)."""
     from airflow.sdk import DAG, AssetAlias
 
@@ -230,6 +233,7 @@ def build_fabric_dag(connector) -> Any:
         start_date=START,
         catchup=connector.catchup,
         max_active_runs=1,
+        on_failure_callback=on_failure_callback,
         is_paused_upon_creation=connector.status == JobStatus.paused,
         tags=["obslake", "data-fabric", *connector.tags],
         default_args={
@@ -265,12 +269,13 @@ def build_fabric_dag(connector) -> Any:
     return dag
 
 
-def build_fabric_dags(directory: str | Path) -> dict[str, Any]:
+def build_fabric_dags(directory: str | Path, on_failure_callback: Any = None) -> dict[str, Any]:
     """``{dag_id: DAG}`` for every connector YAML (deleted connectors get none; bad ones a config-error DAG)."""
     from obslake.config import load_connectors
 
     connectors, errors = _load_all(load_connectors, directory, "connector")
-    return _build_all(connectors, errors, build_fabric_dag, "obslake_fabric__", "connector")
+    build = functools.partial(build_fabric_dag, on_failure_callback=on_failure_callback)
+    return _build_all(connectors, errors, build, "obslake_fabric__", "connector")
 
 
 MAINTENANCE_DAG_ID = "obslake_maintenance"
@@ -287,7 +292,9 @@ def maintenance_targets(jobs: list[ImportJob], connectors: list[Any]) -> list[di
     return targets
 
 
-def build_maintenance_dag(jobs: list[ImportJob], connectors: list[Any], schedule: str = "@daily") -> Any:
+def build_maintenance_dag(
+    jobs: list[ImportJob], connectors: list[Any], schedule: str = "@daily", on_failure_callback: Any = None
+) -> Any:
     """The DAG ``obslake_maintenance``: lake upkeep (expire snapshots, compact small files, remove orphans) of
     every table obslake writes, one mapped task per target; per-table settings are table properties
     (``obslake.maintenance.*``, see :mod:`obslake.lake.maintenance`)."""
@@ -302,6 +309,7 @@ def build_maintenance_dag(jobs: list[ImportJob], connectors: list[Any], schedule
         start_date=START,
         catchup=False,
         max_active_runs=1,
+        on_failure_callback=on_failure_callback,
         tags=["obslake", "maintenance"],
         default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=5), "owner": "obslake"},
         doc_md=(
@@ -318,11 +326,13 @@ def build_maintenance_dag(jobs: list[ImportJob], connectors: list[Any], schedule
     return dag
 
 
-def build_maintenance_dags(include_dir: str | Path, schedule: str = "@daily") -> dict[str, Any]:
+def build_maintenance_dags(
+    include_dir: str | Path, schedule: str = "@daily", on_failure_callback: Any = None
+) -> dict[str, Any]:
     """``{"obslake_maintenance": DAG}`` for the jobs and connectors under ``include_dir`` (bad YAML is reported
     by the import and fabric DAG files; its tables are simply not maintained until it is fixed)."""
     from obslake.config import load_connectors
 
     jobs, _ = _load_all(load_import_jobs, Path(include_dir) / "import_jobs", "job")
     connectors, _ = _load_all(load_connectors, Path(include_dir) / "connectors", "connector")
-    return {MAINTENANCE_DAG_ID: build_maintenance_dag(jobs, connectors, schedule)}
+    return {MAINTENANCE_DAG_ID: build_maintenance_dag(jobs, connectors, schedule, on_failure_callback)}

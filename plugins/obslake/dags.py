@@ -28,27 +28,35 @@ def _include(include: str | Path | None) -> Path:
     raise ValueError("where are the YAML files? pass include=... or set OBSLAKE_INCLUDE_DIR")
 
 
-def import_dags(include: str | Path | None = None) -> dict[str, Any]:
+def import_dags(include: str | Path | None = None, *, on_failure_callback: Any = None) -> dict[str, Any]:
     """One import DAG per ``<include>/import_jobs/*.yaml`` (``obslake_import__<job>``)."""
     from obslake.dag_factory import build_import_dags
 
-    return build_import_dags(_include(include) / "import_jobs")
+    return build_import_dags(_include(include) / "import_jobs", on_failure_callback)
 
 
-def fabric_dags(include: str | Path | None = None) -> dict[str, Any]:
+def fabric_dags(include: str | Path | None = None, *, on_failure_callback: Any = None) -> dict[str, Any]:
     """One Data Fabric DAG per ``<include>/connectors/*.yaml`` (``obslake_fabric__<connector>``)."""
     from obslake.dag_factory import build_fabric_dags
 
-    return build_fabric_dags(_include(include) / "connectors")
+    return build_fabric_dags(_include(include) / "connectors", on_failure_callback)
 
 
-def maintenance_dags(include: str | Path | None = None, schedule: str = "@daily") -> dict[str, Any]:
+def maintenance_dags(
+    include: str | Path | None = None, schedule: str = "@daily", *, on_failure_callback: Any = None
+) -> dict[str, Any]:
     """The lake upkeep DAG ``obslake_maintenance`` over every table of those jobs and connectors."""
     from obslake.dag_factory import build_maintenance_dags
 
-    return build_maintenance_dags(_include(include), schedule)
+    return build_maintenance_dags(_include(include), schedule, on_failure_callback)
 
 
-def all_dags(include: str | Path | None = None) -> dict[str, Any]:
-    """All of them: imports, Data Fabric, upkeep."""
-    return {**import_dags(include), **fabric_dags(include), **maintenance_dags(include)}
+def all_dags(include: str | Path | None = None, *, on_failure_callback: Any = None) -> dict[str, Any]:
+    """All of them: imports, Data Fabric, upkeep. ``on_failure_callback``: the DAGs' own (Airflow's DAG-level
+    callback, called once per failed run: your pager, your chat)."""
+    cb = on_failure_callback
+    return {
+        **import_dags(include, on_failure_callback=cb),
+        **fabric_dags(include, on_failure_callback=cb),
+        **maintenance_dags(include, on_failure_callback=cb),
+    }
