@@ -198,6 +198,19 @@ class AirflowStack:
         """(Re)start the triggerer (after :meth:`kill` of a previous one, say)."""
         self._spawn("triggerer", [AIRFLOW, "triggerer"])
 
+    def start_celery_workers(self, n: int, concurrency: int) -> list[str]:
+        """Start ``n`` Celery workers (separate processes, each with ``concurrency`` task slots and its own log
+        server port); the stack must have been built with ``AIRFLOW__CORE__EXECUTOR=CeleryExecutor`` and a
+        broker. Returns their component names (``celery-worker-1`` ...)."""
+        names = []
+        for i in range(1, n + 1):
+            name = f"celery-worker-{i}"
+            self._spawn(name, [AIRFLOW, "celery", "worker", "--concurrency", str(concurrency), "--celery-hostname",
+                               f"{name}@%h", "--skip-serve-logs"],
+                        env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())})
+            names.append(name)
+        return names
+
     def kill(self, name: str) -> None:
         """SIGKILL one component and everything it started (a crash, as an OOM kill would do it)."""
         proc = self.procs.pop(name)
@@ -211,11 +224,11 @@ class AirflowStack:
                     pass
         proc.wait(timeout=30)
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.home / f"{name}.log", "ab")
         self._logs.append(log)
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = subprocess.Popen(cmd, env={**self.env, **(env or {})}, cwd=self.home, stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _wait_http(self, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
