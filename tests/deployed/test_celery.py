@@ -8,8 +8,6 @@ import json
 import os
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,12 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-PROJECT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(PROJECT))
+from deployed_helpers import PROJECT, lake_env
 
-from bench.airflow_stack import (  # noqa: E402
-    AirflowStack, create_database, drop_database, migrate_template, pg_uri, unique_name,
-)
+from bench.airflow_stack import AirflowStack, drop_database, migrate_template
 
 FILES, ROWS = 20, 50
 KEY_VARIABLE, KEY = "obslake_celery_key", "celery-ingestion-key-0123456789"
@@ -42,7 +37,7 @@ def test_two_celery_workers_import_every_file_exactly_once(tmp_path):
     from obslake.lake.importer import source_files
 
     src, include, dags = tmp_path / "src", tmp_path / "include", tmp_path / "dags"
-    for d in (src, include / "import_jobs", dags, tmp_path / "warehouse"):
+    for d in (src, include / "import_jobs", dags):
         d.mkdir(parents=True)
     (src / ".obslake-tags.json").write_text(json.dumps({"arize-ingestion-key": KEY}))
     for f in range(FILES):
@@ -64,14 +59,12 @@ def test_two_celery_workers_import_every_file_exactly_once(tmp_path):
 
     redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
     template = migrate_template(tmp_path)
-    lake_db = unique_name("obslake_test_celery_lake")
-    create_database(lake_db)
-    env = {"OBSLAKE_CATALOG_URI": pg_uri(lake_db), "OBSLAKE_STATE_URI": pg_uri(lake_db),
-           "OBSLAKE_WAREHOUSE": f"file://{tmp_path / 'warehouse'}", "OBSLAKE_HOME": str(tmp_path / "home"),
-           "OBSLAKE_INCLUDE_DIR": str(include), f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": KEY,
-           "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-           "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-           "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2"}
+    env, lake_db = lake_env(tmp_path, include, KEY_VARIABLE, KEY, "obslake_test_celery_lake")
+    env.update({
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+    })
     try:
         with AirflowStack(tmp_path / "airflow", template=template, parallelism=8, dags_folder=dags, env=env) as s:
             # results of Celery tasks in the metadata database (the stack's own)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -24,12 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-PROJECT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(PROJECT))  # bench.airflow_stack: the one harness, shared with the benchmarks
+from deployed_helpers import PROJECT, lake_env
 
-from bench.airflow_stack import (  # noqa: E402
-    AirflowStack, create_database, drop_database, migrate_template, pg_uri, unique_name,
-)
+from bench.airflow_stack import AirflowStack, drop_database, migrate_template
 
 KEY_VARIABLE, KEY = "obslake_deployed_key", "deployed-ingestion-key-0123456789"
 PASSWORD = "viewer-password-0123"
@@ -54,6 +49,14 @@ with DAG("after_import", schedule=[Asset("{asset}")], catchup=False):
         Path(os.environ["OBSLAKE_TEST_MARKER"]).write_text(json.dumps(events))
     record()
 '''
+
+
+def _connector(include: Path, name: str, storage: Path, **extra) -> None:
+    """A Data Fabric connector over the lake's trace tables (project rag-app) into ``storage``."""
+    conn = {"name": name, "source": {"type": "lake", "space": "traces"}, "projects": ["rag-app"],
+            "storage": f"file://{storage}", "namespace": "ml", "ingestion_key_variable": KEY_VARIABLE, "retries": 0,
+            **extra}
+    (include / "connectors" / f"{name}.yaml").write_text(yaml.safe_dump(conn))
 
 
 def _parquet(path: Path, start: int, n: int, drop_label: bool = False) -> None:
@@ -224,7 +227,7 @@ def _ui_in_a_browser(port: int) -> None:
 @pytest.mark.timeout(900)
 def test_deployed_failures_assets_and_backfill(tmp_path):
     src, exports, include, dags = (tmp_path / n for n in ("src", "exports", "include", "dags"))
-    for d in (src, exports, include / "import_jobs", include / "connectors", dags, tmp_path / "warehouse"):
+    for d in (src, exports, include / "import_jobs", include / "connectors", dags):
         d.mkdir(parents=True)
     for d in (src, exports):  # LocalStore's bucket tags: the ownership proof of a file:// "bucket"
         (d / ".obslake-tags.json").write_text(json.dumps({"arize-ingestion-key": KEY}))
@@ -248,47 +251,28 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
     (include / "import_jobs" / "windowed.yaml").write_text(yaml.safe_dump({
         **JOB, "name": "windowed", "source": f"file://{windowed}/", "window_prefix": "dt={date}/",
         "schedule": "@daily", "model": {**JOB["model"], "name": "win"}}))
-    (include / "connectors" / "dep.yaml").write_text(textwrap.dedent(f"""
-        name: dep
-        source: {{type: lake, space: traces}}
-        projects: [rag-app]
-        storage: file://{exports}
-        namespace: ml
-        ingestion_key_variable: {KEY_VARIABLE}
-        retries: 0
-    """))
+    _connector(include, "dep", exports)
     # a connector with one-minute windows: a backfill of the minute in which trace spans were committed re-exports
     # exactly those (the lake source's windows are commit times; Airflow backfills only intervals that have ended)
     exports2, spans_src = tmp_path / "exports2", tmp_path / "spans"
     for d in (exports2, spans_src):
         d.mkdir()
         (d / ".obslake-tags.json").write_text(json.dumps({"arize-ingestion-key": KEY}))
-    (include / "connectors" / "minutely.yaml").write_text(textwrap.dedent(f"""
-        name: minutely
-        source: {{type: lake, space: traces}}
-        projects: [rag-app]
-        storage: file://{exports2}
-        namespace: ml
-        schedule: "* * * * *"
-        ingestion_key_variable: {KEY_VARIABLE}
-        retries: 0
-    """))
+    _connector(include, "minutely", exports2, schedule="* * * * *")
     for f in ("import_jobs.py", "data_fabric.py"):
         shutil.copy(PROJECT / "dags" / f, dags / f)
     (dags / "after_import.py").write_text(DOWNSTREAM.format(asset=ASSET))
     marker = tmp_path / "downstream.json"
 
     template = migrate_template(tmp_path)
-    lake_db = unique_name("obslake_test_lake")
-    create_database(lake_db)
-    env = {"OBSLAKE_CATALOG_URI": pg_uri(lake_db), "OBSLAKE_STATE_URI": pg_uri(lake_db),
-           "OBSLAKE_WAREHOUSE": f"file://{tmp_path / 'warehouse'}", "OBSLAKE_HOME": str(tmp_path / "home"),
-           "OBSLAKE_INCLUDE_DIR": str(include), f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": KEY,
-           "OBSLAKE_TEST_MARKER": str(marker),
-           # real users, so that the obslake page's protection is the deployment's (not the all-admins mode)
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "viewer:viewer",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "passwords.json")}
+    env, lake_db = lake_env(tmp_path, include, KEY_VARIABLE, KEY, "obslake_test_lake")
+    env.update({
+        "OBSLAKE_TEST_MARKER": str(marker),
+        # real users, so that the obslake page's protection is the deployment's (not the all-admins mode)
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "viewer:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "passwords.json"),
+    })
     (tmp_path / "passwords.json").write_text(json.dumps({"viewer": PASSWORD}))
     try:
         with AirflowStack(tmp_path / "airflow", template=template, parallelism=2, dags_folder=dags, env=env) as s:
