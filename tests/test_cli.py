@@ -72,4 +72,14 @@ def test_validate_config_reports_collisions_and_attacks(tmp_path, capsys):
 
 def test_validate_config_on_the_shipped_jobs(capsys):
     assert main(["validate-config"]) == 0
-    assert "ok      demo_ctr" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ok      demo_ctr" in out and "ok      connector demo_traces" in out
+
+
+def test_validate_config_checks_connectors_too(tmp_path, capsys):
+    include = tmp_path / "include"
+    (include / "import_jobs").mkdir(parents=True)
+    (include / "connectors").mkdir()
+    (include / "connectors" / "bad.yaml").write_text("name: bad\nsource: {type: lake}\nprojects: []\n")
+    assert main(["--include", str(include), "validate-config"]) == 1
+    assert "INVALID" in capsys.readouterr().out

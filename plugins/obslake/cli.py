@@ -73,12 +73,19 @@ def _key_of(store, job, file: str) -> str:
 
 
 def cmd_validate_config(args) -> int:
+    """Every import job and every Data Fabric connector under include/: ok, or INVALID with the reason."""
+    from obslake.config import load_connectors
+
     jobs, errors = load_import_jobs(_jobs_dir(args))
     for job in jobs:
         print(f"ok      {job.name}: {job.source} -> {'.'.join(job.table_identifier)} ({job.status.value})")
-    for err in errors:
+    connectors, conn_errors = load_connectors(_jobs_dir(args).parent / "connectors")
+    for conn in connectors:
+        print(f"ok      connector {conn.name}: {conn.source.type} {', '.join(conn.projects)} -> {conn.root}/ "
+              f"({conn.status.value})")  # fmt: skip
+    for err in (*errors, *conn_errors):
         print(f"INVALID {err}")
-    return 1 if errors else 0
+    return 1 if errors or conn_errors else 0
 
 
 def cmd_dry_run(args) -> int:

@@ -119,7 +119,8 @@ def build_import_dag(job: ImportJob, on_failure_callback: Any = None) -> Any:
 
 
 def build_config_error_dag(path_stem: str, message: str, prefix: str = "obslake_import__") -> Any:
-    """A one-task DAG that fails with a config error, so a bad YAML is visible in the UI, not silent.
+    """A one-task DAG that fails with a config error, so a bad YAML is visible in the UI, not silent: scheduled
+    ``@once``, it runs and fails as soon as the scheduler sees it (a failed run, alerts as usual).
 
     The message is shown in the DAG's doc as a code block (control characters escaped, a fence no
     line can close), so a YAML excerpt in it can neither forge log lines nor inject Markdown.
@@ -133,7 +134,7 @@ def build_config_error_dag(path_stem: str, message: str, prefix: str = "obslake_
         message = message[:MAX_MESSAGE] + "\n... (cut)"
     with DAG(
         dag_id=f"{prefix}{path_stem}",
-        schedule=None,
+        schedule="@once",  # runs (and fails) once as soon as it appears: red in the UI, alerts fire
         start_date=START,
         catchup=False,
         tags=["obslake", prefix.split("_")[1], "config-error"],
@@ -172,7 +173,9 @@ def _build_all(items: list, errors: list, build, prefix: str, what: str) -> dict
             )
     for err in errors:
         stem = _stem(Path(getattr(err, "path", None) or "unknown"))
-        log.error("%s", printable(err, MAX_MESSAGE))
+        # debug, not error: every task process of every DAG of this file parses it again, and an ERROR line in
+        # all their logs would bury real errors; the config-error DAG below runs once and fails with the message
+        log.debug("%s", printable(err, MAX_MESSAGE))
         if f"{prefix}{stem}" not in dags:
             _error_dag(dags, stem, str(err), prefix)
     return dags

@@ -83,6 +83,7 @@ def test_life_cycle_statuses_and_config_errors(tmp_path, monkeypatch):
     assert bag.dags["obslake_import__resting"].is_paused_upon_creation is True
     broken = bag.dags["obslake_import__broken"]
     assert "config-error" in broken.tags
+    assert type(broken.timetable).__name__ == "OnceTimetable"  # runs and fails once by itself: red, alerting
     assert "ftp://nope/" in broken.get_task("invalid_job_config").message
 
 

@@ -351,7 +351,7 @@ def test_upkeep_compacts_the_annotation_log_to_the_latest_version_per_key(fabric
     assert again.files_compacted == 0  # idempotent
 
 
-def test_a_table_of_the_first_layout_is_re_exported_on_its_next_sync(fabric):
+def test_a_table_of_the_first_layout_is_re_exported_on_its_next_sync(fabric, caplog):
     """A connector exported by the first layout (eval.* columns and an `annotations` JSON column in the spans
     table) keeps syncing: the next sync re-exports it into the new layout in one OVERWRITE commit, and the
     old files are still referenced by the earlier snapshot (nothing deleted before the upkeep's retention)."""
@@ -389,8 +389,11 @@ def test_a_table_of_the_first_layout_is_re_exported_on_its_next_sync(fabric):
     data = read("ORDER BY span_id")
     assert data["span_id"].to_pylist() == ["m0", "m1", "m2"]
     assert data["eval.qa.label"].to_pylist() == [None, "ok", None]  # from the annotations table, not "stale"
-    again = sync()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="obslake.fabric.export"):
+        again = sync()
     assert (again.mode, again.rows) == ("unchanged", 0)  # and then incremental as usual
+    assert any("no changes since" in r.getMessage() for r in caplog.records)  # a sync with nothing says so
 
 
 def pa_type(name):

@@ -386,6 +386,7 @@ class ProjectExporter:
         else:
             n_parts = len(parts)
         if table is None:  # nothing in the source yet, and no table to mark
+            log.info("%s: nothing in the source yet; nothing exported", self.project)
             return SyncResult(
                 self.project, ".".join(self.identifier), self.location, 0, 0, None, None,
                 time.monotonic() - started, "unchanged",
@@ -419,6 +420,9 @@ class ProjectExporter:
             mode if rows or ann_rows else ("window" if window else "unchanged"),
             ann_rows,
         )
+        if result.mode == "unchanged":
+            log.info("%s: no changes since %s (watermark); nothing exported (%.2fs)", self.project,
+                     watermark or "the first sync", result.seconds)  # fmt: skip
         log.info(
             "%s: %s sync wrote %d span row(s) in %d partition(s) to %s and %d annotation row(s) to %s "
             "(watermark %s, %.2fs)",
