@@ -231,11 +231,25 @@ def create_app():
     return app
 
 
+class _LazyApp:
+    """An ASGI app that builds :func:`create_app` on its first request. Every Airflow process loads the plugins
+    (each task process too, for macros), and building the app imports Airflow's API security module (~0.9 s
+    here): only the api-server, which serves the page, pays for it."""
+
+    def __init__(self) -> None:
+        self._app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            self._app = create_app()
+        await self._app(scope, receive, send)
+
+
 class ObslakePlugin(AirflowPlugin):
     """obslake's page: the FastAPI app under ``/obslake`` and an ``obslake`` entry in the UI's navigation."""
 
     name = "obslake"
-    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "obslake"}]  # noqa: RUF012
+    fastapi_apps = [{"app": _LazyApp(), "url_prefix": URL_PREFIX, "name": "obslake"}]  # noqa: RUF012
     external_views = [  # noqa: RUF012
         {"name": "obslake", "href": f"{URL_PREFIX}/", "destination": "nav", "url_route": "obslake"}
     ]
