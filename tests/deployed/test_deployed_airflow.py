@@ -138,6 +138,22 @@ def _backfill_runs(s, dag_id: str, timeout: float = 300, task: str = "wait_for_n
         time.sleep(2)
 
 
+def _scheduled_run_settled(s, dag_id: str, logical_date: dt.datetime, timeout: float = 120) -> None:
+    """Wait until the connector's own (minutely) run of ``logical_date``, if the scheduler makes one, has finished:
+    a backfill creates no run for a date whose run is queued or running (Airflow's rule), and takes a finished
+    run over (cleared, run type backfill)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [r[0] for r in s.query("SELECT state FROM dag_run WHERE dag_id = %s AND logical_date = %s",
+                                        (dag_id, logical_date))]
+        ended = logical_date + dt.timedelta(minutes=1)
+        if all(st in ("success", "failed") for st in states) and (
+                states or dt.datetime.now(dt.timezone.utc) > ended + dt.timedelta(seconds=30)):
+            return
+        s.check_alive()
+        time.sleep(1)
+
+
 def _ti_state(s, dag_id: str, run_id: str, task_id: str) -> str | None:
     rows = s.query("SELECT state FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = %s",
                    (dag_id, run_id, task_id))
@@ -351,6 +367,7 @@ def test_deployed_failures_assets_and_backfill(tmp_path):
             while dt.datetime.now(dt.timezone.utc) < minute + dt.timedelta(minutes=1, seconds=2):
                 time.sleep(1)  # Airflow backfills only intervals that have ended
             for attempt, (start, want) in enumerate([(minute, 6), (minute, 6), (minute - dt.timedelta(minutes=1), 0)]):
+                _scheduled_run_settled(s, "obslake_fabric__minutely", start)
                 s.cli("backfill", "create", "--dag-id", "obslake_fabric__minutely", "--from-date", start.isoformat(),
                       "--to-date", start.isoformat(), "--reprocess-behavior", "completed")
                 runs = {r[2]: r for r in _backfill_runs(s, "obslake_fabric__minutely", task="sync_project")}
