@@ -429,6 +429,55 @@ def test_metadata_json_is_pyicebergs_byte_for_byte_and_reuses_snapshot_json(lake
     assert iceberg.metadata_json(empty) == empty.model_dump_json(exclude_none=True)
 
 
+def test_metadata_json_of_any_snapshot_list_is_pyicebergs(lake, make_job, tmp_path):
+    """The joined JSON of the last list written is reused only for a list that extends it: lists that shrink
+    at the front (expiry), skip a snapshot, reorder, or belong to another state are serialised in full."""
+    import random
+
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    for i in range(8):
+        info = store.write(f"j{i}.parquet", to_bytes(inference_rows(3, id_prefix=f"j{i}"), "parquet"))
+        assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    metadata = lake.catalog.load_table(job.table_identifier).metadata
+    snaps = list(metadata.snapshots)
+    rng = random.Random(7)
+    lists = [snaps[:k] for k in range(1, len(snaps) + 1)] + [snaps[k:] for k in range(len(snaps))]
+    lists += [rng.sample(snaps, rng.randint(1, len(snaps))) for _ in range(40)]
+    rng.shuffle(lists)
+    for chosen in lists + [snaps[:3], snaps[:3] + snaps[5:6], snaps]:
+        state = metadata.model_copy(update={"snapshots": chosen})
+        for exclude_none in (True, False):
+            assert iceberg.metadata_json(state, exclude_none=exclude_none) == state.model_dump_json(
+                exclude_none=exclude_none)
+
+
+def test_snapshot_lookup_by_id_is_pyicebergs(lake, make_job, tmp_path):
+    """The indexed ``snapshot_by_id`` answers as pyiceberg's scan does: every id, an unknown id, the snapshot a
+    new commit adds (a new list), and a list holding an id twice (the first wins, as in the scan)."""
+    store = LocalStore(str(tmp_path / "in"))
+    job = make_job(store.uri())
+    info = store.write("k0.parquet", to_bytes(inference_rows(3, id_prefix="k0"), "parquet"))
+    assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    before = lake.catalog.load_table(job.table_identifier).metadata
+
+    def scan(metadata, snapshot_id):
+        return next((s for s in metadata.snapshots if s.snapshot_id == snapshot_id), None)
+
+    for i in range(1, 4):
+        info = store.write(f"k{i}.parquet", to_bytes(inference_rows(3, id_prefix=f"k{i}"), "parquet"))
+        assert import_file(job, store, info, catalog=lake.catalog, ledger=lake.ledger).status == "imported"
+    after = lake.catalog.load_table(job.table_identifier).metadata
+    for metadata in (before, after):
+        for snap in after.snapshots:
+            assert metadata.snapshot_by_id(snap.snapshot_id) is scan(metadata, snap.snapshot_id)
+        assert metadata.snapshot_by_id(-1) is None
+    assert after.snapshot_by_id(after.current_snapshot_id).snapshot_id == after.current_snapshot_id
+    first, second = after.snapshots[0], after.snapshots[1]
+    twice = after.model_copy(update={"snapshots": [first, second, second.model_copy(update={"parent_snapshot_id": 9})]})
+    assert twice.snapshot_by_id(second.snapshot_id) is second
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_an_id_repeated_batches_later_fails_the_file_after_reading_it(lake, make_job, tmp_path, fmt):
     """Under abort_file the repeated-id check runs once at the end of the file: the file still fails with

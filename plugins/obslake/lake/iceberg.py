@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import operator
 import random
 import re
 import threading
@@ -245,13 +246,24 @@ _snapshot_json_lock = threading.Lock()
 _SNAPSHOTS_KEY = '"snapshots":[]'
 
 
+_last_snapshots_json: dict[bool, tuple[list[Any], str]] = {}
+"""Per ``exclude_none``: the snapshot list last serialised (the objects) and its joined JSON."""
+
+
+def _extends(new: list[Any], old: list[Any]) -> bool:
+    """True if ``new`` starts with the very objects of ``old`` (identity, compared in C)."""
+    return 0 < len(old) <= len(new) and new[len(old) - 1] is old[-1] and all(map(operator.is_, new, old))
+
+
 def metadata_json(metadata: TableMetadata, *, exclude_none: bool = True) -> str:
     """``metadata.model_dump_json(exclude_none=...)``, byte for byte, reusing each snapshot's JSON.
 
     A commit writes a metadata file listing every snapshot the table keeps; serialising them all again
     took 8 ms a commit at 1,000 snapshots (about 70 % of what a commit's cost grows by with the snapshots
     kept). A snapshot never changes once committed, so its JSON is serialised once per process (keyed by
-    id and manifest list) and spliced into the rest of the metadata.
+    id and manifest list) and spliced into the rest of the metadata. A commit's list is the previous
+    commit's list plus one snapshot, so the joined text of the list last written is extended rather than
+    joined again (looking up 2,000 snapshots one by one cost 3 ms a commit, measured).
     """
     snapshots = metadata.snapshots
     if not snapshots:
@@ -259,19 +271,59 @@ def metadata_json(metadata: TableMetadata, *, exclude_none: bool = True) -> str:
     head = metadata.model_copy(update={"snapshots": []}).model_dump_json(exclude_none=exclude_none)
     if head.count(_SNAPSHOTS_KEY) != 1:
         return metadata.model_dump_json(exclude_none=exclude_none)
-    parts = []
     with _snapshot_json_lock:
-        for snap in snapshots:
-            key = (snap.snapshot_id, snap.manifest_list, exclude_none)
-            text = _snapshot_json.get(key)
+        last = _last_snapshots_json.get(exclude_none)
+        if last is not None and _extends(snapshots, last[0]):
+            done, joined = len(last[0]), last[1]
+        else:
+            done, joined = 0, ""
+        parts = [joined] if done else []
+        for snap in snapshots[done:]:
+            cache_key = (snap.snapshot_id, snap.manifest_list, exclude_none)
+            text = _snapshot_json.get(cache_key)
             if text is None:
-                text = _snapshot_json[key] = snap.model_dump_json(exclude_none=exclude_none)
+                text = _snapshot_json[cache_key] = snap.model_dump_json(exclude_none=exclude_none)
                 while len(_snapshot_json) > SNAPSHOT_JSON_CACHE:
                     _snapshot_json.popitem(last=False)
             else:
-                _snapshot_json.move_to_end(key)
+                _snapshot_json.move_to_end(cache_key)
             parts.append(text)
-    return head.replace(_SNAPSHOTS_KEY, '"snapshots":[' + ",".join(parts) + "]", 1)
+        joined = ",".join(parts)
+        _last_snapshots_json[exclude_none] = (list(snapshots), joined)
+    return head.replace(_SNAPSHOTS_KEY, '"snapshots":[' + joined + "]", 1)
+
+
+SNAPSHOT_INDEXES = 8
+"""Snapshot lists whose id index :func:`_snapshot_by_id` keeps (the few metadata versions a commit touches)."""
+_snapshot_indexes: collections.OrderedDict[int, tuple[list[Any], dict[int, Any]]] = collections.OrderedDict()
+
+
+def _snapshot_by_id(self: Any, snapshot_id: int) -> Any:
+    """pyiceberg's ``TableMetadata.snapshot_by_id`` through an index of the snapshot list, not a scan of it.
+
+    pyiceberg looks snapshots up by id about eight times a commit, each a scan of every snapshot kept
+    (6.7 ms a commit at 2,000 snapshots, measured). A metadata's snapshot list is never changed in place
+    (an update builds a new metadata with a new list), so an index is built once per list; it holds the
+    list itself, so the list's ``id`` cannot be reused while indexed, and a list whose length differs from
+    its index's (changed after all) is indexed again.
+    """
+    snapshots = self.snapshots
+    with _snapshot_json_lock:
+        hit = _snapshot_indexes.get(id(snapshots))
+        if hit is None or hit[0] is not snapshots or len(hit[1]) != len(snapshots):
+            # a commit's list is its base's plus a snapshot: extend the index of the newest list it starts with
+            base = next((e for e in reversed(_snapshot_indexes.values()) if _extends(snapshots, e[0])), None)
+            index: dict[int, Any] = dict(base[1]) if base else {}
+            for snap in snapshots[len(base[0]) if base else 0 :]:
+                index.setdefault(snap.snapshot_id, snap)  # the first, as pyiceberg's scan returns
+            if len(index) != len(snapshots):  # duplicate ids (never written by Iceberg): pyiceberg's own scan
+                return next((s for s in snapshots if s.snapshot_id == snapshot_id), None)
+            hit = _snapshot_indexes[id(snapshots)] = (snapshots, index)
+            while len(_snapshot_indexes) > SNAPSHOT_INDEXES:
+                _snapshot_indexes.popitem(last=False)
+        else:
+            _snapshot_indexes.move_to_end(id(snapshots))
+        return hit[1].get(snapshot_id)
 
 
 def _cache_parsed_metadata() -> None:
@@ -315,7 +367,8 @@ def memoise_transaction_metadata() -> None:
     mutates, them), and :func:`_update_table_metadata` drops the final deep copy. Loading a table parses
     its whole metadata file (50 ms at 1,500 snapshots), twice per commit (the import's load, the SQL
     catalog's own load inside the commit): :class:`_ParsedMetadata` parses each immutable version once per
-    process. Idempotent; called before obslake opens a transaction or commits.
+    process. Snapshots are looked up by id through an index (:func:`_snapshot_by_id`). Idempotent; called
+    before obslake opens a transaction or commits.
     """
     global _MEMOISED, _PYICEBERG_UPDATE_TABLE_METADATA
     if _MEMOISED:
@@ -340,6 +393,9 @@ def memoise_transaction_metadata() -> None:
         return metadata
 
     Transaction.table_metadata = property(table_metadata)  # type: ignore[method-assign, assignment]
+    from pyiceberg.table.metadata import TableMetadataCommonFields
+
+    TableMetadataCommonFields.snapshot_by_id = _snapshot_by_id  # type: ignore[method-assign]
     _cache_parsed_metadata()
     _MEMOISED = True
 
