@@ -286,6 +286,33 @@ class BatchSettings(_Strict):
     )
 
 
+class Notifications(_Strict):
+    """Event-driven discovery: the bucket's event notifications tell the job which keys were written.
+
+    S3 sends them to an SQS queue (directly, through SNS, or through EventBridge); the job reads the queue
+    with long polling, so a new file is found within about a second instead of at the next listing. A
+    notification is a hint: each notified key is read as it is now and checked against the ledger, so a
+    duplicated, late or out-of-order notification never imports twice; and the whole source is still
+    listed every ``full_listing_interval`` seconds, so a lost notification delays a file, never drops it.
+    """
+
+    sqs_queue_url: str = Field(min_length=1, description="the SQS queue that receives the bucket's notifications")
+    conn_id: str | None = Field(None, description="the AWS connection that reads the queue (default: the job's)")
+    full_listing_interval: float = Field(
+        600.0, gt=0, description="seconds between full listings of the source (the safety net)"
+    )
+    wait_seconds: int = Field(5, ge=0, le=20, description="SQS long-poll wait per receive")
+
+    @field_validator("sqs_queue_url")
+    @classmethod
+    def _queue_url(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", v):
+            raise ValueError(
+                f"sqs_queue_url {_q(v)} is not a queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)"
+            )
+        return v
+
+
 class ImportJob(_Strict):
     """One import job: a bucket prefix watched for inference files of one model."""
 
@@ -314,6 +341,9 @@ class ImportJob(_Strict):
         description="a folder per time window under source, e.g. 'dt={date}/' or '{year}/{month}/{day}/{hour}/': "
         "each run lists only the folder of its data interval (a cron schedule, default @daily), so "
         "`airflow backfill create` imports past windows",
+    )
+    notifications: Notifications | None = Field(
+        None, description="event-driven discovery from the bucket's notifications (S3 -> SQS); see README"
     )
     deferrable: bool | None = Field(None, description="None: Airflow's [operators] default_deferrable")
     status: JobStatus = JobStatus.active
@@ -416,6 +446,20 @@ class ImportJob(_Strict):
         """Where ``on_error: skip_rows`` keeps bad rows with their reasons."""
         ns, name = self.table_identifier
         return (ns, f"{name}__quarantine")
+
+    @model_validator(mode="after")
+    def _notifications_source(self) -> ImportJob:
+        if self.notifications is not None:
+            if not self.source.startswith("s3://"):
+                raise ValueError(
+                    "`notifications` (S3 event notifications through SQS) needs an s3:// source; a gs:// source "
+                    "is discovered by listing (Pub/Sub notifications are not supported yet)"
+                )
+            if self.window_prefix:
+                raise ValueError(
+                    "`notifications` and `window_prefix` do not go together: a windowed run lists its folder"
+                )
+        return self
 
     @model_validator(mode="after")
     def _fields_for_model_type(self) -> ImportJob:

@@ -30,8 +30,10 @@ from obslake.storage.credentials import StorageCredentials, emulator_url
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
+    from obslake.config import ImportJob
     from obslake.lake.catalog import LakeSettings
     from obslake.lake.ledger import Ledger
+    from obslake.storage.notifications import SqsQueue
 
 DEFAULT_CONN = {"s3": "aws_default", "gs": "google_cloud_default"}
 
@@ -120,6 +122,19 @@ def store_for(uri: str, conn_id: str | None = None) -> tuple[ObjectStore, str]:
 
         client = GCSHook(gcp_conn_id=conn_id).get_conn()
     return open_store(uri, gcs_client=client)
+
+
+def notification_queue(job: ImportJob) -> SqsQueue | None:
+    """The SQS queue of an event-driven job (``notifications``), read through ``SqsHook``'s client (the
+    connection's credentials, region and ``endpoint_url``); None for a job that only lists."""
+    if job.notifications is None:
+        return None
+    from airflow.providers.amazon.aws.hooks.sqs import SqsHook
+
+    from obslake.storage.notifications import SqsQueue
+
+    conn_id = job.notifications.conn_id or job.conn_id or DEFAULT_CONN["s3"]
+    return SqsQueue(job.notifications.sqs_queue_url, SqsHook(aws_conn_id=conn_id).get_conn())
 
 
 OWNERSHIP_TTL_SECONDS = 300.0

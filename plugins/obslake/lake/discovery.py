@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 
 from obslake.config import ImportJob
+from obslake.exceptions import StorageAccessError
 from obslake.formats import format_for_key
 from obslake.lake.ledger import Ledger
 from obslake.storage.base import ObjectInfo, ObjectStore
+from obslake.storage.notifications import Notice, SqsQueue
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +48,97 @@ def find_new_files(job: ImportJob, store: ObjectStore, prefix: str, ledger: Ledg
         f", taking the oldest {job.max_files_per_run} this run" if len(new) > job.max_files_per_run else "",
     )
     return new[: job.max_files_per_run], len(new)
+
+
+def find_notified_files(
+    job: ImportJob, store: ObjectStore, prefix: str, ledger: Ledger, notices: Iterable[Notice]
+) -> list[ObjectInfo]:
+    """The new file versions that event notifications point at: each notified key of the job's bucket, under
+    ``prefix`` and of a supported format, read as it is *now* (HEAD: a notification may be duplicated, late, or
+    of a version already overwritten; a key deleted since is skipped), then kept unless the ledger holds that
+    version as done (as :func:`find_new_files` decides, per key: the cost does not grow with the history).
+    Oldest first; not capped (:func:`discover` caps)."""
+    bucket = getattr(store, "bucket", None)
+    keys = sorted(
+        {
+            n.key
+            for n in notices
+            if not n.removed
+            and (bucket is None or n.bucket == bucket)
+            and n.key.startswith(prefix)
+            and not n.key.endswith("/")
+            and format_for_key(n.key, job.formats) is not None
+        }
+    )
+    current = []
+    for key in keys:
+        try:
+            current.append(store.head(key))
+        except StorageAccessError as exc:  # deleted since (or unreadable: the full listing reports that)
+            log.warning("%s: skipping a notified key: %s", job.name, exc)
+    done = ledger.done_among(job.name, current, job.schema_.fingerprint())
+    new = sorted((o for o in current if (o.bucket, o.key, o.etag) not in done), key=lambda o: (o.mtime, o.key))
+    if keys:
+        log.info("%s: %d notified key(s) under %s; %d new version(s)", job.name, len(keys), store.uri(prefix), len(new))
+    return new
+
+
+@dataclasses.dataclass
+class Discovery:
+    """What one discovery step found: the new versions (oldest first, capped), how many are new in all (a
+    listing counts them; notifications count what they pointed at), the receipts of the queue messages to
+    delete once the files are handed to a run, and whether the source was listed in full."""
+
+    files: list[ObjectInfo]
+    total_new: int
+    receipts: list[str]
+    listed: bool
+
+
+def discover(
+    job: ImportJob,
+    store: ObjectStore,
+    prefix: str,
+    ledger: Ledger,
+    queue: SqsQueue | None = None,
+    *,
+    wait_seconds: float = 0,
+    now: dt.datetime | None = None,
+) -> Discovery:
+    """One discovery step of a job. Without ``queue``: a listing of ``prefix`` (:func:`find_new_files`).
+
+    With ``queue`` (a job with ``notifications``): a full listing when the last one began at least
+    ``notifications.full_listing_interval`` seconds ago (or never; its start is recorded once it has
+    succeeded), otherwise one receive from the queue (waiting up to ``wait_seconds``) and the notified keys
+    (:func:`find_notified_files`). A message that points at nothing new is deleted at once; the receipts of
+    the others are returned, to be deleted when their files are handed to a run (a message whose file did
+    not fit under ``max_files_per_run`` stays, and comes back)."""
+    if queue is None or job.notifications is None:
+        files, total = find_new_files(job, store, prefix, ledger)
+        return Discovery(files, total, [], True)
+    now = now or dt.datetime.now(dt.UTC)
+    last = ledger.listed_at(job.name)
+    if last is None or (now - last).total_seconds() >= job.notifications.full_listing_interval:
+        files, total = find_new_files(job, store, prefix, ledger)
+        ledger.mark_listed(job.name, now)
+        log.info("%s: full listing (every %gs, the safety net of the notifications)", job.name,
+                 job.notifications.full_listing_interval)  # fmt: skip
+        return Discovery(files, total, [], True)
+    messages = queue.receive(wait_seconds=wait_seconds)
+    if not messages:
+        return Discovery([], 0, [], False)
+    new = find_notified_files(job, store, prefix, ledger, [n for m in messages for n in m.notices])
+    files = new[: job.max_files_per_run]
+    new_keys, handed = {o.key for o in new}, {o.key for o in files}
+    ack_now, ack_later = [], []
+    for m in messages:
+        keys = {n.key for n in m.notices} & new_keys
+        if not keys:
+            ack_now.append(m.receipt)  # nothing new behind it (a test event, a done or deleted file, a duplicate)
+        elif keys <= handed:
+            ack_later.append(m.receipt)
+        # else: a new file beyond the cap: neither handed nor deleted, the message comes back after its
+        # visibility timeout (and the full listing finds the file in any case)
+    if ack_now:
+        queue.delete(ack_now)
+    return Discovery(files, len(new), ack_later, False)

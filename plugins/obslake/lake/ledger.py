@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from functools import lru_cache
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -43,6 +44,24 @@ ledger_table = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Index("ix_obslake_ledger_job_status", "job", "status"),
 )
+
+
+listing_table = sa.Table(
+    "obslake_job_listing",
+    metadata,
+    sa.Column("job", sa.String(128), primary_key=True),
+    # when the last full listing of the job's source began (event-driven jobs: the safety net's clock)
+    sa.Column("listed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _done(fingerprint: str | None) -> Any:
+    """The ledger rows that need no further attempt: succeeded, or failed (under ``fingerprint``, if given)."""
+    t = ledger_table
+    failed = t.c.status == FileStatus.failed.value
+    if fingerprint is not None:
+        failed = sa.and_(failed, t.c.schema_fingerprint == fingerprint)
+    return sa.or_(t.c.status == FileStatus.succeeded.value, failed)
 
 
 class FileStatus(str, enum.Enum):
@@ -132,13 +151,46 @@ class Ledger:
         the failure happened under another schema ("Fix Schema": it is validated again).
         """
         t = ledger_table
-        cond = t.c.status == FileStatus.succeeded.value
-        failed = t.c.status == FileStatus.failed.value
-        if fingerprint is not None:
-            failed = sa.and_(failed, t.c.schema_fingerprint == fingerprint)
-        q = sa.select(t.c.bucket, t.c.key, t.c.etag).where(t.c.job == job, sa.or_(cond, failed))
+        q = sa.select(t.c.bucket, t.c.key, t.c.etag).where(t.c.job == job, _done(fingerprint))
         with self.engine.connect() as conn:
             return {(b, k, e) for b, k, e in conn.execute(q)}
+
+    def done_among(self, job: str, objs: list[ObjectInfo], fingerprint: str | None = None) -> set[tuple[str, str, str]]:
+        """Which of ``objs`` are done (as :meth:`done_versions` decides), looked up by primary key: the cost is
+        that of the versions asked about, whatever the job's history."""
+        t = ledger_table
+        out: set[tuple[str, str, str]] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(objs), 200):
+                chunk = objs[start : start + 200]
+                q = sa.select(t.c.bucket, t.c.key, t.c.etag).where(
+                    t.c.job == job,
+                    sa.tuple_(t.c.bucket, t.c.key, t.c.etag).in_([(o.bucket, o.key, o.etag) for o in chunk]),
+                    _done(fingerprint),
+                )
+                out.update((b, k, e) for b, k, e in conn.execute(q))
+        return out
+
+    def listed_at(self, job: str) -> dt.datetime | None:
+        """When ``job``'s source was last listed in full (event-driven jobs list it every so often)."""
+        with self.engine.connect() as conn:
+            at = conn.execute(sa.select(listing_table.c.listed_at).where(listing_table.c.job == job)).scalar()
+        if at is not None and at.tzinfo is None:  # SQLite returns naive datetimes
+            at = at.replace(tzinfo=dt.UTC)
+        return at
+
+    def mark_listed(self, job: str, at: dt.datetime) -> None:
+        """Record a full listing of ``job``'s source that began at ``at`` (one row per job)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                sa.update(listing_table).where(listing_table.c.job == job).values(listed_at=at)
+            ).rowcount
+            if not done:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.insert(listing_table).values(job=job, listed_at=at))
+                except sa.exc.IntegrityError:  # another process inserted it first
+                    conn.execute(sa.update(listing_table).where(listing_table.c.job == job).values(listed_at=at))
 
     def get(self, job: str, obj: ObjectInfo) -> dict | None:
         """The ledger row of one file version, as a dict, or None."""

@@ -46,16 +46,19 @@ class S3KeyPrefixSensor(BaseSensorOperator):
         """List the prefix once (after proving the bucket's ownership, a verdict kept five minutes); done when
         there is at least one new version."""
         from obslake.hooks import ObslakeHook
-        from obslake.hooks.obslake import verify_ownership
-        from obslake.lake.discovery import find_new_files
+        from obslake.hooks.obslake import notification_queue, verify_ownership
+        from obslake.lake.discovery import discover
 
         job = self._job()
         hook = ObslakeHook(job.conn_id)
         with airflow_errors():
             store, prefix = hook.store(job.source)
             verify_ownership(store, job.ingestion_key_variable, job.tag_name)  # before the bucket is listed
-            new, _ = find_new_files(job, store, prefix + self.window, hook.ledger)
-        return PokeReturnValue(is_done=bool(new), xcom_value=[o.to_dict() for o in new])
+            queue = None if self.window else notification_queue(job)
+            found = discover(job, store, prefix + self.window, hook.ledger, queue)
+            if found.receipts and queue is not None:  # the files are this task's result now
+                queue.delete(found.receipts)
+        return PokeReturnValue(is_done=bool(found.files), xcom_value=[o.to_dict() for o in found.files])
 
     def execute(self, context) -> Any:
         """Poke once; if nothing is new and deferrable, wait in the triggerer.
@@ -129,4 +132,11 @@ class S3KeyPrefixSensor(BaseSensorOperator):
             exc = AirflowFailException if event.get("terminal") else AirflowException
             raise exc(event.get("message", "trigger failed"))
         self.log.info("%d new file version(s) (%d new in all)", len(event["files"]), event.get("total_new", 0))
+        if event.get("receipts"):  # an event-driven job: its notifications are handled once the files are ours
+            from obslake.hooks.obslake import notification_queue
+
+            queue = notification_queue(self._job())
+            if queue is not None:
+                with airflow_errors():
+                    queue.delete(event["receipts"])
         return event["files"]

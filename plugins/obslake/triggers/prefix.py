@@ -43,21 +43,44 @@ def _cached_store(source: str, conn_id: str | None):
         return store, prefix
 
 
-def _poll(job_dict: dict, window: str = "") -> tuple[list[dict], int]:
+_queues: dict[str, tuple[float, object]] = {}
+
+
+def _cached_queue(job):
+    """The SQS queue of an event-driven job, one client per queue per triggerer process (as stores are)."""
+    from obslake.hooks.obslake import notification_queue
+
+    if job.notifications is None:
+        return None
+    now = time.monotonic()
+    with _stores_lock:
+        hit = _queues.get(job.notifications.sqs_queue_url)
+        if hit is not None and now - hit[0] < STORE_TTL_SECONDS:
+            return hit[1]
+        queue = notification_queue(job)
+        _queues[job.notifications.sqs_queue_url] = (now, queue)
+        return queue
+
+
+def _poll(job_dict: dict, window: str = "") -> tuple[list[dict], int, list[str]]:
+    """One discovery step (a listing, or a receive from the job's queue): (files, new in all, receipts)."""
     from obslake.airflow_support import job_from_dict
     from obslake.hooks.obslake import lake_settings, verify_ownership
-    from obslake.lake.discovery import find_new_files
+    from obslake.lake.discovery import discover
     from obslake.lake.ledger import Ledger
 
     job = job_from_dict(job_dict)
     store, prefix = _cached_store(job.source, job.conn_id)
     verify_ownership(store, job.ingestion_key_variable, job.tag_name)  # before the bucket is listed
-    new, total = find_new_files(job, store, prefix + window, Ledger(lake_settings()[0].state_uri))
-    return [o.to_dict() for o in new], total
+    queue = _cached_queue(job)
+    found = discover(job, store, prefix + window, Ledger(lake_settings()[0].state_uri), queue,
+                     wait_seconds=job.notifications.wait_seconds if job.notifications else 0)  # fmt: skip
+    return [o.to_dict() for o in found.files], found.total_new, found.receipts
 
 
 class NewFilesTrigger(BaseTrigger):
-    """Poll a job's prefix every ``poll_interval`` seconds until new file versions appear.
+    """Poll a job's prefix every ``poll_interval`` seconds until new file versions appear; an event-driven job
+    (``notifications``) waits on its SQS queue instead, and lists in full every ``full_listing_interval``.
 
     The listing and ledger lookup are blocking I/O, so each poll runs in a worker thread
     (``asyncio.to_thread``): the triggerer's event loop is never blocked.
@@ -85,7 +108,7 @@ class NewFilesTrigger(BaseTrigger):
         """Yield one event: ``success`` with the files, or ``error`` with a message."""
         while True:
             try:
-                files, total = await asyncio.to_thread(_poll, self.job, self.window)
+                files, total, receipts = await asyncio.to_thread(_poll, self.job, self.window)
             except Exception as exc:  # noqa: BLE001 - reported to the task, which fails or retries
                 from obslake.exceptions import printable
 
@@ -98,9 +121,14 @@ class NewFilesTrigger(BaseTrigger):
                 )
                 return
             if files:
-                yield TriggerEvent({"status": "success", "files": files, "total_new": total})
+                event: dict[str, Any] = {"status": "success", "files": files, "total_new": total}
+                if receipts:  # deleted by the sensor once the files are its result
+                    event["receipts"] = receipts
+                yield TriggerEvent(event)
                 return
-            await asyncio.sleep(self.poll_interval)
+            notified = self.job.get("notifications")
+            # an event-driven job waits in its long poll (wait_seconds) instead: a notification ends the wait at once
+            await asyncio.sleep(0.05 if notified and notified.get("wait_seconds") else self.poll_interval)
 
 
 def _is_terminal(exc: Exception) -> bool:

@@ -1,0 +1,214 @@
+"""Event-driven discovery: S3 event notifications through SQS (moto's S3 sends them to moto's SQS on loopback).
+
+A notification is a hint. These tests send the real ones (moto's S3 on put/delete) and forged ones (duplicated,
+stale, out of order, of a deleted key, another bucket, junk) and check that each file version is handed to a run
+once, that a lost notification is made good by the periodic full listing, and that handled messages leave the
+queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lake_fixtures import own_bucket_for_airflow
+from obslake.airflow_support import job_to_dict
+from obslake.lake.discovery import discover
+from obslake.storage.base import ObjectInfo
+from obslake.storage.notifications import Notice, SqsQueue, parse_message
+from obslake.storage.s3 import S3Store
+
+ACCOUNT = "123456789012"  # moto's default account
+
+
+def _record(bucket: str, key: str, etag: str = "abc", event: str = "ObjectCreated:Put") -> dict:
+    return {"eventSource": "aws:s3", "eventName": event,
+            "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": etag, "size": 3}}}
+
+
+def test_parse_message_reads_s3_sns_and_eventbridge_bodies():
+    assert parse_message(json.dumps({"Records": [_record("b", "in/a+b%2Bc.csv")]})) == [
+        Notice("b", "in/a b+c.csv", "abc")]  # S3 URL-encodes keys
+    removed = parse_message(json.dumps({"Records": [_record("b", "in/x.csv", event="ObjectRemoved:Delete")]}))
+    assert removed == [Notice("b", "in/x.csv", "abc", removed=True)]
+    sns = {"Type": "Notification", "Message": json.dumps({"Records": [_record("b", "k.csv", '"e1"')]})}
+    assert parse_message(json.dumps(sns)) == [Notice("b", "k.csv", "e1")]
+    bridge = {"source": "aws.s3", "detail-type": "Object Created",
+              "detail": {"bucket": {"name": "b"}, "object": {"key": "in/y.parquet", "etag": "e2"}}}
+    assert parse_message(json.dumps(bridge)) == [Notice("b", "in/y.parquet", "e2")]
+    test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}
+    for body in (json.dumps(test_event), "not json", "[1, 2]", "null", json.dumps({"Records": [1, {"s3": None}]}),
+                 json.dumps({"Records": [{"eventSource": "aws:sqs"}]})):
+        assert parse_message(body) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                        st.sampled_from(["Records", "s3", "bucket", "object", "key", "name", "eTag", "eventSource", "eventName",
+                                         "Type", "Message", "source", "detail", "detail-type", "x"]),
+                        inner, max_size=4), max_leaves=12))
+def test_parse_message_never_raises_on_any_json(body):
+    """Whatever JSON a queue holds (another producer's messages, a half-formed event), parsing never raises."""
+    for notice in parse_message(json.dumps(body)):
+        assert isinstance(notice.bucket, str) and notice.bucket and isinstance(notice.key, str)
+
+
+@pytest.fixture
+def notified(monkeypatch, moto_server, s3_client, s3_bucket, lake):
+    """The bucket (tagged, aws_default = moto) sends its object events to a fresh SQS queue."""
+    import boto3
+
+    own_bucket_for_airflow(monkeypatch, s3_client, s3_bucket, moto_server, "obslake_test_key")
+    sqs = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    url = sqs.create_queue(QueueName=f"events-{s3_bucket}")["QueueUrl"]
+    arn = f"arn:aws:sqs:us-east-1:{ACCOUNT}:events-{s3_bucket}"
+    s3_client.put_bucket_notification_configuration(Bucket=s3_bucket, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
+    drain = SqsQueue(url, sqs)
+    drain.delete([m.receipt for m in drain.receive()])  # the configuration's s3:TestEvent, if any
+    return url, sqs
+
+
+def _job(make_job, bucket: str, url: str, interval: float = 3600, **extra):
+    return make_job(f"s3://{bucket}/in/", notifications={"sqs_queue_url": url, "full_listing_interval": interval,
+                                                          "wait_seconds": 2}, **extra)
+
+
+def _in_queue(sqs, url: str) -> int:
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def _done(lake, job, files):
+    for f in files:
+        lake.ledger.mark_succeeded(job.name, f, rows=1, table_name="t", snapshot_id=1)
+
+
+def test_each_version_once_through_real_duplicated_stale_and_deleted_notifications(
+        notified, lake, s3_client, s3_bucket, make_job):
+    url, sqs = notified
+    queue = SqsQueue(url, sqs)
+    store = S3Store(s3_bucket, s3_client)
+    s3_client.put_object(Bucket=s3_bucket, Key="in/old.csv", Body=b"old")  # before the job: found by the listing
+    job = _job(make_job, s3_bucket, url)
+    first = discover(job, store, "in/", lake.ledger, queue)
+    assert first.listed and [f.key for f in first.files] == ["in/old.csv"] and first.receipts == []
+    _done(lake, job, first.files)
+    queue.delete([m.receipt for m in queue.receive()])  # old.csv's own notification: already listed
+
+    s3_client.put_object(Bucket=s3_bucket, Key="in/new.csv", Body=b"v1")
+    found = discover(job, store, "in/", lake.ledger, queue, wait_seconds=5)
+    assert not found.listed and [f.key for f in found.files] == ["in/new.csv"] and len(found.receipts) == 1
+    queue.delete(found.receipts)
+    _done(lake, job, found.files)
+    v1 = found.files[0]
+
+    # the same notification again (SQS delivers at least once), one of a key outside the prefix, another bucket's,
+    # another format's, a deleted key's, junk: nothing new, every message deleted at once
+    forged = [{"Records": [_record(s3_bucket, "in/new.csv", v1.etag)]}, {"Records": [_record(s3_bucket, "out/x.csv")]},
+              {"Records": [_record("someone-else", "in/new.csv")]}, {"Records": [_record(s3_bucket, "in/r.txt")]},
+              {"Records": [_record(s3_bucket, "in/gone.csv")]}, "junk"]
+    for body in forged:
+        sqs.send_message(QueueUrl=url, MessageBody=body if isinstance(body, str) else json.dumps(body))
+    for _ in range(3):
+        assert discover(job, store, "in/", lake.ledger, queue, wait_seconds=1).files == []
+    assert _in_queue(sqs, url) == 0
+
+    # out of order: the file is rewritten (v2), then a stale notification of v1 arrives after v2's; the version
+    # handed is the current one, once
+    s3_client.put_object(Bucket=s3_bucket, Key="in/new.csv", Body=b"v2 longer")
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": [_record(s3_bucket, "in/new.csv", v1.etag)]}))
+    handed: list[ObjectInfo] = []
+    for _ in range(3):
+        step = discover(job, store, "in/", lake.ledger, queue, wait_seconds=1)
+        handed += step.files
+        queue.delete(step.receipts)
+        _done(lake, job, step.files)
+    assert [(f.key, f.size) for f in handed] == [("in/new.csv", 9)]
+    assert _in_queue(sqs, url) == 0
+
+    # a deletion's notification: nothing to import
+    s3_client.delete_object(Bucket=s3_bucket, Key="in/old.csv")
+    assert discover(job, store, "in/", lake.ledger, queue, wait_seconds=2).files == []
+    assert _in_queue(sqs, url) == 0
+
+
+def test_a_lost_notification_is_made_good_by_the_full_listing(notified, lake, s3_client, s3_bucket, make_job):
+    url, sqs = notified
+    queue = SqsQueue(url, sqs)
+    store = S3Store(s3_bucket, s3_client)
+    job = _job(make_job, s3_bucket, url, interval=600)
+    t0 = dt.datetime.now(dt.UTC)
+    assert discover(job, store, "in/", lake.ledger, queue, now=t0).listed  # the first step lists
+    s3_client.put_object(Bucket=s3_bucket, Key="in/lost.parquet", Body=b"x")
+    sqs.purge_queue(QueueUrl=url)  # the notification is lost
+    step = discover(job, store, "in/", lake.ledger, queue, wait_seconds=1, now=t0 + dt.timedelta(seconds=599))
+    assert not step.listed and step.files == []
+    step = discover(job, store, "in/", lake.ledger, queue, now=t0 + dt.timedelta(seconds=600))
+    assert step.listed and [f.key for f in step.files] == ["in/lost.parquet"]
+    assert lake.ledger.listed_at(job.name) == t0 + dt.timedelta(seconds=600)
+
+
+def test_a_message_whose_file_exceeds_the_cap_stays_in_the_queue(notified, lake, s3_client, s3_bucket, make_job):
+    url, sqs = notified
+    queue = SqsQueue(url, sqs)
+    store = S3Store(s3_bucket, s3_client)
+    job = _job(make_job, s3_bucket, url, max_files_per_run=1)
+    discover(job, store, "in/", lake.ledger, queue)  # the first listing (empty)
+    for k in ("in/a.csv", "in/b.csv"):
+        s3_client.put_object(Bucket=s3_bucket, Key=k, Body=b"x")
+    messages = []
+    while len(messages) < 2:
+        messages += SqsQueue(url, sqs).receive(wait_seconds=2)
+    for m in messages:  # both back in the queue, then one receive sees both
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m.receipt, VisibilityTimeout=0)
+    step = discover(job, store, "in/", lake.ledger, queue, wait_seconds=2)
+    assert len(step.files) == 1 and step.total_new == 2 and len(step.receipts) == 1
+    queue.delete(step.receipts)
+    assert _in_queue(sqs, url) == 1  # the other file's message was neither handed nor deleted
+
+
+def test_the_trigger_fires_on_a_notification_and_the_sensor_deletes_it(notified, lake, s3_client, s3_bucket,
+                                                                         make_job):
+    from obslake.sensors.prefix import S3KeyPrefixSensor
+    from obslake.triggers.prefix import NewFilesTrigger
+
+    url, sqs = notified
+    job = _job(make_job, s3_bucket, url)
+    lake.ledger.mark_listed(job.name, dt.datetime.now(dt.UTC))  # a full listing just happened
+    trigger = NewFilesTrigger(job=job_to_dict(job), poll_interval=3600)  # a listing would never come in time
+
+    async def scenario():
+        gen = trigger.run().__aiter__()
+        waiting = asyncio.ensure_future(gen.__anext__())
+        await asyncio.sleep(1.0)
+        assert not waiting.done()
+        await asyncio.to_thread(s3_client.put_object, Bucket=s3_bucket, Key="in/sub/now.csv", Body=b"x")
+        return await asyncio.wait_for(waiting, 10)
+
+    event = asyncio.run(scenario()).payload
+    assert [f["key"] for f in event["files"]] == ["in/sub/now.csv"] and len(event["receipts"]) == 1
+    assert _in_queue(sqs, url) == 1
+    sensor = S3KeyPrefixSensor(task_id="wait", job=job_to_dict(job), deferrable=True)
+    assert sensor.execute_complete({}, event) == event["files"]
+    assert _in_queue(sqs, url) == 0
+
+
+def test_notifications_need_an_s3_source_and_no_window(make_job):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs an s3:// source"):
+        make_job("gs://gcs-bucket/in/", notifications={"sqs_queue_url": "https://sqs.us-east-1.amazonaws.com/1/q"})
+    with pytest.raises(ValidationError, match="window_prefix"):
+        make_job("s3://s3-bucket/in/", window_prefix="dt={date}/",
+                 notifications={"sqs_queue_url": "https://sqs.us-east-1.amazonaws.com/1/q"})
+    with pytest.raises(ValidationError, match="queue URL"):
+        make_job("s3://s3-bucket/in/", notifications={"sqs_queue_url": "events"})
