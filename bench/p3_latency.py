@@ -101,9 +101,9 @@ def main() -> None:
         poll_starts: list[float] = []
         real_poll = trig._poll
 
-        def recording_poll(jd: dict):
+        def recording_poll(*args):
             poll_starts.append(time.monotonic())
-            return real_poll(jd)
+            return real_poll(*args)
 
         trig._poll = recording_poll
         imports: list[tuple[float, float]] = []  # (import started, import finished) per event

@@ -179,7 +179,7 @@ def main() -> None:
             return count
 
         def poll() -> None:
-            files, total = trig._poll(job_dict)
+            files, total, _receipts = trig._poll(job_dict)
             assert files == [] and total == 0, (len(files), total)
 
         raw_list(), poll()  # warm-up: connection pool, ledger engine
