@@ -150,9 +150,15 @@ def write_job(include: Path, src: str) -> None:
     (include / "import_jobs" / f"{JOB_NAME}.yaml").write_text(yaml.safe_dump({**JOB, "source": f"file://{src}/"}))
 
 
-def run_once(src: str, d: Path, template: str, parallelism: int, n: int) -> dict:
-    """One Airflow deployment, one triggered run; returns its figures (after checking exactly-once)."""
-    work = d / f"p{parallelism}-{n}"
+CELERY_REDIS_DB = 8  # a database of the local Redis for the Celery runs' broker (flushed before each run)
+
+
+def run_once(src: str, d: Path, template: str, parallelism: int, n: int, workers: int = 0) -> dict:
+    """One Airflow deployment, one triggered run; returns its figures (after checking exactly-once).
+
+    ``workers`` > 0: the CeleryExecutor (Redis broker on 127.0.0.1) with that many worker processes of
+    ``parallelism`` task slots each, instead of the LocalExecutor with ``parallelism`` slots."""
+    work = d / (f"celery{workers}x{parallelism}-{n}" if workers else f"p{parallelism}-{n}")
     include, warehouse = work / "include", work / "warehouse"
     warehouse.mkdir(parents=True)
     write_job(include, src)
@@ -161,11 +167,24 @@ def run_once(src: str, d: Path, template: str, parallelism: int, n: int) -> dict
     lake_env = {"OBSLAKE_CATALOG_URI": pg_uri(lake_db), "OBSLAKE_STATE_URI": pg_uri(lake_db),
                 "OBSLAKE_WAREHOUSE": f"file://{warehouse}", "OBSLAKE_HOME": str(work / "obslake-home"),
                 "OBSLAKE_INCLUDE_DIR": str(include)}
+    env = {**lake_env, f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": KEY}
+    if workers:
+        import redis
+
+        redis.Redis(host="127.0.0.1", port=6379, db=CELERY_REDIS_DB).flushdb()
+        env.update({"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                    "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{CELERY_REDIS_DB}",
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(parallelism)})
+    slots = parallelism * max(workers, 1)
     try:
-        with AirflowStack(work / "airflow", template=template, parallelism=parallelism, dags_folder=PROJECT / "dags",
-                          env={**lake_env, f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": KEY}) as stack:
+        with AirflowStack(work / "airflow", template=template, parallelism=slots, dags_folder=PROJECT / "dags",
+                          env=env) as stack:
             t0 = time.monotonic()
+            if workers:
+                stack.env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + stack.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
             stack.start()
+            if workers:
+                stack.start_celery_workers(workers, concurrency=parallelism)
             stack.wait_for_dag(DAG_ID)
             t_ready = time.monotonic()
             run_id = stack.trigger(DAG_ID, f"bench_p{parallelism}_{n}")
@@ -187,10 +206,11 @@ def run_once(src: str, d: Path, template: str, parallelism: int, n: int) -> dict
             setup = t_ready - t0
             logs = (stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}").glob(f"task_id={TASK}/*/*.log")
             conflicts = sum(p.read_text(errors="replace").count("commit conflict") for p in logs)
-        verify(lake_env, src, parallelism)
+        verify(lake_env, src, slots)
         out = {"files_per_s": FILES / span, "span": span, "run": run_secs, "lead": lead, "setup": setup,
                "task_median": statistics.median(task_secs), "conflicts": conflicts, "tasks": len(tis)}
-        print(f"  parallelism {parallelism} #{n + 1}: {out['files_per_s']:.2f} files/s ({FILES} files in {len(tis)} "
+        print(f"  {f'{workers} Celery worker(s) x {parallelism} slots' if workers else f'parallelism {parallelism}'}"
+              f" #{n + 1}: {out['files_per_s']:.2f} files/s ({FILES} files in {len(tis)} "
               f"{TASK} tasks "
               f"in {span:.1f}s, median task {out['task_median']:.2f}s, {conflicts} commit conflict(s) retried in "
               f"the tasks); whole run {run_secs:.1f}s ({lead:.1f}s before the first import); stack start + parse "

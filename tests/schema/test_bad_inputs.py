@@ -268,3 +268,19 @@ def test_cli_dry_run_prints_each_problem_with_code_and_location(lake, tmp_path, 
         assert f"{name}: FAILED" in out
     assert "good.parquet: OK (20 rows read)" in out
     assert f"1 file(s) valid, {len(chosen)} failed (nothing was written)" in out
+
+
+@pytest.mark.parametrize("message, fix", [
+    ("s3://b/k.csv: columns are missing: prediction_label -> 'x'. Fix the job's `schema:` mapping.",
+     "fix the job's `schema:` mapping"),
+    ("s3://b/k.csv: a bad thing. Fix: do this.", "do this"),
+])
+def test_a_problem_says_its_fix_once(message, fix):
+    """An error that names its own fix gives it as the problem's fix; the message does not repeat it."""
+    from obslake.exceptions import SchemaMismatchError
+    from obslake.schema.validate import file_problem
+
+    problem = file_problem("s3://b/k.csv", SchemaMismatchError(message, code="COLUMN_MISSING", column="x"))
+    assert problem.fix == fix and str(problem).count("Fix") == 1 and str(problem).endswith(f"Fix: {fix}")
+    plain = file_problem("s3://b/k.csv", SchemaMismatchError("s3://b/k.csv: no fix named", code="COLUMN_MISSING"))
+    assert plain.message == "no fix named" and "schema" in plain.fix

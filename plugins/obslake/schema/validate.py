@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -117,11 +118,15 @@ def file_problem(uri: str, exc: TerminalError) -> Problem:
     code = error_code(exc)
     line, column = getattr(exc, "line", None), getattr(exc, "column", None)
     message = str(exc).removeprefix(f"{uri}: ")  # Problem.__str__ names the file already
+    fix = FILE_FIX.get(code, "see the message")
+    own = re.search(r"\. Fix(:)? (.+?)\.?$", message, flags=re.DOTALL)
+    if own:  # the error names its own fix (more precise than the code's): said once, as the problem's fix
+        message, fix = message[: own.start()], own.group(2) if own.group(1) else f"fix {own.group(2)}"
     return Problem(
         code,
         message,
         uri,
-        FILE_FIX.get(code, "see the message"),
+        fix,
         row=line - 1 if line and line > 1 else None,
         column=column,
         line=line,

@@ -1,0 +1,72 @@
+"""P6 on Celery: the import DAG under the CeleryExecutor, one worker vs two (each with the same task slots).
+
+The deployment, files, job and checks are P6's (``bench/p6_scale_out.py``: 200 Parquet files x 1,000 rows, the
+project's own DAG with the default batch settings, Postgres metadata DB, Postgres catalog and ledger, every run
+verified exactly-once: rows, distinct ids, each file in one snapshot, the ledger), with the CeleryExecutor: a
+Redis broker on 127.0.0.1 (database 8, flushed per run), the Celery result backend in the metadata DB, and
+``N`` ``airflow celery worker`` processes of ``OBSLAKE_BENCH_P6_CELERY_SLOTS`` (default 2) task slots each.
+
+Baseline: one worker, files/s of the ``import_files`` tasks (first start to last end). Ours: two workers.
+Ratio = ours / baseline (target >= 1.7). Also (information): the two workers against the in-process
+``import_files`` loop over the same batches (Airflow's cost). Median of ``OBSLAKE_BENCH_P6_REPEATS`` (default
+3) runs each, one and two workers interleaved.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from bench import datagen
+from bench.airflow_stack import drop_database, migrate_template
+from bench.common import report
+from bench.p6_scale_out import FILES, REPEATS, ROWS, TASK, _SRC, batches, in_process, make_files, run_once
+
+SLOTS = int(os.environ.get("OBSLAKE_BENCH_P6_CELERY_SLOTS") or 2)
+WORKERS = (1, 2)
+
+
+def main() -> None:
+    d = Path(datagen.bench_dir())
+    template = None
+    try:
+        src = str(d / "src")
+        os.makedirs(src)
+        make_files(src)
+        _SRC.append(src)
+        t = time.monotonic()
+        template = migrate_template(d)
+        print(f"airflow db migrate (template metadata DB): {time.monotonic() - t:.0f}s", flush=True)
+        runs: dict[int, list[dict]] = {w: [] for w in WORKERS}
+        for n in range(REPEATS):
+            for w in WORKERS:
+                runs[w].append(run_once(src, d, template, SLOTS, n, workers=w))
+        local = [in_process(src, d, n) for n in range(REPEATS)]
+        med = {w: statistics.median(r["files_per_s"] for r in runs[w]) for w in WORKERS}
+        ratio = med[2] / med[1]
+        plan = f"{FILES} files in {len(batches())} batches (default batch settings)"
+        per_run = "; ".join(
+            f"{w} worker(s): " + ", ".join(f"{r['files_per_s']:.2f} files/s ({r['span']:.0f}s, run {r['run']:.0f}s, "
+                                           f"{r['conflicts']} conflicts)" for r in runs[w]) for w in WORKERS)
+        size = f"{FILES} files x {ROWS} rows, CeleryExecutor (Redis broker), {SLOTS} slots per worker, Postgres"
+        report("p6_celery", baseline=f"1 Celery worker x {SLOTS} slots", baseline_value=med[1],
+               ours=f"2 Celery workers x {SLOTS} slots", ours_value=med[2], ratio=ratio, target=">= 1.7", met=ratio >= 1.7,
+               unit="files/s", size=size,
+               note=f"{plan}; median of {REPEATS} runs each; files/s = {FILES} / (last {TASK} end - first {TASK} "
+                    f"start); every run verified exactly-once; {os.cpu_count()} cores; {per_run}")
+        inproc = statistics.median(local)
+        report("p6_celery_vs_inprocess", baseline="in-process import_files loop (same batches, Postgres catalog)",
+               baseline_value=inproc, ours=f"deployed DAG, 2 Celery workers x {SLOTS} slots", ours_value=med[2],
+               ratio=med[2] / inproc, target="(information: Airflow's cost)", met=None, unit="files/s", size=size,
+               note=f"{plan}; in-process runs: " + ", ".join(f"{x:.2f}" for x in local) + " files/s")
+    finally:
+        if template:
+            drop_database(template)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
