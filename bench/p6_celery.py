@@ -15,31 +15,17 @@ Ratio = ours / baseline (target >= 1.7). Also (information): the two workers aga
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import time
-from pathlib import Path
 
-from bench import datagen
-from bench.airflow_stack import drop_database, migrate_template
 from bench.common import report
-from bench.p6_scale_out import FILES, REPEATS, ROWS, TASK, _SRC, batches, in_process, make_files, run_once
+from bench.p6_scale_out import FILES, REPEATS, ROWS, TASK, batches, in_process, prepared, run_once
 
 SLOTS = int(os.environ.get("OBSLAKE_BENCH_P6_CELERY_SLOTS") or 2)
 WORKERS = (1, 2)
 
 
 def main() -> None:
-    d = Path(datagen.bench_dir())
-    template = None
-    try:
-        src = str(d / "src")
-        os.makedirs(src)
-        make_files(src)
-        _SRC.append(src)
-        t = time.monotonic()
-        template = migrate_template(d)
-        print(f"airflow db migrate (template metadata DB): {time.monotonic() - t:.0f}s", flush=True)
+    with prepared() as (src, d, template):
         runs: dict[int, list[dict]] = {w: [] for w in WORKERS}
         for n in range(REPEATS):
             for w in WORKERS:
@@ -62,10 +48,6 @@ def main() -> None:
                baseline_value=inproc, ours=f"deployed DAG, 2 Celery workers x {SLOTS} slots", ours_value=med[2],
                ratio=med[2] / inproc, target="(information: Airflow's cost)", met=None, unit="files/s", size=size,
                note=f"{plan}; in-process runs: " + ", ".join(f"{x:.2f}" for x in local) + " files/s")
-    finally:
-        if template:
-            drop_database(template)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

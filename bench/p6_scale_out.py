@@ -39,11 +39,13 @@ the defaults). Needs the asyncpg driver (Airflow 3 opens an async engine on a Po
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -266,7 +268,9 @@ def verify(lake_env: dict[str, str], src: str, parallelism: int) -> None:
     assert ledger == [("succeeded", 1, FILES, FILES * ROWS)], f"ledger (status, attempts, files, rows): {ledger}"
 
 
-def main() -> None:
+@contextlib.contextmanager
+def prepared() -> Iterator[tuple[str, Path, str]]:
+    """(source folder with the files, bench folder, migrated template metadata DB); all removed after."""
     d = Path(datagen.bench_dir())
     template = None
     try:
@@ -277,6 +281,15 @@ def main() -> None:
         t = time.monotonic()
         template = migrate_template(d)
         print(f"airflow db migrate (template metadata DB): {time.monotonic() - t:.0f}s", flush=True)
+        yield src, d, template
+    finally:
+        if template:
+            drop_database(template)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main() -> None:
+    with prepared() as (src, d, template):
         runs: dict[int, list[dict]] = {p: [] for p in PARALLELISM}
         for n in range(REPEATS):  # interleaved, so a change in the machine's load hits both counts alike
             for p in PARALLELISM:
@@ -302,10 +315,6 @@ def main() -> None:
                ratio=med[1] / inproc, target="(information: Airflow's cost)", met=None, unit="files/s",
                size=f"{FILES} files x {ROWS} rows", note=f"{plan}; median of {REPEATS}; in-process runs: "
                + ", ".join(f"{x:.2f}" for x in local) + " files/s")
-    finally:
-        if template:
-            drop_database(template)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
