@@ -303,14 +303,14 @@ def _snapshot_by_id(self: Any, snapshot_id: int) -> Any:
 
     pyiceberg looks snapshots up by id about eight times a commit, each a scan of every snapshot kept
     (6.7 ms a commit at 2,000 snapshots, measured). A metadata's snapshot list is never changed in place
-    (an update builds a new metadata with a new list), so an index is built once per list; it holds the
-    list itself, so the list's ``id`` cannot be reused while indexed, and a list whose length differs from
-    its index's (changed after all) is indexed again.
+    (an update builds a new metadata with a new list), so an index is built once per list, keyed by the
+    list's ``id``; the entry holds the list itself, so that ``id`` cannot be reused while indexed, and a list
+    whose length differs from its index's (changed after all) is indexed again.
     """
     snapshots = self.snapshots
     with _snapshot_json_lock:
         hit = _snapshot_indexes.get(id(snapshots))
-        if hit is None or hit[0] is not snapshots or len(hit[1]) != len(snapshots):
+        if hit is None or len(hit[1]) != len(snapshots):
             # a commit's list is its base's plus a snapshot: extend the index of the newest list it starts with
             base = next((e for e in reversed(_snapshot_indexes.values()) if _extends(snapshots, e[0])), None)
             index: dict[int, Any] = dict(base[1]) if base else {}

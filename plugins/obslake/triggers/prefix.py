@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 # Imported once when the triggerer loads this class (as provider triggers do), never inside a poll:
@@ -21,45 +21,40 @@ import obslake.storage.gcs
 import obslake.storage.s3  # noqa: F401
 
 STORE_TTL_SECONDS = 900.0
-_stores: dict[tuple[str, str | None], tuple[float, object, str]] = {}
-_stores_lock = threading.Lock()
+_clients: dict[tuple, tuple[float, Any]] = {}
+_clients_lock = threading.Lock()
 
 
-def _cached_store(source: str, conn_id: str | None):
-    """One store per (source, connection) per triggerer process, rebuilt every 15 minutes.
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()`` once per ``key`` per triggerer process, rebuilt every ``STORE_TTL_SECONDS`` (15 minutes).
 
     Building a boto3/GCS client parses large JSON models while holding the GIL (0.2-0.3 s here),
     which would stall every trigger sharing the event loop on every poll.
     """
+    now = time.monotonic()
+    with _clients_lock:
+        hit = _clients.get(key)
+        if hit is not None and now - hit[0] < STORE_TTL_SECONDS:
+            return hit[1]
+        value = build()
+        _clients[key] = (now, value)
+        return value
+
+
+def _cached_store(source: str, conn_id: str | None):
+    """(store, prefix) of a source and connection, one per triggerer process (see :func:`_cached`)."""
     from obslake.hooks import store_for
 
-    now = time.monotonic()
-    with _stores_lock:
-        hit = _stores.get((source, conn_id))
-        if hit is not None and now - hit[0] < STORE_TTL_SECONDS:
-            return hit[1], hit[2]
-        store, prefix = store_for(source, conn_id)
-        _stores[(source, conn_id)] = (now, store, prefix)
-        return store, prefix
-
-
-_queues: dict[str, tuple[float, object]] = {}
+    return _cached(("store", source, conn_id), lambda: store_for(source, conn_id))
 
 
 def _cached_queue(job):
-    """The SQS queue of an event-driven job, one client per queue per triggerer process (as stores are)."""
+    """The SQS queue of an event-driven job (None for one that lists), one per queue per triggerer process."""
     from obslake.hooks.obslake import notification_queue
 
     if job.notifications is None:
         return None
-    now = time.monotonic()
-    with _stores_lock:
-        hit = _queues.get(job.notifications.sqs_queue_url)
-        if hit is not None and now - hit[0] < STORE_TTL_SECONDS:
-            return hit[1]
-        queue = notification_queue(job)
-        _queues[job.notifications.sqs_queue_url] = (now, queue)
-        return queue
+    return _cached(("queue", job.notifications.sqs_queue_url), lambda: notification_queue(job))
 
 
 def _poll(job_dict: dict, window: str = "") -> tuple[list[dict], int, list[str]]:
