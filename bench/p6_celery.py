@@ -18,7 +18,7 @@ import os
 import statistics
 
 from bench.common import report
-from bench.p6_scale_out import FILES, REPEATS, ROWS, TASK, batches, in_process, prepared, run_once
+from bench.p6_scale_out import FILES, REPEATS, ROWS, TASK, compare, prepared
 
 SLOTS = int(os.environ.get("OBSLAKE_BENCH_P6_CELERY_SLOTS") or 2)
 WORKERS = (1, 2)
@@ -26,17 +26,10 @@ WORKERS = (1, 2)
 
 def main() -> None:
     with prepared() as (src, d, template):
-        runs: dict[int, list[dict]] = {w: [] for w in WORKERS}
-        for n in range(REPEATS):
-            for w in WORKERS:
-                runs[w].append(run_once(src, d, template, SLOTS, n, workers=w))
-        local = [in_process(src, d, n) for n in range(REPEATS)]
-        med = {w: statistics.median(r["files_per_s"] for r in runs[w]) for w in WORKERS}
+        configs = {f"{w} worker(s)": {"parallelism": SLOTS, "workers": w} for w in WORKERS}
+        by_label, local, plan, per_run = compare(src, d, template, configs)
+        med = {w: by_label[f"{w} worker(s)"] for w in WORKERS}
         ratio = med[2] / med[1]
-        plan = f"{FILES} files in {len(batches())} batches (default batch settings)"
-        per_run = "; ".join(
-            f"{w} worker(s): " + ", ".join(f"{r['files_per_s']:.2f} files/s ({r['span']:.0f}s, run {r['run']:.0f}s, "
-                                           f"{r['conflicts']} conflicts)" for r in runs[w]) for w in WORKERS)
         size = f"{FILES} files x {ROWS} rows, CeleryExecutor (Redis broker), {SLOTS} slots per worker, Postgres"
         report("p6_celery", baseline=f"1 Celery worker x {SLOTS} slots", baseline_value=med[1],
                ours=f"2 Celery workers x {SLOTS} slots", ours_value=med[2], ratio=ratio, target=">= 1.7", met=ratio >= 1.7,
