@@ -212,3 +212,35 @@ def test_notifications_need_an_s3_source_and_no_window(make_job):
                  notifications={"sqs_queue_url": "https://sqs.us-east-1.amazonaws.com/1/q"})
     with pytest.raises(ValidationError, match="queue URL"):
         make_job("s3://s3-bucket/in/", notifications={"sqs_queue_url": "events"})
+
+
+def test_a_key_that_cannot_be_read_now_does_not_stop_the_others(notified, lake, s3_client, s3_bucket, make_job,
+                                                                 monkeypatch):
+    """One notified key whose HEAD fails transiently: the other key's file is handed, and the failing key's
+    message stays in the queue (it comes back), instead of the whole step failing."""
+    from obslake.exceptions import StorageUnavailableError
+
+    url, sqs = notified
+    queue = SqsQueue(url, sqs)
+    store = S3Store(s3_bucket, s3_client)
+    job = _job(make_job, s3_bucket, url)
+    discover(job, store, "in/", lake.ledger, queue)  # the first listing (empty)
+    for k in ("in/ok.csv", "in/flaky.csv"):
+        s3_client.put_object(Bucket=s3_bucket, Key=k, Body=b"x")
+    messages = []
+    while len(messages) < 2:
+        messages += SqsQueue(url, sqs).receive(wait_seconds=2)
+    for m in messages:
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m.receipt, VisibilityTimeout=0)
+    real_head = S3Store.head
+
+    def head(self, key):
+        if key == "in/flaky.csv":
+            raise StorageUnavailableError(f"s3://{s3_bucket}/{key}: S3 answered 503; retry later")
+        return real_head(self, key)
+
+    monkeypatch.setattr(S3Store, "head", head)
+    step = discover(job, store, "in/", lake.ledger, queue, wait_seconds=2)
+    assert [f.key for f in step.files] == ["in/ok.csv"] and len(step.receipts) == 1
+    queue.delete(step.receipts)
+    assert _in_queue(sqs, url) == 1  # the flaky key's message, kept

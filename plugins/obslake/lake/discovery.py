@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable
 
 from obslake.config import ImportJob
-from obslake.exceptions import StorageAccessError
+from obslake.exceptions import StorageAccessError, TransientError
 from obslake.formats import format_for_key
 from obslake.lake.ledger import Ledger
 from obslake.storage.base import ObjectInfo, ObjectStore
@@ -51,13 +51,20 @@ def find_new_files(job: ImportJob, store: ObjectStore, prefix: str, ledger: Ledg
 
 
 def find_notified_files(
-    job: ImportJob, store: ObjectStore, prefix: str, ledger: Ledger, notices: Iterable[Notice]
+    job: ImportJob,
+    store: ObjectStore,
+    prefix: str,
+    ledger: Ledger,
+    notices: Iterable[Notice],
+    unread: set[str] | None = None,
 ) -> list[ObjectInfo]:
     """The new file versions that event notifications point at: each notified key of the job's bucket, under
     ``prefix`` and of a supported format, read as it is *now* (HEAD: a notification may be duplicated, late, or
     of a version already overwritten; a key deleted since is skipped), then kept unless the ledger holds that
     version as done (as :func:`find_new_files` decides, per key: the cost does not grow with the history).
-    Oldest first; not capped (:func:`discover` caps)."""
+    Oldest first; not capped (:func:`discover` caps). A key whose HEAD fails transiently is added to ``unread``
+    (its notification is kept, to be read again) and does not stop the others."""
+    unread = set() if unread is None else unread
     bucket = getattr(store, "bucket", None)
     keys = sorted(
         {
@@ -76,6 +83,9 @@ def find_notified_files(
             current.append(store.head(key))
         except StorageAccessError as exc:  # deleted since (or unreadable: the full listing reports that)
             log.warning("%s: skipping a notified key: %s", job.name, exc)
+        except TransientError as exc:  # one key's HEAD does not stop the others; its message comes back
+            log.warning("%s: a notified key could not be read now (its notification is kept): %s", job.name, exc)
+            unread.add(key)
     done = ledger.done_among(job.name, current, job.schema_.fingerprint())
     new = sorted((o for o in current if (o.bucket, o.key, o.etag) not in done), key=lambda o: (o.mtime, o.key))
     if keys:
@@ -127,12 +137,16 @@ def discover(
     messages = queue.receive(wait_seconds=wait_seconds)
     if not messages:
         return Discovery([], 0, [], False)
-    new = find_notified_files(job, store, prefix, ledger, [n for m in messages for n in m.notices])
+    unread: set[str] = set()
+    new = find_notified_files(job, store, prefix, ledger, [n for m in messages for n in m.notices], unread)
     files = new[: job.max_files_per_run]
     new_keys, handed = {o.key for o in new}, {o.key for o in files}
     ack_now, ack_later = [], []
     for m in messages:
-        keys = {n.key for n in m.notices} & new_keys
+        notified = {n.key for n in m.notices}
+        keys = notified & new_keys
+        if notified & unread:
+            continue  # a key could not be read now: the message comes back after its visibility timeout
         if not keys:
             ack_now.append(m.receipt)  # nothing new behind it (a test event, a done or deleted file, a duplicate)
         elif keys <= handed:
