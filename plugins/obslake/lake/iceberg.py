@@ -718,7 +718,9 @@ class _FilePlan:
     downcast: bool  # pyiceberg's downcast-ns-timestamp-to-us-on-write setting
 
 
-def _file_plan(metadata: TableMetadata, rows: pa.Table, task_schema: Any) -> _FilePlan:
+def _file_plan(
+    metadata: TableMetadata, rows: pa.Table, task_schema: Any, plain_names: frozenset[str] | None = None
+) -> _FilePlan:
     from pyiceberg.io.fileformat import FileFormatFactory
     from pyiceberg.io.pyarrow import PYARROW_PARQUET_FIELD_ID_KEY, _to_requested_schema
     from pyiceberg.manifest import FileFormat
@@ -738,7 +740,8 @@ def _file_plan(metadata: TableMetadata, rows: pa.Table, task_schema: Any) -> _Fi
         format_model=FileFormatFactory.get(FileFormat.PARQUET),
     ).schema
     ids = {f.name: f.field_id for f in schema.fields}
-    plain_ids = {ids[name] for name in _plain_columns(rows) if name in ids}
+    plain_names = _plain_columns(rows) if plain_names is None else plain_names
+    plain_ids = {ids[name] for name in plain_names if name in ids}
     plain = frozenset(
         f.name for f in projected if int((f.metadata or {}).get(PYARROW_PARQUET_FIELD_ID_KEY, -1)) in plain_ids
     )
@@ -816,6 +819,7 @@ def write_data_files(
     rows: pa.Table,
     write_uuid: uuid.UUID | None = None,
     counter: itertools.count[int] | None = None,
+    plain: frozenset[str] | None = None,
 ) -> list[DataFile]:
     """The one Parquet write path: data files (not yet committed) holding ``rows``.
 
@@ -829,6 +833,8 @@ def write_data_files(
         rows: rows already conformed to the table's Arrow schema.
         write_uuid: names the files of one commit (pyiceberg's convention).
         counter: task ids for file names, shared across the calls of one commit.
+        plain: the columns of ``rows`` to write without dictionary encoding, if chosen already (by
+            :func:`_plain_columns` over an earlier chunk of the same stream); else chosen from ``rows``.
     """
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
     from pyiceberg.table.locations import load_location_provider
@@ -844,7 +850,7 @@ def write_data_files(
         )
     tasks = _write_tasks(metadata, _partition_slices(rows, sources), sources, write_uuid, counter)
     locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
-    plan = _file_plan(metadata, rows, tasks[0].schema)
+    plan = _file_plan(metadata, rows, tasks[0].schema, plain)
     return list(
         ExecutorFactory.get_or_create().map(lambda t: _write_data_file(metadata, io, locations, t, plan), tasks)
     )
@@ -873,6 +879,7 @@ class DataFileWriter:
         self._buffered_rows = self._buffered_bytes = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="obslake-write")
         self._in_flight: Future[list[DataFile]] | None = None
+        self._plain: frozenset[str] | None = None
 
     def __enter__(self) -> DataFileWriter:
         return self
@@ -911,13 +918,15 @@ class DataFileWriter:
 
     def _write(self, chunk: list[pa.RecordBatch]) -> list[DataFile]:
         """Write one chunk (background thread); its DataFiles."""
-        data_files = write_data_files(
-            self.metadata, self.io, pa.Table.from_batches(chunk), self.write_uuid, self.counter
-        )
+        rows = pa.Table.from_batches(chunk)
+        if self._plain is None:  # one encoding choice per stream, from its first chunk (as one call's files)
+            self._plain = _plain_columns(rows)
+        data_files = write_data_files(self.metadata, self.io, rows, self.write_uuid, self.counter, self._plain)
+        del rows
+        # The chunk's memory stays with Arrow's allocator for the next chunk: handing it back to the OS
+        # after every chunk cost page faults (P1 Parquet 0.98-1.06x against 1.21x without) and did not
+        # lower the peak (P2: 846 MB without it, 839 MB with it).
         chunk.clear()
-        # hand the chunk's freed memory back to the OS now rather than leave it to the allocator
-        # (~50 MB less peak RSS importing a 2 GB CSV)
-        pa.default_memory_pool().release_unused()
         return data_files
 
     def _collect(self) -> None:

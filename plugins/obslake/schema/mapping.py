@@ -391,9 +391,28 @@ def _hasher() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(1, thread_name_prefix="obslake-hash")
 
 
+@functools.lru_cache(maxsize=4)
 def constant(value: Any, type_: pa.DataType, n: int) -> pa.Array:
-    """``n`` copies of ``value`` (None: nulls) as an Arrow array, without building a Python list."""
+    """``n`` copies of ``value`` (None: nulls) as an Arrow array, without building a Python list.
+
+    Arrow arrays are immutable, so the last few are kept and handed out again: every full batch of a file
+    has the same source file and ingestion time (bounded: four arrays of at most one batch each).
+    """
     return pa.repeat(pa.scalar(value, type_), n)
+
+
+def longer_than(arr: pa.Array, limit: int) -> list[int]:
+    """Indices of the values of the string array ``arr`` with more than ``limit`` characters.
+
+    A character is at least one byte, so only a batch holding a value of more than ``limit`` bytes (read
+    from the offsets, without touching the text) is measured in characters: counting UTF-8 characters of
+    every tag of every batch was a tenth of a Parquet import's mapping time.
+    """
+    nbytes = pc.binary_length(arr)
+    longest = pc.max(nbytes).as_py()
+    if longest is None or longest <= limit:
+        return []
+    return pc.indices_nonzero(pc.fill_null(pc.greater(pc.utf8_length(arr), limit), False)).to_pylist()
 
 
 def lineage_arrays(source: str, first_row: int, n: int, ingested_at: dt.datetime) -> dict[str, pa.Array]:
@@ -941,8 +960,7 @@ class BatchMapper:
 
     def _ids(self, arr: pa.Array, col: str, first_row: int, problems: list[Problem]) -> pa.Array:
         arr = _decode(arr).cast(pa.string())
-        lengths = pc.utf8_length(arr)
-        missing = pc.or_kleene(pc.is_null(arr), pc.equal(lengths, 0))
+        missing = pc.or_kleene(pc.is_null(arr), pc.equal(pc.binary_length(arr), 0))
         for i in self._bad_rows(missing):
             self._problem(
                 problems,
@@ -953,7 +971,7 @@ class BatchMapper:
                 first_row,
                 col,
             )
-        for i in self._bad_rows(pc.greater(lengths, MAX_ID_CHARS)):
+        for i in longer_than(arr, MAX_ID_CHARS):
             self._problem(
                 problems,
                 "ID_TOO_LONG",
@@ -1020,7 +1038,8 @@ class BatchMapper:
         else:
             out = pc.cast(arr, pa.float64(), safe=False)  # big integers and decimals: the nearest double
         finite = pc.is_finite(out)
-        for i in self._bad_rows(pc.invert(finite)):
+        bad = self._bad_rows(pc.invert(finite))
+        for i in bad:
             self._problem(
                 problems,
                 not_finite_code,
@@ -1031,7 +1050,7 @@ class BatchMapper:
                 col,
                 out[i].as_py(),
             )
-        return pc.if_else(finite, out, pa.scalar(None, pa.float64()))
+        return pc.if_else(finite, out, pa.scalar(None, pa.float64())) if bad else out
 
     def _strings(
         self, arr: pa.Array, col: str, role: str, first_row: int, problems: list[Problem], limit: int = MAX_VALUE_CHARS
@@ -1044,7 +1063,7 @@ class BatchMapper:
                 column=col,
             )
         out = arr.cast(pa.string())
-        for i in self._bad_rows(pc.greater(pc.utf8_length(out), limit)):
+        for i in longer_than(out, limit):
             self._problem(
                 problems,
                 "VALUE_TOO_LONG",
@@ -1075,7 +1094,8 @@ class BatchMapper:
         def outside(raw: pa.Array, lo: int | float, hi: int | float) -> pa.Array:
             """Null the cells of ``raw`` outside [lo, hi], each a located TS_OUT_OF_RANGE."""
             mask = pc.or_(pc.less(raw, pa.scalar(lo, raw.type)), pc.greater(raw, pa.scalar(hi, raw.type)))
-            for i in self._bad_rows(mask):
+            bad = self._bad_rows(mask)
+            for i in bad:
                 self._problem(
                     problems,
                     "TS_OUT_OF_RANGE",
@@ -1086,7 +1106,7 @@ class BatchMapper:
                     col,
                     _cell_text(original, i),
                 )
-            return pc.if_else(pc.fill_null(mask, False), pa.scalar(None, raw.type), raw)
+            return pc.if_else(pc.fill_null(mask, False), pa.scalar(None, raw.type), raw) if bad else raw
 
         if self.is_csv and _is_stringy(t):
             arr = pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), pa.scalar(None, pa.string()), arr)
@@ -1426,7 +1446,7 @@ class BatchMapper:
                 )
             arr = cast
         if _is_stringy(arr.type):
-            for i in self._bad_rows(pc.greater(pc.utf8_length(arr), MAX_VALUE_CHARS)):
+            for i in longer_than(arr, MAX_VALUE_CHARS):
                 self._problem(
                     problems,
                     "VALUE_TOO_LONG",
@@ -1588,7 +1608,10 @@ class BatchMapper:
         for col in self.shap:
             out[col] = self._numbers(batch.column(col), col, "SHAP value", first_row, problems)
         n = batch.num_rows
-        out[PARTITION_COLUMN] = pc.cast(out["prediction_timestamp"], pa.date32())
+        # the UTC date; from the instant's own values (a cast from the zoned type looks up the time zone
+        # for every value: ten times slower)
+        ts = out["prediction_timestamp"]
+        out[PARTITION_COLUMN] = pc.cast(ts.cast(pa.timestamp(ts.type.unit)), pa.date32())
         # constant and sequential columns straight from Arrow/numpy (no Python list of n objects)
         out.update(lineage_arrays(self.source, first_row, n, self.ingested_at))
         arrays = []
