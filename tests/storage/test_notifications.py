@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -200,6 +201,34 @@ def test_the_trigger_fires_on_a_notification_and_the_sensor_deletes_it(notified,
     sensor = S3KeyPrefixSensor(task_id="wait", job=job_to_dict(job), deferrable=True)
     assert sensor.execute_complete({}, event) == event["files"]
     assert _in_queue(sqs, url) == 0
+
+
+def test_a_retried_sensor_lists_in_full_once(notified, lake, s3_client, s3_bucket, make_job):
+    """An earlier try deleted the notification of a file its run then did not import (the run failed, or Airflow
+    marked the resumed sensor failed): the retry's first poke lists in full and hands the file at once; its later
+    pokes, and a first try, wait on the queue again."""
+    from types import SimpleNamespace
+
+    from obslake.sensors.prefix import S3KeyPrefixSensor
+
+    url, sqs = notified
+    job = _job(make_job, s3_bucket, url)
+    listed = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    lake.ledger.mark_listed(job.name, listed)  # a full listing just happened: the next ones are an hour away
+    s3_client.put_object(Bucket=s3_bucket, Key="in/handed.csv", Body=b"x")
+    while _in_queue(sqs, url) == 0:
+        time.sleep(0.1)
+    sqs.purge_queue(QueueUrl=url)  # deleted by the earlier try
+    first_try = S3KeyPrefixSensor(task_id="wait", job=job_to_dict(job))
+    assert first_try.poke({"ti": SimpleNamespace(try_number=1)}).is_done is False
+    assert lake.ledger.listed_at(job.name) == listed
+    retry = S3KeyPrefixSensor(task_id="wait", job=job_to_dict(job))
+    found = retry.poke({"ti": SimpleNamespace(try_number=2)})
+    assert found.is_done and [f["key"] for f in found.xcom_value] == ["in/handed.csv"]
+    assert lake.ledger.listed_at(job.name) > listed
+    relisted = lake.ledger.listed_at(job.name)
+    assert retry.poke({"ti": SimpleNamespace(try_number=2)}).is_done is False  # the queue again, not a listing
+    assert lake.ledger.listed_at(job.name) == relisted
 
 
 def test_notifications_need_an_s3_source_and_no_window(make_job):

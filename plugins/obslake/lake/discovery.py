@@ -114,6 +114,7 @@ def discover(
     *,
     wait_seconds: float = 0,
     now: dt.datetime | None = None,
+    full_listing: bool = False,
 ) -> Discovery:
     """One discovery step of a job. Without ``queue``: a listing of ``prefix`` (:func:`find_new_files`).
 
@@ -122,13 +123,16 @@ def discover(
     succeeded), otherwise one receive from the queue (waiting up to ``wait_seconds``) and the notified keys
     (:func:`find_notified_files`). A message that points at nothing new is deleted at once; the receipts of
     the others are returned, to be deleted when their files are handed to a run (a message whose file did
-    not fit under ``max_files_per_run`` stays, and comes back)."""
+    not fit under ``max_files_per_run`` stays, and comes back).
+
+    ``full_listing``: list in full now whatever the interval (a retried task: files whose notifications an
+    earlier try deleted, handed to a run that then failed, are found at once, not at the next listing)."""
     if queue is None or job.notifications is None:
         files, total = find_new_files(job, store, prefix, ledger)
         return Discovery(files, total, [], True)
     now = now or dt.datetime.now(dt.UTC)
     last = ledger.listed_at(job.name)
-    if last is None or (now - last).total_seconds() >= job.notifications.full_listing_interval:
+    if full_listing or last is None or (now - last).total_seconds() >= job.notifications.full_listing_interval:
         files, total = find_new_files(job, store, prefix, ledger)
         ledger.mark_listed(job.name, now)
         log.info("%s: full listing (every %gs, the safety net of the notifications)", job.name,

@@ -13,6 +13,12 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from obslake.airflow_support import airflow_errors, job_from_dict, job_to_dict
 
 
+def _try_number(context: Any) -> int:
+    """The task instance's try (1 for the first; 1 when the context has no task instance)."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    return int(getattr(ti, "try_number", None) or 1)
+
+
 class S3KeyPrefixSensor(BaseSensorOperator):
     """Return (as XCom) the new file versions under the job's prefix, oldest first.
 
@@ -36,6 +42,7 @@ class S3KeyPrefixSensor(BaseSensorOperator):
         self.source = job_obj.source
         self.deferrable = deferrable
         self.window = ""  # a windowed job's folder of this run (below source), set by execute
+        self._listed_on_retry = False  # an event-driven job's retried try lists in full in its first poke
 
     def _job(self):
         data = dict(self.job)
@@ -55,7 +62,11 @@ class S3KeyPrefixSensor(BaseSensorOperator):
             store, prefix = hook.store(job.source)
             verify_ownership(store, job.ingestion_key_variable, job.tag_name)  # before the bucket is listed
             queue = None if self.window else notification_queue(job)
-            found = discover(job, store, prefix + self.window, hook.ledger, queue)
+            # a retry (an earlier try may have deleted notifications of files its run then did not import, or
+            # been marked failed by Airflow after it resumed) lists in full once, so those files come now
+            retry = queue is not None and not self._listed_on_retry and _try_number(context) > 1
+            found = discover(job, store, prefix + self.window, hook.ledger, queue, full_listing=retry)
+            self._listed_on_retry = self._listed_on_retry or retry
             if found.receipts and queue is not None:  # the files are this task's result now
                 queue.delete(found.receipts)
         return PokeReturnValue(is_done=bool(found.files), xcom_value=[o.to_dict() for o in found.files])
