@@ -42,7 +42,9 @@ def _field(parts: list[str]) -> str:
 def _build_query(keys: dict[str, pa.DataType]) -> tuple[str, list[str]]:
     """One ``json_transform`` per span into a struct holding every key both flat and nested: text columns
     as VARCHAR (a JSON string unescaped, any other value as its JSON text), integer columns as JSON (cast
-    below by the rules of the module docstring)."""
+    below by the rules of the module docstring). An unreadable span is told without a second parse: invalid
+    JSON transforms to no struct, and valid JSON is an object exactly when its first character other than
+    JSON's whitespace is ``{`` (an array or a scalar transforms to a struct of nulls)."""
     spec: dict = {}
     for key, typ in keys.items():
         kind = "JSON" if pa.types.is_integer(typ) else "VARCHAR"
@@ -79,7 +81,7 @@ def _build_query(keys: dict[str, pa.DataType]) -> tuple[str, list[str]]:
     query = (
         f"WITH j AS (SELECT try(json_transform(a, {_sql_string(json.dumps(spec))})) AS s, a FROM t) "
         f"SELECT {', '.join(typed)}, "
-        "a IS NOT NULL AND a <> '' AND coalesce(try(json_type(a)), '') <> 'OBJECT' AS bad FROM j"
+        "a IS NOT NULL AND a <> '' AND (s IS NULL OR NOT regexp_matches(a, '^[ \\t\\n\\r]*[{]')) AS bad FROM j"
     )
     return query, names
 
