@@ -198,7 +198,7 @@ def create_app():
             raise HTTPException(status_code=404, detail=f"no import job {name!r}")
         ledger = Ledger(lake_settings()[0].state_uri)
         status = job_status(name, ledger=ledger)
-        history = sorted(ledger.rows(name), key=lambda r: r["first_seen"], reverse=True)[:HISTORY_ROWS]
+        history = ledger.recent(name, HISTORY_ROWS)
 
         def error_cell(r: dict) -> str:
             return f"<pre>{_e(r['error'])}</pre>" if r["error"] else ""

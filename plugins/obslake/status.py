@@ -10,29 +10,14 @@ from obslake.lake.catalog import LakeSettings
 from obslake.lake.ledger import Ledger
 
 
-def _latest_versions(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(the latest version of each file key, the earlier versions): a key's versions are its etags, the
-    latest the one first seen last."""
-    latest: dict[tuple, dict] = {}
-    for r in rows:
-        k = (r["bucket"], r["key"])
-        if k not in latest or _aware(r["first_seen"]) >= _aware(latest[k]["first_seen"]):
-            latest[k] = r
-    current = list(latest.values())
-    keep = {id(r) for r in current}
-    return current, [r for r in rows if id(r) not in keep]
-
-
-def _aware(when: dt.datetime) -> dt.datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-
-
 def job_status(job_name: str, *, ledger: Ledger | None = None, errors: int = 5) -> dict:
     """Counts per status, rows, bad rows, last import and the latest errors of one job.
 
     Each file key counts once, by its latest version: a file that failed and was then fixed (a new version
     imported) is succeeded, no longer a failure; its earlier versions are counted as ``earlier_versions``
-    (``fixed``: of those, the failed versions of keys now succeeded) and stay in the ledger.
+    (``fixed``: of those, the failed versions of keys now succeeded) and stay in the ledger. The database
+    aggregates (:meth:`~obslake.lake.ledger.Ledger.summary`): a job with a year of files costs one query, not
+    a Python pass over its history.
 
     Returns:
         ``{"job", "files": {"pending", "succeeded", "failed"}, "rows", "bad_rows", "last_import",
@@ -40,28 +25,15 @@ def job_status(job_name: str, *, ledger: Ledger | None = None, errors: int = 5) 
         "attempts"}]}`` — JSON-able except ``last_import`` and ``when`` (datetimes).
     """
     ledger = ledger or Ledger(LakeSettings.from_env().state_uri)
-    rows = ledger.rows(job_name)
-    current, earlier = _latest_versions(rows)
-    files = {"pending": 0, "succeeded": 0, "failed": 0}
-    for r in current:
-        files[r["status"]] = files.get(r["status"], 0) + 1
-    # the rows in the table: each key's latest imported version (a newer version that failed replaced nothing)
-    done, _ = _latest_versions([r for r in rows if r["status"] == "succeeded" and r["finished_at"]])
-    succeeded_keys = {(r["bucket"], r["key"]) for r in current if r["status"] == "succeeded"}
-    # failed files, and pending ones whose last attempt failed transiently (never "pending" with nothing)
-    failed = sorted(
-        (r for r in current if r["status"] == "failed" or (r["status"] == "pending" and r["error"])),
-        key=lambda r: _aware(r["finished_at"] or r["first_seen"]),
-        reverse=True,
-    )
+    summary = ledger.summary(job_name, errors)
     return {
         "job": job_name,
-        "files": files,
-        "rows": sum(r["rows"] or 0 for r in done),
-        "bad_rows": sum(r["bad_rows"] or 0 for r in done),
-        "last_import": max((r["finished_at"] for r in done), default=None),
-        "earlier_versions": len(earlier),
-        "fixed": sum(r["status"] == "failed" and (r["bucket"], r["key"]) in succeeded_keys for r in earlier),
+        "files": summary["files"],
+        "rows": summary["rows"],
+        "bad_rows": summary["bad_rows"],
+        "last_import": summary["last_import"],
+        "earlier_versions": summary["earlier_versions"],
+        "fixed": summary["fixed"],
         "latest_errors": [
             {
                 "file": f"{r['bucket']}/{r['key']}" if r["bucket"] else r["key"],
@@ -72,7 +44,7 @@ def job_status(job_name: str, *, ledger: Ledger | None = None, errors: int = 5) 
                 "code": r.get("code"),
                 "attempts": r["attempts"],
             }
-            for r in failed[:errors]
+            for r in summary["errors"]
         ],
     }
 

@@ -11,6 +11,8 @@ import datetime as dt
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import sqlalchemy as sa
 
 from obslake.lake.ledger import DONE, FileStatus, Ledger, ledger_table
@@ -216,7 +218,8 @@ def test_concurrent_first_attempts_on_one_version_make_one_row_and_count_every_a
 
 
 def test_a_ledger_created_by_an_older_version_gains_the_new_columns(state_uri):
-    """The first ledger had no ``bad_rows``, ``schema_fingerprint`` or ``code``: they are added in place."""
+    """The first ledger had no ``bad_rows``, ``schema_fingerprint`` or ``code`` nor its indexes: they are added
+    in place."""
     old = sa.MetaData()
     old_table = sa.Table(
         "obslake_import_ledger",
@@ -273,6 +276,9 @@ def test_a_ledger_created_by_an_older_version_gains_the_new_columns(state_uri):
     ledger = Ledger(state_uri)
     have = {c["name"] for c in sa.inspect(ledger.engine).get_columns("obslake_import_ledger")}
     assert {"bad_rows", "schema_fingerprint", "code"} <= have
+    indexes = {i["name"] for i in sa.inspect(ledger.engine).get_indexes("obslake_import_ledger")}
+    assert {"ix_obslake_ledger_job_status", "ix_obslake_ledger_job_first_seen"} <= indexes  # added in place too
+    assert [r["key"] for r in ledger.recent(JOB, 1)] in (["in/old-bad.csv"], ["in/old-good.csv"])
     bad, good = _obj("in/old-bad.csv"), _obj("in/old-good.csv")
     row = ledger.get(JOB, bad)
     assert (row["status"], row["code"], row["schema_fingerprint"]) == ("failed", None, None)
@@ -351,3 +357,61 @@ def test_a_retry_error_is_kept_when_another_worker_creates_the_row_first(pg_lake
     row = ledger.get(JOB, obj)
     assert (row["status"], row["code"]) == ("pending", "RETRYING")
     assert "S3 did not answer" in row["error"] and row["attempts"] == 1
+
+
+# -- the status summary, aggregated by the database, against the Python pass over every row it replaced -------
+def _reference_summary(rows: list[dict], errors: int) -> dict:
+    """What ``obslake status`` computed from every ledger row of a job before the database aggregated it."""
+    def latest(rs):
+        out: dict = {}
+        for r in sorted(rs, key=lambda r: (r["key"], _utc(r["first_seen"]), r["etag"])):
+            out[(r["bucket"], r["key"])] = r
+        return list(out.values())
+
+    current = latest(rows)
+    earlier = [r for r in rows if not any(r is c for c in current)]
+    done = latest([r for r in rows if r["status"] == "succeeded" and r["finished_at"]])
+    succeeded = {(r["bucket"], r["key"]) for r in current if r["status"] == "succeeded"}
+    failing = sorted((r for r in current if r["status"] == "failed" or (r["status"] == "pending" and r["error"])),
+                     key=lambda r: (_utc(r["finished_at"] or r["first_seen"])), reverse=True)
+    files = {"pending": 0, "succeeded": 0, "failed": 0}
+    for r in current:
+        files[r["status"]] += 1
+    return {"files": files, "rows": sum(r["rows"] or 0 for r in done), "bad_rows": sum(r["bad_rows"] or 0 for r in done),
+            "last_import": max((_utc(r["finished_at"]) for r in done), default=None), "earlier_versions": len(earlier),
+            "fixed": sum(r["status"] == "failed" and (r["bucket"], r["key"]) in succeeded for r in earlier),
+            "errors": [(r["key"], r["etag"]) for r in failing[:errors]]}
+
+
+_VERSION = st.fixed_dictionaries({
+    "key": st.sampled_from(["a.csv", "b.csv", "d/c.csv", "e.csv"]),
+    "status": st.sampled_from(["pending", "succeeded", "failed"]),
+    "rows": st.one_of(st.none(), st.integers(0, 10**6)),
+    "bad_rows": st.one_of(st.none(), st.integers(0, 50)),
+    "error": st.sampled_from([None, "", "boom"]),
+    "finished": st.booleans(),
+})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(versions=st.lists(_VERSION, max_size=14), errors=st.integers(1, 4))
+def test_the_status_summary_is_the_pass_over_every_row(ledger, versions, errors):
+    """Random histories (several versions of a key, each status, errors or none, finished or not): the summary
+    the database aggregates equals the Python pass over every row, and the history is newest first."""
+    import uuid
+
+    job = f"summary_{uuid.uuid4().hex[:8]}"
+    rows = []
+    for i, v in enumerate(versions):  # every version seen at its own second, so "latest" has one answer
+        seen = T0 + dt.timedelta(seconds=i)
+        rows.append({"job": job, "bucket": "bkt", "key": v["key"], "etag": f"e{i:02d}", "status": v["status"],
+                     "rows": v["rows"], "bad_rows": v["bad_rows"], "error": v["error"], "attempts": 1,
+                     "first_seen": seen, "finished_at": seen + dt.timedelta(minutes=i % 3) if v["finished"] else None})
+    if rows:
+        with ledger.engine.begin() as conn:
+            conn.execute(ledger_table.insert(), rows)
+    got = ledger.summary(job, errors)
+    want = _reference_summary(rows, errors)
+    assert {**got, "last_import": got["last_import"] and _utc(got["last_import"]),
+            "errors": [(r["key"], r["etag"]) for r in got["errors"]]} == want
+    assert [r["etag"] for r in ledger.recent(job, 5)] == [r["etag"] for r in rows[::-1][:5]]
