@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
 
 URL_PREFIX = "/obslake"
@@ -245,10 +246,24 @@ class _LazyApp:
         await self._app(scope, receive, send)
 
 
+class _WarmStart:
+    """A listener: when the scheduler's job starts (before its executor forks the workers that fork the tasks),
+    import what obslake's tasks import (:mod:`obslake.preload`)."""
+
+    @hookimpl
+    def on_starting(self, component: Any) -> None:
+        from obslake import preload
+
+        if type(component).__name__ == "Job" and preload.wanted():
+            preload.preload()
+
+
 class ObslakePlugin(AirflowPlugin):
-    """obslake's page: the FastAPI app under ``/obslake`` and an ``obslake`` entry in the UI's navigation."""
+    """obslake's page: the FastAPI app under ``/obslake`` and an ``obslake`` entry in the UI's navigation; the
+    scheduler's warm start for task processes."""
 
     name = "obslake"
+    listeners = [_WarmStart()]  # noqa: RUF012
     fastapi_apps = [{"app": _LazyApp(), "url_prefix": URL_PREFIX, "name": "obslake"}]  # noqa: RUF012
     external_views = [  # noqa: RUF012
         {"name": "obslake", "href": f"{URL_PREFIX}/", "destination": "nav", "url_route": "obslake"}
