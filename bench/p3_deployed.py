@@ -156,6 +156,8 @@ def main() -> None:
     lake_env = {"OBSLAKE_CATALOG_URI": pg_uri(lake_db), "OBSLAKE_STATE_URI": pg_uri(lake_db),
                 "OBSLAKE_WAREHOUSE": f"file://{scratch / 'warehouse'}", "OBSLAKE_HOME": str(scratch / "home"),
                 "OBSLAKE_INCLUDE_DIR": str(include)}
+    if os.environ.get("OBSLAKE_PRELOAD"):  # e.g. 0: the scheduler's warm start off, to measure what it saves
+        lake_env["OBSLAKE_PRELOAD"] = os.environ["OBSLAKE_PRELOAD"]
     env = {**lake_env, f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": KEY,
            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
                                                    "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}})}
