@@ -341,11 +341,14 @@ def _cache_parsed_metadata() -> None:
         return metadata
 
     def table_metadata_to(metadata: TableMetadata, output_file: Any, overwrite: bool = False) -> None:
-        # pyiceberg's ToOutputFile.table_metadata, with the snapshots' JSON reused (metadata_json)
+        # pyiceberg's ToOutputFile.table_metadata, with the snapshots' JSON reused (metadata_json). A new
+        # metadata file's name holds a fresh UUID, so it is written without asking first whether it exists:
+        # a round trip less per commit, and no HEAD of a missing key, which S3 answers with 403 rather than
+        # 404 to a caller without an unconditional s3:ListBucket (the writer policy limits it to a prefix).
         from pyiceberg.serializers import Compressor
         from pyiceberg.utils.config import Config
 
-        with output_file.create(overwrite=overwrite) as output_stream:
+        with output_file.create(overwrite=True) as output_stream:
             exclude_none = not Config().get_bool("legacy-current-snapshot-id")
             json_bytes = metadata_json(metadata, exclude_none=exclude_none).encode("utf-8")
             output_stream.write(Compressor.get_compressor(output_file.location).bytes_compressor()(json_bytes))
