@@ -408,11 +408,15 @@ def longer_than(arr: pa.Array, limit: int) -> list[int]:
     from the offsets, without touching the text) is measured in characters: counting UTF-8 characters of
     every tag of every batch was a tenth of a Parquet import's mapping time.
     """
-    nbytes = pc.binary_length(arr)
-    longest = pc.max(nbytes).as_py()
+    longest = pc.max(pc.binary_length(arr)).as_py()
     if longest is None or longest <= limit:
         return []
-    return pc.indices_nonzero(pc.fill_null(pc.greater(pc.utf8_length(arr), limit), False)).to_pylist()
+    return true_rows(pc.greater(pc.utf8_length(arr), limit))
+
+
+def true_rows(mask: pa.Array) -> list[int]:
+    """Indices where the boolean ``mask`` is true (null counts as false)."""
+    return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
 
 
 def lineage_arrays(source: str, first_row: int, n: int, ingested_at: dt.datetime) -> dict[str, pa.Array]:
@@ -941,7 +945,7 @@ class BatchMapper:
         )
 
     def _bad_rows(self, mask: pa.Array) -> list[int]:
-        return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
+        return true_rows(mask)
 
     def finish(self) -> list[Problem]:
         """The problems found only at the end of the file: ids repeated in it (``defer_duplicates``)."""

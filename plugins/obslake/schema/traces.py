@@ -29,6 +29,7 @@ from obslake.schema.mapping import (
     constant,
     lineage_arrays,
     parse_ts_text_cells,
+    true_rows,
 )
 from obslake.schema.types import JobKind
 
@@ -157,7 +158,7 @@ class TraceMapper:
                 (pc.invert(finite), "TS_INVALID", "is not a finite number"),
                 (pc.and_(finite, outside), "TS_OUT_OF_RANGE", "is outside the years 1-9999"),
             ):
-                for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()[:100]:
+                for i in true_rows(mask)[:100]:
                     problems.append(
                         Problem(
                             code,
