@@ -161,6 +161,8 @@ def main() -> None:
                 "OBSLAKE_INCLUDE_DIR": str(include)}
     if os.environ.get("OBSLAKE_PRELOAD"):  # e.g. 0: the scheduler's warm start off, to measure what it saves
         lake_env["OBSLAKE_PRELOAD"] = os.environ["OBSLAKE_PRELOAD"]
+    # Airflow's own knobs given to this run (e.g. AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME) reach the deployment
+    lake_env.update({k: v for k, v in os.environ.items() if k.startswith("AIRFLOW__SCHEDULER__")})
     env = {**lake_env, f"AIRFLOW_VAR_{KEY_VARIABLE.upper()}": KEY,
            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
                                                    "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}})}

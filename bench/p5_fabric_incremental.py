@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from bench import datagen
 from bench.common import quick, report
 
-N_SPANS = int(os.environ.get("OBSLAKE_BENCH_P5_SPANS", 20_000 if quick() else 1_000_000))
+N_SPANS = int(os.environ.get("OBSLAKE_BENCH_P5_SPANS", 20_000 if quick() else 10_000_000))
 # an incremental sync that runs longer than this is stopped (child process) and reported as a lower bound
 CAP = float(os.environ.get("OBSLAKE_BENCH_P5_CAP", 120 if quick() else 300))
 DAYS = 90
