@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 from bench.airflow_stack import AirflowStack, create_database, drop_database, migrate_template, pg_connect, pg_uri, \
@@ -170,12 +171,15 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     stages: dict[str, list[dict[str, float]]] = {}
     ledger = None
+    scheduler_cpu = ""
     try:
         with AirflowStack(scratch / "airflow", template=template, parallelism=4, dags_folder=PROJECT / "dags",
                           env=env) as stack:
             stack.start(triggerer=True)
             for name in jobs:
                 stack.wait_for_dag(f"obslake_import__{name}")
+            scheduler = psutil.Process(stack.procs["scheduler"].pid)
+            cpu0, wall0 = sum(scheduler.cpu_times()[:2]), time.monotonic()
             for name, bucket in buckets.items():
                 dag_id = f"obslake_import__{name}"
                 lat, st = [], []
@@ -198,6 +202,10 @@ def main() -> None:
                         f"{k} {v:.1f}s" for k, v in st[-1].items()), flush=True)
                 results[name], stages[name] = lat, st
                 _check_exactly_once(lake_env, ("bench", f"{name}__production"), UPLOADS + 1)
+            # the scheduler's own process (not its executor's workers or their tasks): what its loop costs
+            cpu, wall = sum(scheduler.cpu_times()[:2]) - cpu0, time.monotonic() - wall0
+            scheduler_cpu = f"scheduler process CPU {cpu:.0f} s over {wall:.0f} s ({100 * cpu / wall:.0f} % of a core)"
+            print(f"  {scheduler_cpu}", flush=True)
     finally:
         if ledger is not None:
             ledger.close()
@@ -216,7 +224,7 @@ def main() -> None:
                note=f"{'listing every 10s' if name == 'p3poll' else 'S3 -> SQS notifications, long poll 5s'}; "
                     f"p50 {p50:.1f}s, p95 {p95:.1f}s, all: {', '.join(f'{x:.1f}' for x in lat)}; median stages: "
                     + ", ".join(f"{k} {v:.1f}s" for k, v in breakdown.items())
-                    + "; exactly once checked (rows and distinct ids)")
+                    + f"; exactly once checked (rows and distinct ids); {scheduler_cpu}")
 
 
 if __name__ == "__main__":

@@ -668,8 +668,9 @@ class PhoenixSource:
             sp.c.end_time,
             sp.c.status_code,
             sp.c.status_message,
-            sp.c.attributes,
-            sp.c.events,
+            # the JSON as text from the database (Postgres: jsonb's text form), never parsed and re-serialised here
+            sa.cast(sp.c.attributes, sa.Text).label("attributes"),
+            sa.cast(sp.c.events, sa.Text).label("events"),
             sp.c.cumulative_error_count,
             sp.c.cumulative_llm_token_count_prompt,
             sp.c.cumulative_llm_token_count_completion,
@@ -792,33 +793,15 @@ class PhoenixSource:
                 entry["span_id"] not in latest or entry["updated_at"] > latest[entry["span_id"]]
             ):
                 latest[entry["span_id"]] = entry["updated_at"]
-        spans = []
-        for r in rows:
-            changed = max([v for v in (r.trace_end_time, latest.get(r.span_id)) if v is not None], default=None)
-            spans.append(
-                {
-                    "span_id": r.span_id,
-                    "trace_id": r.trace_id,
-                    "parent_id": r.parent_id,
-                    "name": r.name,
-                    "span_kind": r.span_kind,
-                    "start_time": r.start_time,
-                    "end_time": r.end_time,
-                    "status_code": r.status_code,
-                    "status_message": r.status_message,
-                    "attributes": r.attributes,
-                    "events": r.events,
-                    "cumulative_error_count": r.cumulative_error_count,
-                    "cumulative_llm_token_count_prompt": r.cumulative_llm_token_count_prompt,
-                    "cumulative_llm_token_count_completion": r.cumulative_llm_token_count_completion,
-                    "trace_start_time": r.trace_start_time,
-                    "trace_end_time": r.trace_end_time,
-                    "changed_at": changed,
-                }
-            )
-        return ChangeBatch(
-            pa.Table.from_pylist(spans, schema=SPAN_SCHEMA), pa.Table.from_pylist(ann, schema=ANNOTATION_SCHEMA)
-        )
+        # column-wise: the rows' fields by their position in _span_select, one Arrow array per span column
+        c = dict(zip(self._span_select().selected_columns.keys(), zip(*rows, strict=True), strict=True))
+        changed = []
+        for span_id, trace_end in zip(c["span_id"], c["trace_end_time"], strict=True):
+            u = latest.get(span_id)
+            changed.append(trace_end if u is None or (trace_end is not None and trace_end >= u) else u)
+        c["changed_at"] = tuple(changed)
+        spans = pa.table([pa.array(c[f.name], f.type) for f in SPAN_SCHEMA], schema=SPAN_SCHEMA)
+        return ChangeBatch(spans, pa.Table.from_pylist(ann, schema=ANNOTATION_SCHEMA))
 
 
 @dataclasses.dataclass
