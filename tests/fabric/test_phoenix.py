@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from obslake.fabric.model import ANNOTATION_SCHEMA, SPAN_SCHEMA, TraceSource
 from obslake.fabric.phoenix import PhoenixSource
@@ -327,3 +329,72 @@ def test_unknown_project(phoenix_server: PhoenixServer):
     c = src.changes("no-such-project", None, overlap=OVERLAP)
     assert list(c.batches) == [] and c.high_watermark is None and c.cursor == {}
     src.close()
+
+
+# -- Postgres: span rows through COPY read by Arrow, the same as row by row --------------------------------------
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+_NASTY = st.sampled_from(["", " ", ",", '"', '""', "\n", "\r\n", "a,b", 'say "hi"', "\\N", "NULL", "é😀", "\\"])
+_WORDS = st.one_of(_NASTY, _TEXT)
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.floats(allow_nan=False, allow_infinity=False,
+                                                                                width=32), _WORDS),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_WORDS, inner, max_size=3)),
+    max_leaves=8,
+)
+# whole microseconds from before 1970 to after 2038 (Phoenix stores timestamptz)
+_TIME = st.integers(-2 * 10**15, 4 * 10**15).map(lambda us: dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(
+    microseconds=us))
+_SPAN = st.fixed_dictionaries({
+    "name": _WORDS, "kind": _WORDS, "start": _TIME, "duration_us": st.integers(0, 10**10),
+    "status": st.sampled_from(["OK", "ERROR", "UNSET"]), "message": _WORDS,
+    "attributes": st.dictionaries(_WORDS, _JSON, max_size=4), "events": st.lists(st.dictionaries(_WORDS, _JSON,
+                                                                                                  max_size=2), max_size=2),
+    "root": st.booleans(), "errors": st.integers(0, 2**31 - 1), "prompt": st.integers(0, 2**31 - 1),
+})
+
+
+@pytest.mark.postgres
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spans=st.lists(_SPAN, min_size=1, max_size=6))
+def test_copy_rows_equal_the_row_by_row_read(phoenix_pg_server: PhoenixServer, spans: list[dict]):
+    """Text with commas, quotes, line breaks, backslashes, "NULL", empty vs absent values, any JSON, times
+    outside 1970-2038 to the microsecond: what Postgres' COPY gives Arrow's CSV reader is what the rows give."""
+    engine = sa.create_engine(phoenix_pg_server.pg_uri)
+    project = f"copy-{new_trace_id()[:12]}"
+    try:
+        with engine.begin() as c:
+            pid = c.execute(sa.text("INSERT INTO projects (name) VALUES (:n) RETURNING id"), {"n": project}).scalar()
+            start = min(s["start"] for s in spans)
+            trace = c.execute(sa.text(
+                "INSERT INTO traces (project_rowid, trace_id, start_time, end_time) VALUES (:p, :t, :s, :e) "
+                "RETURNING id"), {"p": pid, "t": new_trace_id(), "s": start, "e": start + dt.timedelta(hours=1)}).scalar()
+            for s in spans:
+                c.execute(sa.text(
+                    "INSERT INTO spans (trace_rowid, span_id, parent_id, name, span_kind, start_time, end_time, attributes,"
+                    " events, status_code, status_message, cumulative_error_count, cumulative_llm_token_count_prompt,"
+                    " cumulative_llm_token_count_completion, llm_token_count_prompt, llm_token_count_completion)"
+                    " VALUES (:tr, :sid, :parent, :name, :kind, :start, :end, CAST(:attrs AS JSONB), CAST(:events AS JSONB),"
+                    " :status, :message, :errors, :prompt, 0, NULL, NULL)"),
+                    {"tr": trace, "sid": new_span_id(), "parent": None if s["root"] else s["name"], "name": s["name"],
+                     "kind": s["kind"], "start": s["start"], "end": s["start"] + dt.timedelta(microseconds=s["duration_us"]),
+                     "attrs": json.dumps(s["attributes"]), "events": json.dumps(s["events"]), "status": s["status"],
+                     "message": s["message"], "errors": s["errors"], "prompt": s["prompt"]})
+        got = {}
+        for copy_rows in (True, False):
+            source = PhoenixSource(phoenix_pg_server.db_uri)
+            source.copy_rows = copy_rows
+            with source:
+                spans_read, _anns, _ = collect(source.changes(project, None, overlap=OVERLAP))
+            got[copy_rows] = spans_read.sort_by("span_id")
+        assert got[True].num_rows == len(spans)
+        assert got[True].equals(got[False]), (got[True].to_pylist(), got[False].to_pylist())
+        with engine.connect() as c:  # and both are what Postgres holds (jsonb's own text of the JSON)
+            stored = dict(c.execute(sa.text(
+                "SELECT s.span_id, s.attributes::text || s.events::text || s.status_message FROM spans s "
+                "JOIN traces t ON t.id = s.trace_rowid WHERE t.project_rowid = :p"), {"p": pid}).all())
+        assert {r["span_id"]: r["attributes"] + r["events"] + r["status_message"]
+                for r in got[True].to_pylist()} == stored
+    finally:
+        with engine.begin() as c:
+            c.execute(sa.text("DELETE FROM projects WHERE name = :n"), {"n": project})
+        engine.dispose()
