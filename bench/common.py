@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -56,3 +58,51 @@ def report(name: str, *, baseline: str, baseline_value: float, ours: str, ours_v
         print(f"  note: {note}")
     print(f"{name}: baseline {baseline} = {baseline_value:.4g} {unit}, ours {ours} = {ours_value:.4g} {unit}, "
           f"ratio {ratio:.3f} (target {target}: {verdict}) [{size}]", flush=True)
+
+
+def child(script: str, *args: str, env: dict[str, str]) -> tuple[float, float, int]:
+    """(seconds, peak RSS MB, the last line printed as an int) of ``python -c script args`` in a child process
+    run from the project root, its peak RSS read by ``/usr/bin/time``."""
+    t = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", sys.executable, "-c", script, *args],
+                          cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True)
+    sec = time.perf_counter() - t
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    kb = int([ln for ln in proc.stderr.splitlines() if ln.startswith("MAXRSS_KB=")][-1].split("=")[1])
+    return sec, kb / 1024, int(proc.stdout.strip().splitlines()[-1])
+
+
+def export_vs_floor(name: str, *, n: int, repeats: int, workdir: str, env: dict[str, str], floor: str,
+                    floor_args: tuple[str, ...], ours: str, ours_args: Callable[[str], tuple[str, ...]],
+                    baseline: str, ours_label: str, size: str) -> None:
+    """P9's measurement: the floor script (its last argument: the Parquet file it writes under ``workdir``)
+    and our first sync (``ours_args(storage)``, a fresh storage under ``workdir`` each time) interleaved
+    ``repeats`` times in child processes, both checked to have moved ``n`` rows; reports rows/s (median)
+    against the floor (target 0.5x) and our peak RSS (max) against 2 GB as ``name`` and ``name_rss``."""
+    import shutil
+
+    floors, mine, rss, floor_rss = [], [], [], []
+    for r in range(repeats):
+        out = os.path.join(workdir, "floor.parquet")
+        sec, mb, rows = child(floor, *floor_args, out, env=env)
+        assert rows == n, rows
+        floors.append(n / sec)
+        floor_rss.append(mb)
+        os.remove(out)
+        sec, mb, rows = child(ours, *ours_args(f"file://{workdir}/exports{r}"), env=env)
+        assert rows == n, rows
+        mine.append(n / sec)
+        rss.append(mb)
+        shutil.rmtree(os.path.join(workdir, f"exports{r}"), ignore_errors=True)
+        print(f"repeat {r + 1}: floor {floors[-1]:,.0f} rows/s ({floor_rss[-1]:.0f} MB), ours {mine[-1]:,.0f} "
+              f"rows/s = {n / mine[-1]:.0f} s (peak RSS {rss[-1]:.0f} MB)", flush=True)
+    floor_value, ours_value = statistics.median(floors), statistics.median(mine)
+    report(name, baseline=f"{baseline} (median of {repeats})", baseline_value=floor_value,
+           ours=f"{ours_label} (median of {repeats})", ours_value=ours_value, ratio=ours_value / floor_value,
+           target=">= 0.5x", met=ours_value / floor_value >= 0.5, unit="rows/s", size=size,
+           note=f"floor runs {', '.join(f'{x:,.0f}' for x in floors)}; ours {', '.join(f'{x:,.0f}' for x in mine)} "
+                "rows/s")
+    report(f"{name}_rss", baseline="budget", baseline_value=2048.0, ours=f"peak RSS of the sync (max of {repeats})",
+           ours_value=max(rss), ratio=max(rss) / 2048, target="<= 2 GB", met=max(rss) <= 2048, unit="MB", size=size,
+           note=f"ours {', '.join(f'{x:.0f}' for x in rss)} MB; floor {', '.join(f'{x:.0f}' for x in floor_rss)} MB")

@@ -16,9 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import statistics
-import subprocess
-import sys
 import time
 
 N = int(os.environ.get("OBSLAKE_BENCH_P9_SPANS", 200_000 if os.environ.get("OBSLAKE_BENCH_QUICK") else 10_000_000))
@@ -28,9 +25,8 @@ import numpy as np  # noqa: E402
 
 from bench import datagen  # noqa: E402
 from bench import p5_fabric_incremental as gen  # noqa: E402
-from bench.common import report  # noqa: E402
+from bench.common import export_vs_floor  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPEATS = 3
 
 FLOOR = """
@@ -62,18 +58,6 @@ assert r.mode == "full", r
 print(r.annotation_rows, file=sys.stderr)
 print(r.rows)
 """
-
-
-def child(script: str, *args: str, env: dict[str, str]) -> tuple[float, float, int]:
-    """(seconds, peak RSS MB, rows printed) of ``python -c script args`` in a child."""
-    t = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", sys.executable, "-c", script, *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True)
-    sec = time.perf_counter() - t
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
-    kb = int([ln for ln in proc.stderr.splitlines() if ln.startswith("MAXRSS_KB=")][-1].split("=")[1])
-    return sec, kb / 1024, int(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -113,32 +97,11 @@ def main() -> None:
                            ledger=ledger).status == "imported"
         print(f"setup: {N:,} spans + {N // 10:,} annotations imported in {time.perf_counter() - t0:.0f}s", flush=True)
         spans_dir = catalog.load_table(("traces", "big__spans")).location().removeprefix("file://") + "/data"
-        floors, ours, rss, floor_rss = [], [], [], []
-        for r in range(REPEATS):
-            sec, mb, rows = child(FLOOR, spans_dir, os.path.join(d, "floor.parquet"), env=env)
-            assert rows == N, rows
-            floors.append(N / sec)
-            floor_rss.append(mb)
-            os.remove(os.path.join(d, "floor.parquet"))
-            storage = f"file://{d}/exports{r}"
-            sec, mb, rows = child(OURS, storage, env=env)
-            assert rows == N, rows
-            ours.append(N / sec)
-            rss.append(mb)
-            shutil.rmtree(os.path.join(d, f"exports{r}"), ignore_errors=True)
-            print(f"repeat {r + 1}: floor {floors[-1]:,.0f} rows/s ({floor_rss[-1]:.0f} MB), "
-                  f"ours {ours[-1]:,.0f} rows/s (peak RSS {rss[-1]:.0f} MB)", flush=True)
-        floor, mine = statistics.median(floors), statistics.median(ours)
         size = f"{N:,} spans, 90 days" + ("" if N == 10_000_000 else " (not the target's 10,000,000)")
-        report("p9_full_export", baseline="pyarrow: the lake's span files -> one zstd Parquet (median of 3)",
-               baseline_value=floor, ours="first sync, lake source -> spans + annotations tables (median of 3)",
-               ours_value=mine, ratio=mine / floor, target=">= 0.5x", met=mine / floor >= 0.5, unit="rows/s",
-               size=size, note=f"floor runs {', '.join(f'{x:,.0f}' for x in floors)}; ours "
-                               f"{', '.join(f'{x:,.0f}' for x in ours)} rows/s")
-        report("p9_full_export_rss", baseline="budget", baseline_value=2048.0, ours="peak RSS of the sync (max of 3)",
-               ours_value=max(rss), ratio=max(rss) / 2048, target="<= 2 GB", met=max(rss) <= 2048, unit="MB",
-               size=size, note=f"ours {', '.join(f'{x:.0f}' for x in rss)} MB; floor "
-                               f"{', '.join(f'{x:.0f}' for x in floor_rss)} MB")
+        export_vs_floor("p9_full_export", n=N, repeats=REPEATS, workdir=d, env=env, floor=FLOOR,
+                        floor_args=(spans_dir,), ours=OURS, ours_args=lambda storage: (storage,),
+                        baseline="pyarrow: the lake's span files -> one zstd Parquet",
+                        ours_label="first sync, lake source -> spans + annotations tables", size=size)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

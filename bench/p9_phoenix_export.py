@@ -23,8 +23,6 @@ import io
 import os
 import secrets
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ import pyarrow.csv as pcsv
 
 from bench import datagen
 from bench.airflow_stack import create_database, drop_database, pg_connect, pg_uri
-from bench.common import quick, report
+from bench.common import export_vs_floor, quick
 
 N = int(os.environ.get("OBSLAKE_BENCH_P9P_SPANS", 200_000 if quick() else 10_000_000))
 REPEATS = int(os.environ.get("OBSLAKE_BENCH_P9P_REPEATS", 1 if quick() else 3))
@@ -100,18 +98,6 @@ assert r.mode == "full", r
 print(r.annotation_rows, file=sys.stderr)
 print(r.rows)
 """
-
-
-def child(script: str, *args: str, env: dict[str, str]) -> tuple[float, float, int]:
-    """(seconds, peak RSS MB, rows printed) of ``python -c script args`` in a child."""
-    t = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", sys.executable, "-c", script, *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True)
-    sec = time.perf_counter() - t
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
-    kb = int([ln for ln in proc.stderr.splitlines() if ln.startswith("MAXRSS_KB=")][-1].split("=")[1])
-    return sec, kb / 1024, int(proc.stdout.strip().splitlines()[-1])
 
 
 def _copy(cur, table: str, columns: str, t: pa.Table) -> None:
@@ -204,34 +190,12 @@ def main() -> None:
         print(f"setup: Phoenix schema + {N:,} spans, {N // 4:,} traces, {n_ann:,} annotations loaded in "
               f"{time.perf_counter() - t0:.0f}s", flush=True)
         dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={db}"
-        floors, ours, rss, floor_rss = [], [], [], []
-        for r in range(REPEATS):
-            sec, mb, rows = child(FLOOR, dsn, os.path.join(d, "floor.parquet"), env=env)
-            assert rows == N, rows
-            floors.append(N / sec)
-            floor_rss.append(mb)
-            os.remove(os.path.join(d, "floor.parquet"))
-            storage = f"file://{d}/exports{r}"
-            sec, mb, rows = child(OURS, uri, storage, env=env)
-            assert rows == N, rows
-            ours.append(N / sec)
-            rss.append(mb)
-            shutil.rmtree(os.path.join(d, f"exports{r}"), ignore_errors=True)
-            print(f"repeat {r + 1}: floor {floors[-1]:,.0f} rows/s ({floor_rss[-1]:.0f} MB), "
-                  f"ours {ours[-1]:,.0f} rows/s = {N / ours[-1]:.0f} s (peak RSS {rss[-1]:.0f} MB)", flush=True)
-        floor, mine = statistics.median(floors), statistics.median(ours)
         size = f"{N:,} spans, 90 days, Phoenix on Postgres" + ("" if N == 10_000_000 else
                                                                " (not the target's 10,000,000)")
-        report("p9_phoenix_export", baseline=f"COPY TO csv -> pyarrow -> one zstd Parquet (median of {REPEATS})",
-               baseline_value=floor, ours=f"first sync, Phoenix source -> spans + annotations tables (median of "
-                                          f"{REPEATS})",
-               ours_value=mine, ratio=mine / floor, target=">= 0.5x", met=mine / floor >= 0.5, unit="rows/s",
-               size=size, note=f"floor runs {', '.join(f'{x:,.0f}' for x in floors)}; ours "
-                               f"{', '.join(f'{x:,.0f}' for x in ours)} rows/s")
-        report("p9_phoenix_export_rss", baseline="budget", baseline_value=2048.0,
-               ours=f"peak RSS of the sync (max of {REPEATS})", ours_value=max(rss), ratio=max(rss) / 2048,
-               target="<= 2 GB", met=max(rss) <= 2048, unit="MB", size=size,
-               note=f"ours {', '.join(f'{x:.0f}' for x in rss)} MB; floor {', '.join(f'{x:.0f}' for x in floor_rss)} MB")
+        export_vs_floor("p9_phoenix_export", n=N, repeats=REPEATS, workdir=d, env=env, floor=FLOOR,
+                        floor_args=(dsn,), ours=OURS, ours_args=lambda storage: (uri, storage),
+                        baseline="COPY TO csv -> pyarrow -> one zstd Parquet",
+                        ours_label="first sync, Phoenix source -> spans + annotations tables", size=size)
     finally:
         drop_database(db)
         shutil.rmtree(d, ignore_errors=True)
