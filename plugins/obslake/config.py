@@ -289,28 +289,62 @@ class BatchSettings(_Strict):
 class Notifications(_Strict):
     """Event-driven discovery: the bucket's event notifications tell the job which keys were written.
 
-    S3 sends them to an SQS queue (directly, through SNS, or through EventBridge); the job reads the queue
-    with long polling, so a new file is found within about a second instead of at the next listing. A
+    S3 sends them to an SQS queue (directly, through SNS, or through EventBridge) and GCS to a Pub/Sub topic
+    (``gcloud storage buckets notifications create``); the job reads the queue (``sqs_queue_url``) or the
+    topic's pull subscription (``pubsub_subscription``) with long polling, so a new file is found within
+    about a second instead of at the next listing. A
     notification is a hint: each notified key is read as it is now and checked against the ledger, so a
     duplicated, late or out-of-order notification never imports twice; and the whole source is still
     listed every ``full_listing_interval`` seconds, so a lost notification delays a file, never drops it.
     """
 
-    sqs_queue_url: str = Field(min_length=1, description="the SQS queue that receives the bucket's notifications")
-    conn_id: str | None = Field(None, description="the AWS connection that reads the queue (default: the job's)")
+    sqs_queue_url: str | None = Field(
+        None, min_length=1, description="s3:// sources: the SQS queue that receives the bucket's notifications"
+    )
+    pubsub_subscription: str | None = Field(
+        None,
+        min_length=1,
+        description="gs:// sources: the pull subscription (projects/<project>/subscriptions/<name>) of the topic "
+        "that receives the bucket's notifications",
+    )
+    conn_id: str | None = Field(
+        None, description="the AWS or GCP connection that reads the queue or subscription (default: the job's)"
+    )
     full_listing_interval: float = Field(
         600.0, gt=0, description="seconds between full listings of the source (the safety net)"
     )
-    wait_seconds: int = Field(5, ge=0, le=20, description="SQS long-poll wait per receive")
+    wait_seconds: int = Field(5, ge=0, le=20, description="long-poll wait per receive (SQS) or pull (Pub/Sub)")
 
     @field_validator("sqs_queue_url")
     @classmethod
-    def _queue_url(cls, v: str) -> str:
-        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", v):
+    def _queue_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", v):
             raise ValueError(
                 f"sqs_queue_url {_q(v)} is not a queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)"
             )
         return v
+
+    @field_validator("pubsub_subscription")
+    @classmethod
+    def _subscription(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(
+            r"projects/[a-z][a-z0-9.:-]{0,99}/subscriptions/[A-Za-z][\w.~+%-]{2,254}", v
+        ):
+            raise ValueError(
+                f"pubsub_subscription {_q(v)} is not a subscription name (projects/<project>/subscriptions/<name>)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_channel(self) -> Notifications:
+        if (self.sqs_queue_url is None) == (self.pubsub_subscription is None):
+            raise ValueError("`notifications` needs exactly one of sqs_queue_url (S3) and pubsub_subscription (GCS)")
+        return self
+
+    @property
+    def channel(self) -> str:
+        """The queue URL or subscription name the notifications are read from."""
+        return self.sqs_queue_url or self.pubsub_subscription or ""
 
 
 class ImportJob(_Strict):
@@ -343,7 +377,8 @@ class ImportJob(_Strict):
         "`airflow backfill create` imports past windows",
     )
     notifications: Notifications | None = Field(
-        None, description="event-driven discovery from the bucket's notifications (S3 -> SQS); see README"
+        None,
+        description="event-driven discovery from the bucket's notifications (S3 -> SQS, GCS -> Pub/Sub); see README",
     )
     deferrable: bool | None = Field(None, description="None: Airflow's [operators] default_deferrable")
     status: JobStatus = JobStatus.active
@@ -450,10 +485,15 @@ class ImportJob(_Strict):
     @model_validator(mode="after")
     def _notifications_source(self) -> ImportJob:
         if self.notifications is not None:
-            if not self.source.startswith("s3://"):
+            if self.notifications.sqs_queue_url is not None and not self.source.startswith("s3://"):
                 raise ValueError(
-                    "`notifications` (S3 event notifications through SQS) needs an s3:// source; a gs:// source "
-                    "is discovered by listing (Pub/Sub notifications are not supported yet)"
+                    "`notifications.sqs_queue_url` (S3 event notifications through SQS) needs an s3:// source; "
+                    "a gs:// source uses `pubsub_subscription`"
+                )
+            if self.notifications.pubsub_subscription is not None and not self.source.startswith("gs://"):
+                raise ValueError(
+                    "`notifications.pubsub_subscription` (GCS notifications through Pub/Sub) needs a gs:// source; "
+                    "an s3:// source uses `sqs_queue_url`"
                 )
             if self.window_prefix:
                 raise ValueError(

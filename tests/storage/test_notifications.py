@@ -9,9 +9,16 @@ queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -273,3 +280,199 @@ def test_a_key_that_cannot_be_read_now_does_not_stop_the_others(notified, lake, 
     assert [f.key for f in step.files] == ["in/ok.csv"] and len(step.receipts) == 1
     queue.delete(step.receipts)
     assert _in_queue(sqs, url) == 1  # the flaky key's message, kept
+
+
+# -- GCS notifications through Pub/Sub (Google's Pub/Sub emulator on loopback) ------------------------------------
+PUBSUB_EMULATOR = os.environ.get(
+    "OBSLAKE_PUBSUB_EMULATOR", "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
+
+
+@pytest.fixture(scope="module")
+def pubsub_emulator() -> Iterator[str]:
+    """Google's Pub/Sub emulator (Debian package google-cloud-cli-pubsub-emulator) on 127.0.0.1: host:port."""
+    if not os.path.exists(PUBSUB_EMULATOR):
+        if os.environ.get("CI"):
+            pytest.fail(f"the Pub/Sub emulator is not installed ({PUBSUB_EMULATOR}; ./run test installs it)")
+        pytest.skip("the Pub/Sub emulator is not installed (./run test installs it with apt-get as root)")
+    from lake_fixtures import free_port
+
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([PUBSUB_EMULATOR, "--host=127.0.0.1", f"--port={port}"], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "the Pub/Sub emulator did not start"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def gcs_notified(monkeypatch, pubsub_emulator, gcs_server, gcs_bucket):
+    """A topic and pull subscription on the emulator for the bucket's notifications, and a publisher that sends
+    what GCS sends for an object (the storage emulator does not publish notifications itself)."""
+    from google.cloud import pubsub_v1
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator)
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path("obslake-test", f"gcs-{gcs_bucket}")
+    sub = subscriber.subscription_path("obslake-test", f"gcs-{gcs_bucket}")
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=10)
+
+    def notify(key: str, event: str = "OBJECT_FINALIZE", bucket: str | None = None, **attrs: str) -> None:
+        payload = json.dumps({"kind": "storage#object", "bucket": bucket or gcs_bucket, "name": key})
+        publisher.publish(topic, payload.encode(), eventType=event, bucketId=bucket or gcs_bucket, objectId=key,
+                          payloadFormat="JSON_API_V1", **attrs).result(timeout=30)
+
+    return sub, subscriber, notify
+
+
+def test_parse_gcs_notification_reads_writes_and_removals_only():
+    from obslake.storage.notifications import parse_gcs_notification
+
+    assert parse_gcs_notification({"eventType": "OBJECT_FINALIZE", "bucketId": "b", "objectId": "in/a b.csv"}) == [
+        Notice("b", "in/a b.csv")]  # object names are not URL-encoded in GCS notifications
+    for event in ("OBJECT_DELETE", "OBJECT_ARCHIVE"):
+        assert parse_gcs_notification({"eventType": event, "bucketId": "b", "objectId": "k"}) == [
+            Notice("b", "k", removed=True)]
+    for attrs in ({"eventType": "OBJECT_METADATA_UPDATE", "bucketId": "b", "objectId": "k"}, {}, None,
+                  {"eventType": "OBJECT_FINALIZE", "bucketId": "b"}, {"eventType": "OBJECT_FINALIZE", "objectId": ""}):
+        assert parse_gcs_notification(attrs) == []
+
+
+def test_gcs_pubsub_each_version_once_and_a_lost_notification_made_good(gcs_notified, lake, gcs_client, gcs_bucket,
+                                                                        make_job):
+    from obslake.storage.gcs import GCSStore
+    from obslake.storage.notifications import PubsubSubscription
+
+    sub, subscriber, notify = gcs_notified
+    job = make_job(f"gs://{gcs_bucket}/in/", notifications={"pubsub_subscription": sub, "full_listing_interval": 600,
+                                                              "wait_seconds": 2})
+    queue, store = PubsubSubscription(sub, subscriber), GCSStore(gcs_bucket, gcs_client)
+    blob = lambda key, body: gcs_client.bucket(gcs_bucket).blob(key).upload_from_string(body)  # noqa: E731
+    blob("in/old.csv", b"old")
+    t0 = dt.datetime.now(dt.UTC)
+    first = discover(job, store, "in/", lake.ledger, queue, now=t0)
+    assert first.listed and [f.key for f in first.files] == ["in/old.csv"]
+    _done(lake, job, first.files)
+
+    blob("in/new.csv", b"v1")
+    notify("in/new.csv")
+    found = discover(job, store, "in/", lake.ledger, queue, wait_seconds=5, now=t0)
+    assert not found.listed and [f.key for f in found.files] == ["in/new.csv"] and len(found.receipts) == 1
+    queue.delete(found.receipts)
+    _done(lake, job, found.files)
+
+    # delivered again, another bucket's, a key outside the prefix, a metadata update, a deletion: nothing new,
+    # every message acknowledged at once
+    notify("in/new.csv")
+    notify("in/new.csv", bucket="someone-else")
+    notify("out/x.csv")
+    notify("in/new.csv", event="OBJECT_METADATA_UPDATE")
+    notify("in/old.csv", event="OBJECT_DELETE")
+    for _ in range(3):
+        assert discover(job, store, "in/", lake.ledger, queue, wait_seconds=1, now=t0).files == []
+    assert queue.receive(wait_seconds=1) == []  # nothing left unacknowledged
+
+    # a rewrite is a new version, handed once
+    blob("in/new.csv", b"v2 longer")
+    notify("in/new.csv")
+    notify("in/new.csv")
+    handed = []
+    for _ in range(3):
+        step = discover(job, store, "in/", lake.ledger, queue, wait_seconds=1, now=t0)
+        handed += step.files
+        queue.delete(step.receipts)
+        _done(lake, job, step.files)
+    assert [(f.key, f.size) for f in handed] == [("in/new.csv", 9)]
+
+    # a lost notification: the next full listing finds the file
+    blob("in/lost.parquet", b"x")
+    step = discover(job, store, "in/", lake.ledger, queue, wait_seconds=1, now=t0 + dt.timedelta(seconds=599))
+    assert not step.listed and step.files == []
+    step = discover(job, store, "in/", lake.ledger, queue, now=t0 + dt.timedelta(seconds=600))
+    assert step.listed and [f.key for f in step.files] == ["in/lost.parquet"]
+
+
+def test_notifications_config_names_one_channel_that_fits_the_source(make_job):
+    from obslake.exceptions import ConfigError
+
+    sub = "projects/p-1/subscriptions/gcs-events"
+    assert make_job("gs://bkt/in/", notifications={"pubsub_subscription": sub}).notifications.channel == sub
+    for source, notifications in (("s3://bkt/in/", {"pubsub_subscription": sub}),
+                                  ("gs://bkt/in/", {"sqs_queue_url": "https://sqs.us-east-1.amazonaws.com/1/q"}),
+                                  ("gs://bkt/in/", {}),
+                                  ("gs://bkt/in/", {"pubsub_subscription": sub,
+                                                  "sqs_queue_url": "https://sqs.us-east-1.amazonaws.com/1/q"}),
+                                  ("gs://bkt/in/", {"pubsub_subscription": "gcs-events"}),
+                                  ("gs://bkt/in/", {"pubsub_subscription": "projects/p/topics/t"})):
+        with pytest.raises((ConfigError, ValueError)):
+            make_job(source, notifications=notifications)
+
+
+def test_the_trigger_fires_on_a_gcs_notification_and_the_sensor_acknowledges_it(
+        monkeypatch, gcs_notified, lake, gcs_server, gcs_client, gcs_bucket, make_job):
+    """Through the Airflow wrappers a deployment uses: the GCS connection (emulator endpoint), the bucket's label,
+    the subscription built by the hook (PUBSUB_EMULATOR_HOST), the trigger's pull and the sensor's acknowledgement."""
+    from obslake.sensors.prefix import S3KeyPrefixSensor
+    from obslake.storage.notifications import PubsubSubscription
+    from obslake.triggers.prefix import NewFilesTrigger
+
+    sub, subscriber, notify = gcs_notified
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps({
+        "conn_type": "google_cloud_platform", "extra": {"api_endpoint": gcs_server}}))
+    key = "k-" + os.urandom(6).hex()
+    bucket = gcs_client.bucket(gcs_bucket)
+    bucket.labels = {"arize-ingestion-key": key}
+    bucket.patch()
+    monkeypatch.setenv("AIRFLOW_VAR_OBSLAKE_TEST_KEY", key)
+    job = make_job(f"gs://{gcs_bucket}/in/", notifications={"pubsub_subscription": sub, "wait_seconds": 2})
+    lake.ledger.mark_listed(job.name, dt.datetime.now(dt.UTC))  # a full listing just happened
+    trigger = NewFilesTrigger(job=job_to_dict(job), poll_interval=3600)  # a listing would never come in time
+
+    async def scenario():
+        gen = trigger.run().__aiter__()
+        waiting = asyncio.ensure_future(gen.__anext__())
+        await asyncio.sleep(1.0)
+        assert not waiting.done()
+        await asyncio.to_thread(bucket.blob("in/sub/now.csv").upload_from_string, b"x")
+        await asyncio.to_thread(notify, "in/sub/now.csv")
+        return await asyncio.wait_for(waiting, 15)
+
+    event = asyncio.run(scenario()).payload
+    assert [f["key"] for f in event["files"]] == ["in/sub/now.csv"] and len(event["receipts"]) == 1
+    sensor = S3KeyPrefixSensor(task_id="wait", job=job_to_dict(job), deferrable=True)
+    assert sensor.execute_complete({}, event) == event["files"]
+    # acknowledged: releasing its lease now (a deadline of 0 makes an unacknowledged message due at once) brings
+    # nothing back
+    with contextlib.suppress(Exception):
+        subscriber.modify_ack_deadline(request={"subscription": sub, "ack_ids": event["receipts"],
+                                                "ack_deadline_seconds": 0})
+    assert PubsubSubscription(sub, subscriber).receive(wait_seconds=2) == []
+
+
+def test_a_received_gcs_notification_that_is_not_acknowledged_comes_back(gcs_notified, gcs_bucket):
+    """The other side of the acknowledgement check above: a released, unacknowledged message is delivered again."""
+    from obslake.storage.notifications import PubsubSubscription
+
+    sub, subscriber, notify = gcs_notified
+    notify("in/a.csv")
+    queue = PubsubSubscription(sub, subscriber)
+    first = queue.receive(wait_seconds=5)
+    assert [n.key for m in first for n in m.notices] == ["in/a.csv"]
+    assert queue.receive(wait_seconds=1) == []  # leased to the first reader (its deadline extended)
+    subscriber.modify_ack_deadline(request={"subscription": sub, "ack_ids": [m.receipt for m in first],
+                                            "ack_deadline_seconds": 0})
+    again = queue.receive(wait_seconds=5)
+    assert [n.key for m in again for n in m.notices] == ["in/a.csv"]
+    queue.delete([m.receipt for m in again])
+    assert queue.receive(wait_seconds=1) == []

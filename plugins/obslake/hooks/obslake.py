@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from obslake.config import ImportJob
     from obslake.lake.catalog import LakeSettings
     from obslake.lake.ledger import Ledger
-    from obslake.storage.notifications import SqsQueue
+    from obslake.storage.notifications import NotificationQueue
 
 DEFAULT_CONN = {"s3": "aws_default", "gs": "google_cloud_default"}
 
@@ -124,17 +124,30 @@ def store_for(uri: str, conn_id: str | None = None) -> tuple[ObjectStore, str]:
     return open_store(uri, gcs_client=client)
 
 
-def notification_queue(job: ImportJob) -> SqsQueue | None:
-    """The SQS queue of an event-driven job (``notifications``), read through ``SqsHook``'s client (the
-    connection's credentials, region and ``endpoint_url``); None for a job that only lists."""
+def notification_queue(job: ImportJob) -> NotificationQueue | None:
+    """Where an event-driven job (``notifications``) reads: its SQS queue through ``SqsHook``'s client (the
+    connection's credentials, region and ``endpoint_url``), or its Pub/Sub subscription through ``PubSubHook``'s
+    subscriber client (the connection's credentials; with ``PUBSUB_EMULATOR_HOST`` set, the emulator, without
+    credentials); None for a job that only lists."""
     if job.notifications is None:
         return None
+    from obslake.storage.notifications import PubsubSubscription, SqsQueue
+
+    if job.notifications.pubsub_subscription is not None:
+        if os.environ.get("PUBSUB_EMULATOR_HOST"):
+            from google.cloud import pubsub_v1
+
+            client = pubsub_v1.SubscriberClient()
+        else:
+            from airflow.providers.google.cloud.hooks.pubsub import PubSubHook
+
+            conn_id = job.notifications.conn_id or job.conn_id or DEFAULT_CONN["gs"]
+            client = PubSubHook(gcp_conn_id=conn_id).subscriber_client
+        return PubsubSubscription(job.notifications.pubsub_subscription, client)
     from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 
-    from obslake.storage.notifications import SqsQueue
-
     conn_id = job.notifications.conn_id or job.conn_id or DEFAULT_CONN["s3"]
-    return SqsQueue(job.notifications.sqs_queue_url, SqsHook(aws_conn_id=conn_id).get_conn())
+    return SqsQueue(job.notifications.channel, SqsHook(aws_conn_id=conn_id).get_conn())
 
 
 OWNERSHIP_TTL_SECONDS = 300.0

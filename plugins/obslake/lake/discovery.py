@@ -13,7 +13,7 @@ from obslake.exceptions import StorageAccessError, TransientError
 from obslake.formats import format_for_key
 from obslake.lake.ledger import Ledger
 from obslake.storage.base import ObjectInfo, ObjectStore
-from obslake.storage.notifications import Notice, SqsQueue
+from obslake.storage.notifications import Notice, NotificationQueue
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def discover(
     store: ObjectStore,
     prefix: str,
     ledger: Ledger,
-    queue: SqsQueue | None = None,
+    queue: NotificationQueue | None = None,
     *,
     wait_seconds: float = 0,
     now: dt.datetime | None = None,

@@ -1,4 +1,4 @@
-"""Bucket event notifications (S3 -> SQS): which object keys changed, as hints for discovery.
+"""Bucket event notifications (S3 -> SQS, GCS -> Pub/Sub): which object keys changed, as hints for discovery.
 
 A notification is only a hint: it names a bucket and key (and the etag of the version that was written),
 but notifications can be duplicated, arrive out of order, or be lost. Discovery therefore reads the
@@ -8,7 +8,10 @@ object's *current* version with a HEAD request and checks it against the ledger 
 Accepted message bodies: S3's own event notification (``{"Records": [{"eventSource": "aws:s3", ...}]}``),
 the same wrapped by SNS (``{"Type": "Notification", "Message": "<json>"}``), and EventBridge's "Object
 Created" events (``{"detail-type": "Object Created", "detail": {"bucket": ..., "object": ...}}``). S3's
-``s3:TestEvent`` and unrelated messages carry no object and are acknowledged without effect.
+``s3:TestEvent`` and unrelated messages carry no object and are acknowledged without effect. From Pub/Sub:
+GCS's notifications (``gcloud storage buckets notifications create``), read from their attributes
+(``eventType``, ``bucketId``, ``objectId``; any payload format): ``OBJECT_FINALIZE`` is a write,
+``OBJECT_DELETE``/``OBJECT_ARCHIVE`` a removal; a metadata update and other messages carry nothing.
 """
 
 from __future__ import annotations
@@ -144,3 +147,75 @@ class SqsQueue:
                 continue
             for failed in resp.get("Failed") or []:
                 log.info("queue message not deleted (%s): it will be seen again", failed.get("Code"))
+
+
+GCS_WRITTEN = "OBJECT_FINALIZE"
+GCS_REMOVED = ("OBJECT_DELETE", "OBJECT_ARCHIVE")
+
+
+def parse_gcs_notification(attributes: Any) -> list[Notice]:
+    """The object notice in one Pub/Sub message of a GCS bucket notification (empty for any other message)."""
+    attrs = _obj(dict(attributes) if attributes is not None and not isinstance(attributes, dict) else attributes)
+    event, bucket, key = attrs.get("eventType"), _text(attrs.get("bucketId")), _text(attrs.get("objectId"))
+    if bucket is None or key is None or (event != GCS_WRITTEN and event not in GCS_REMOVED):
+        return []
+    return [Notice(bucket=bucket, key=key, removed=event in GCS_REMOVED)]
+
+
+class PubsubSubscription:
+    """A Pub/Sub pull subscription read like :class:`SqsQueue`, through an injected ``SubscriberClient``.
+
+    A pull waits up to ``wait_seconds`` for messages; what it received is hidden from other readers for
+    :data:`RECEIVE_VISIBILITY_SECONDS` (its ack deadline is extended to that) and acknowledged by :meth:`delete`.
+
+    Args:
+        name: ``projects/<project>/subscriptions/<name>``.
+        client: a ``google.cloud.pubsub_v1.SubscriberClient`` (the Airflow wrappers build it from the job's
+            GCP connection; with ``PUBSUB_EMULATOR_HOST`` set, the emulator's).
+    """
+
+    def __init__(self, name: str, client: Any):
+        self.name, self.client = name, client
+
+    def receive(self, wait_seconds: float = 0, max_messages: int = 10) -> list[Message]:
+        """Up to ``max_messages`` messages, waiting up to ``wait_seconds`` for the first one."""
+        from google.api_core import exceptions as gexc
+
+        try:
+            resp = self.client.pull(
+                request={"subscription": self.name, "max_messages": max(1, min(1000, max_messages))},
+                timeout=max(1.0, float(wait_seconds)),
+            )
+        except gexc.DeadlineExceeded:
+            return []
+        received = list(resp.received_messages)
+        if not received:
+            return []
+        try:
+            self.client.modify_ack_deadline(
+                request={
+                    "subscription": self.name,
+                    "ack_ids": [m.ack_id for m in received],
+                    "ack_deadline_seconds": RECEIVE_VISIBILITY_SECONDS,
+                }
+            )
+        except Exception as exc:  # noqa: BLE001 - the subscription's own deadline applies: a redelivery at worst
+            log.info("ack deadline not extended (%s): messages may be delivered again", printable(exc, 300))
+        return [
+            Message(receipt=m.ack_id, notices=tuple(parse_gcs_notification(m.message.attributes))) for m in received
+        ]
+
+    def delete(self, receipts: list[str]) -> None:
+        """Acknowledge handled messages. A failure is logged, not raised: the message is delivered again, and
+        discovery finds its file done."""
+        for start in range(0, len(receipts), 1000):
+            chunk = receipts[start : start + 1000]
+            try:
+                self.client.acknowledge(request={"subscription": self.name, "ack_ids": chunk})
+            except Exception as exc:  # noqa: BLE001 - an acknowledgement: the messages come back, harmlessly
+                log.warning("%d Pub/Sub message(s) not acknowledged (%s): they will be seen again", len(chunk),
+                            printable(exc, 300))  # fmt: skip
+
+
+NotificationQueue = SqsQueue | PubsubSubscription
+"""Where an event-driven job reads its bucket's notifications."""

@@ -49,12 +49,12 @@ def _cached_store(source: str, conn_id: str | None):
 
 
 def _cached_queue(job):
-    """The SQS queue of an event-driven job (None for one that lists), one per queue per triggerer process."""
+    """The SQS queue or Pub/Sub subscription of an event-driven job (None for one that lists), one per triggerer process."""
     from obslake.hooks.obslake import notification_queue
 
     if job.notifications is None:
         return None
-    return _cached(("queue", job.notifications.sqs_queue_url), lambda: notification_queue(job))
+    return _cached(("queue", job.notifications.channel), lambda: notification_queue(job))
 
 
 def _poll(job_dict: dict, window: str = "") -> tuple[list[dict], int, list[str]]:
@@ -75,7 +75,7 @@ def _poll(job_dict: dict, window: str = "") -> tuple[list[dict], int, list[str]]
 
 class NewFilesTrigger(BaseTrigger):
     """Poll a job's prefix every ``poll_interval`` seconds until new file versions appear; an event-driven job
-    (``notifications``) waits on its SQS queue instead, and lists in full every ``full_listing_interval``.
+    (``notifications``) waits on its SQS queue or Pub/Sub subscription instead, and lists in full every ``full_listing_interval``.
 
     The listing and ledger lookup are blocking I/O, so each poll runs in a worker thread
     (``asyncio.to_thread``): the triggerer's event loop is never blocked.
