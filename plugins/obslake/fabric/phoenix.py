@@ -755,8 +755,9 @@ class PhoenixSource:
             cur.close()
         for stmt in self._span_queries(conn, plan, traces, TRACE_CHUNK if traces else self._in_chunk):
             result = conn.execution_options(yield_per=1000).execute(stmt)
+            names = list(result.keys())
             while rows := result.fetchmany(10_000):
-                yield _rows_table(rows)
+                yield _rows_table(names, rows)
 
     def _copy(self, conn: sa.Connection, cur: Any, stmt: sa.Select) -> Iterator[pa.Table]:
         """``stmt``'s rows through ``COPY (…) TO STDOUT`` (CSV, spooled to a temporary file past 64 MB), read
@@ -887,9 +888,9 @@ class PhoenixSource:
         return ChangeBatch(spans, pa.Table.from_pylist(ann, schema=ANNOTATION_SCHEMA))
 
 
-def _rows_table(rows: Sequence[Any]) -> pa.Table:
-    """Rows of :meth:`PhoenixSource._span_select` as a table of :data:`_ROWS_SCHEMA`, column by column."""
-    columns = dict(zip(rows[0]._fields, zip(*rows, strict=True), strict=True))
+def _rows_table(names: Sequence[str], rows: Sequence[Any]) -> pa.Table:
+    """Rows of :meth:`PhoenixSource._span_select` (columns ``names``) as a table of :data:`_ROWS_SCHEMA`."""
+    columns = dict(zip(names, zip(*rows, strict=True), strict=True))
     return pa.table([pa.array(columns[f.name], f.type) for f in _ROWS_SCHEMA], schema=_ROWS_SCHEMA)
 
 
