@@ -184,25 +184,33 @@ def test_a_message_whose_file_exceeds_the_cap_stays_in_the_queue(notified, lake,
     assert _in_queue(sqs, url) == 1  # the other file's message was neither handed nor deleted
 
 
-def test_the_trigger_fires_on_a_notification_and_the_sensor_deletes_it(notified, lake, s3_client, s3_bucket,
-                                                                         make_job):
-    from obslake.sensors.prefix import S3KeyPrefixSensor
+def _fired_after(job, lake, upload) -> dict:
+    """The payload of the job's trigger, which must still be waiting 1 s after it started and fire once
+    ``upload()`` (run in a thread) has happened; a full listing has just been made, and the poll interval is an
+    hour, so only a notification can make it fire in time."""
     from obslake.triggers.prefix import NewFilesTrigger
 
-    url, sqs = notified
-    job = _job(make_job, s3_bucket, url)
-    lake.ledger.mark_listed(job.name, dt.datetime.now(dt.UTC))  # a full listing just happened
-    trigger = NewFilesTrigger(job=job_to_dict(job), poll_interval=3600)  # a listing would never come in time
+    lake.ledger.mark_listed(job.name, dt.datetime.now(dt.UTC))
+    trigger = NewFilesTrigger(job=job_to_dict(job), poll_interval=3600)
 
     async def scenario():
         gen = trigger.run().__aiter__()
         waiting = asyncio.ensure_future(gen.__anext__())
         await asyncio.sleep(1.0)
         assert not waiting.done()
-        await asyncio.to_thread(s3_client.put_object, Bucket=s3_bucket, Key="in/sub/now.csv", Body=b"x")
-        return await asyncio.wait_for(waiting, 10)
+        await asyncio.to_thread(upload)
+        return await asyncio.wait_for(waiting, 15)
 
-    event = asyncio.run(scenario()).payload
+    return asyncio.run(scenario()).payload
+
+
+def test_the_trigger_fires_on_a_notification_and_the_sensor_deletes_it(notified, lake, s3_client, s3_bucket,
+                                                                         make_job):
+    from obslake.sensors.prefix import S3KeyPrefixSensor
+
+    url, sqs = notified
+    job = _job(make_job, s3_bucket, url)
+    event = _fired_after(job, lake, lambda: s3_client.put_object(Bucket=s3_bucket, Key="in/sub/now.csv", Body=b"x"))
     assert [f["key"] for f in event["files"]] == ["in/sub/now.csv"] and len(event["receipts"]) == 1
     assert _in_queue(sqs, url) == 1
     sensor = S3KeyPrefixSensor(task_id="wait", job=job_to_dict(job), deferrable=True)
@@ -424,7 +432,6 @@ def test_the_trigger_fires_on_a_gcs_notification_and_the_sensor_acknowledges_it(
     the subscription built by the hook (PUBSUB_EMULATOR_HOST), the trigger's pull and the sensor's acknowledgement."""
     from obslake.sensors.prefix import S3KeyPrefixSensor
     from obslake.storage.notifications import PubsubSubscription
-    from obslake.triggers.prefix import NewFilesTrigger
 
     sub, subscriber, notify = gcs_notified
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
@@ -436,19 +443,12 @@ def test_the_trigger_fires_on_a_gcs_notification_and_the_sensor_acknowledges_it(
     bucket.patch()
     monkeypatch.setenv("AIRFLOW_VAR_OBSLAKE_TEST_KEY", key)
     job = make_job(f"gs://{gcs_bucket}/in/", notifications={"pubsub_subscription": sub, "wait_seconds": 2})
-    lake.ledger.mark_listed(job.name, dt.datetime.now(dt.UTC))  # a full listing just happened
-    trigger = NewFilesTrigger(job=job_to_dict(job), poll_interval=3600)  # a listing would never come in time
 
-    async def scenario():
-        gen = trigger.run().__aiter__()
-        waiting = asyncio.ensure_future(gen.__anext__())
-        await asyncio.sleep(1.0)
-        assert not waiting.done()
-        await asyncio.to_thread(bucket.blob("in/sub/now.csv").upload_from_string, b"x")
-        await asyncio.to_thread(notify, "in/sub/now.csv")
-        return await asyncio.wait_for(waiting, 15)
+    def upload() -> None:
+        bucket.blob("in/sub/now.csv").upload_from_string(b"x")
+        notify("in/sub/now.csv")
 
-    event = asyncio.run(scenario()).payload
+    event = _fired_after(job, lake, upload)
     assert [f["key"] for f in event["files"]] == ["in/sub/now.csv"] and len(event["receipts"]) == 1
     sensor = S3KeyPrefixSensor(task_id="wait", job=job_to_dict(job), deferrable=True)
     assert sensor.execute_complete({}, event) == event["files"]
