@@ -766,16 +766,16 @@ class PhoenixSource:
 
         sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
         dbapi = conn.dialect.dbapi
-        with tempfile.SpooledTemporaryFile(max_size=64 << 20) as f:
+        with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
             try:
-                cur.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)", f, size=1 << 20)
+                cur.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)", spool, size=1 << 20)
             except (dbapi.OperationalError, dbapi.InterfaceError) as exc:  # type: ignore[union-attr]
                 raise TraceSourceUnavailableError(f"{self!r}: {exc}") from exc
-            if not f.tell():
+            if not spool.tell():
                 return
-            f.seek(0)
+            spool.seek(0)
             reader = pcsv.open_csv(
-                f,
+                spool,
                 read_options=pcsv.ReadOptions(block_size=16 << 20),
                 parse_options=pcsv.ParseOptions(newlines_in_values=True),
                 # COPY writes NULL as an unquoted empty field and quotes an empty string: only the former is
@@ -827,7 +827,8 @@ class PhoenixSource:
 
     def _batch(self, conn: sa.Connection, rows: pa.Table) -> ChangeBatch:
         t = self.t
-        span_of = dict(zip(rows["id"].to_pylist(), rows["span_id"].to_pylist(), strict=True))
+        span_ids = rows["span_id"].to_pylist()
+        span_of = dict(zip(rows["id"].to_pylist(), span_ids, strict=True))
         rowids = list(span_of)
         ann: list[dict[str, Any]] = []
 
@@ -879,7 +880,7 @@ class PhoenixSource:
             ):
                 latest[entry["span_id"]] = entry["updated_at"]
         # changed_at: the later of the trace's end and the span's newest annotation
-        newest = pa.array([latest.get(s) for s in rows["span_id"].to_pylist()], TS)
+        newest = pa.array([latest.get(s) for s in span_ids], TS)
         as_int = pa.int64()  # (max_element_wise has no kernel for zoned timestamps)
         changed = pc.max_element_wise(rows["trace_end_time"].cast(as_int), newest.cast(as_int), skip_nulls=True).cast(
             TS

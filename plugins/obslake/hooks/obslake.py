@@ -133,6 +133,8 @@ def notification_queue(job: ImportJob) -> NotificationQueue | None:
         return None
     from obslake.storage.notifications import PubsubSubscription, SqsQueue
 
+    # the source's scheme fits the channel (ImportJob checks it): an s3:// job's queue, a gs:// job's subscription
+    conn_id = job.notifications.conn_id or job.conn_id or DEFAULT_CONN[parse_uri(job.source).scheme]
     if job.notifications.pubsub_subscription is not None:
         if os.environ.get("PUBSUB_EMULATOR_HOST"):
             from google.cloud import pubsub_v1
@@ -141,12 +143,10 @@ def notification_queue(job: ImportJob) -> NotificationQueue | None:
         else:
             from airflow.providers.google.cloud.hooks.pubsub import PubSubHook
 
-            conn_id = job.notifications.conn_id or job.conn_id or DEFAULT_CONN["gs"]
             client = PubSubHook(gcp_conn_id=conn_id).subscriber_client
         return PubsubSubscription(job.notifications.pubsub_subscription, client)
     from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 
-    conn_id = job.notifications.conn_id or job.conn_id or DEFAULT_CONN["s3"]
     return SqsQueue(job.notifications.channel, SqsHook(aws_conn_id=conn_id).get_conn())
 
 

@@ -155,7 +155,7 @@ GCS_REMOVED = ("OBJECT_DELETE", "OBJECT_ARCHIVE")
 
 def parse_gcs_notification(attributes: Any) -> list[Notice]:
     """The object notice in one Pub/Sub message of a GCS bucket notification (empty for any other message)."""
-    attrs = _obj(dict(attributes) if attributes is not None and not isinstance(attributes, dict) else attributes)
+    attrs = dict(attributes or {})  # a dict, or the protobuf map of a received message
     event, bucket, key = attrs.get("eventType"), _text(attrs.get("bucketId")), _text(attrs.get("objectId"))
     if bucket is None or key is None or (event != GCS_WRITTEN and event not in GCS_REMOVED):
         return []
