@@ -176,7 +176,8 @@ def run_once(src: str, d: Path, template: str, parallelism: int, n: int, workers
         redis.Redis(host="127.0.0.1", port=6379, db=CELERY_REDIS_DB).flushdb()
         env.update({"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
                     "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{CELERY_REDIS_DB}",
-                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(parallelism)})
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(parallelism),
+                    "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "obslake.celery_config.CELERY_CONFIG"})
     slots = parallelism * max(workers, 1)
     try:
         with AirflowStack(work / "airflow", template=template, parallelism=slots, dags_folder=PROJECT / "dags",

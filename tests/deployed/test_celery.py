@@ -66,6 +66,8 @@ def test_two_celery_workers_import_every_file_exactly_once(tmp_path):
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        # Airflow's Celery settings plus the workers' warm start (README, "More than one machine")
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "obslake.celery_config.CELERY_CONFIG",
     })
     try:
         with AirflowStack(tmp_path / "airflow", template=template, parallelism=8, dags_folder=dags, env=env) as s:
@@ -93,6 +95,10 @@ def test_two_celery_workers_import_every_file_exactly_once(tmp_path):
                                      (s.home / f"{w}.log").read_text(errors="replace")))
                    for w in workers}
             assert all(n > 0 for n in ran.values()), (ran, s.diagnostics(tuple(workers)))
+            # each worker imported the task modules once, before forking its pool (the warm start)
+            warm = {w: len(re.findall(r"obslake preload: imported \d+ module", (s.home / f"{w}.log").read_text(
+                errors="replace"))) for w in workers}
+            assert all(n == 1 for n in warm.values()), (warm, s.diagnostics(tuple(workers)))
 
         from pyiceberg.catalog import load_catalog
 
