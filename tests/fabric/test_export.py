@@ -467,3 +467,50 @@ def test_full_export_goes_day_by_day_and_keeps_traces_and_re_imports_whole(fabri
     assert data["trace_end_time"].to_pylist()[:2] == [end, end]  # across the two days' partitions
     assert data["trace_start_time"].to_pylist()[:2] == [midnight - dt.timedelta(minutes=1)] * 2
     assert data["eval.qa.label"].to_pylist() == [None, "ok", "fine"]
+
+
+# -- the source read one batch ahead (read_ahead) ----------------------------------------------------------
+def test_read_ahead_keeps_order_raises_where_the_source_failed_and_closes_it_in_its_thread():
+    import threading
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from obslake.fabric.export import read_ahead
+
+    events: list = []
+
+    def source(n: int, fail_at: int | None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError(f"bad batch {i}")
+                yield i
+        finally:  # where a generator's cleanup (e.g. its database connection) runs
+            events.append(("closed", threading.current_thread().name))
+
+    @settings(max_examples=50, deadline=None)
+    @given(n=st.integers(0, 12), fail_at=st.one_of(st.none(), st.integers(0, 12)), take=st.integers(0, 14))
+    def check(n, fail_at, take):
+        events.clear()
+        before = threading.active_count()
+        got, error = [], None
+        it = read_ahead(source(n, fail_at), "t-read")
+        try:
+            for x in it:
+                if len(got) == take:
+                    break
+                got.append(x)
+        except ValueError as exc:
+            error = str(exc)
+        finally:
+            it.close()
+        failing = fail_at is not None and fail_at < n
+        upto = min(n, fail_at) if failing else n
+        assert got == list(range(min(upto, take)))  # in order, none lost or doubled
+        # the consumer asks for item `take` before it stops: the failure is seen if it came at or before it
+        assert error == (f"bad batch {fail_at}" if failing and fail_at <= take else None)
+        assert events == [("closed", "t-read")]  # closed once, in the reading thread
+        assert threading.active_count() == before  # no thread left behind
+
+    check()

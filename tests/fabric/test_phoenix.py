@@ -398,3 +398,60 @@ def test_copy_rows_equal_the_row_by_row_read(phoenix_pg_server: PhoenixServer, s
         with engine.begin() as c:
             c.execute(sa.text("DELETE FROM projects WHERE name = :n"), {"n": project})
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_copy_chunks_read_ahead_equal_the_row_by_row_read(phoenix_pg_server: PhoenixServer, monkeypatch):
+    """Many COPY chunks (2 traces each here), the next one fetched on a second connection while the current one
+    is handed on: the same spans and annotations as the row-by-row read, and a consumer that stops after one
+    batch leaves no connection checked out and no COPY running."""
+    from obslake.fabric import phoenix
+
+    monkeypatch.setattr(phoenix, "COPY_CHUNK", 2)
+    engine = sa.create_engine(phoenix_pg_server.pg_uri)
+    project = f"ahead-{new_trace_id()[:12]}"
+    start = dt.datetime(2026, 11, 1, tzinfo=UTC)
+    try:
+        with engine.begin() as c:
+            pid = c.execute(sa.text("INSERT INTO projects (name) VALUES (:n) RETURNING id"), {"n": project}).scalar()
+            for t in range(7):
+                trace = c.execute(sa.text(
+                    "INSERT INTO traces (project_rowid, trace_id, start_time, end_time) VALUES (:p, :t, :s, :e) "
+                    "RETURNING id"), {"p": pid, "t": new_trace_id(), "s": start, "e": start + dt.timedelta(minutes=t)}
+                ).scalar()
+                for s in range(3):
+                    span = c.execute(sa.text(
+                        "INSERT INTO spans (trace_rowid, span_id, parent_id, name, span_kind, start_time, end_time,"
+                        " attributes, events, status_code, status_message, cumulative_error_count,"
+                        " cumulative_llm_token_count_prompt, cumulative_llm_token_count_completion)"
+                        " VALUES (:tr, :sid, :parent, :name, 'LLM', :st, :st, CAST(:attrs AS JSONB), '[]', 'OK', '',"
+                        " 0, 0, 0) RETURNING id"),
+                        {"tr": trace, "sid": new_span_id(), "parent": None if s == 0 else "root", "name": f"s{t}.{s}",
+                         "st": start + dt.timedelta(hours=t, seconds=s),
+                         "attrs": json.dumps({"llm": {"model_name": f"m{t}"}})}).scalar()
+                    if s == 1:
+                        c.execute(sa.text(
+                            "INSERT INTO span_annotations (span_rowid, name, label, score, explanation, metadata,"
+                            " annotator_kind, identifier, source) VALUES (:s, 'q', :l, 0.5, '', '{}', 'LLM', '', 'API')"),
+                            {"s": span, "l": f"l{t}"})
+        got = {}
+        for copy_rows in (True, False):
+            source = PhoenixSource(phoenix_pg_server.db_uri)
+            source.copy_rows = copy_rows
+            with source:
+                spans, anns, batches = collect(source.changes(project, None, overlap=OVERLAP, batch_spans=4))
+            got[copy_rows] = (spans.sort_by("span_id"), anns.sort_by("span_id"))
+            assert len(batches) >= 5
+        assert got[True][0].num_rows == 21 and got[True][1].num_rows == 7
+        assert got[True][0].equals(got[False][0]) and got[True][1].equals(got[False][1])
+
+        source = PhoenixSource(phoenix_pg_server.db_uri)
+        with source:
+            batches = source.changes(project, None, overlap=OVERLAP, batch_spans=4).batches
+            assert next(batches).spans.num_rows == 4
+            batches.close()  # the consumer gives up: the read-ahead COPY ends, its connection goes back
+            assert source.engine.pool.checkedout() == 0
+    finally:
+        with engine.begin() as c:
+            c.execute(sa.text("DELETE FROM projects WHERE name = :n"), {"n": project})
+        engine.dispose()

@@ -527,3 +527,37 @@ def test_partition_slices_hold_each_value_once_in_order(days, second):
     distinct = len({d for d in days})
     if not second and None not in days and 1 < distinct <= FILTER_PARTITIONS:
         assert all(s["id"].to_pylist() == sorted(s["id"].to_pylist()) for s in slices)  # file order kept
+
+
+def test_latest_by_keeps_the_last_row_per_key_by_order_property():
+    """latest_by against a plain-Python reference: one row per key, the greatest by ``order`` (null oldest,
+    ties to the row that comes last), sorted by key; unique keys (its shortcut) and repeated keys alike."""
+    import pyarrow as pa
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from obslake.lake.iceberg import latest_by
+
+    row = st.tuples(st.sampled_from(["a", "b", "c", "é", ""]), st.sampled_from(["x", "y"]),
+                    st.one_of(st.none(), st.integers(0, 3)), st.integers(-(2**63), 2**63 - 1))
+
+    @settings(max_examples=200, deadline=None)
+    @given(rows=st.lists(row, max_size=30), two_keys=st.booleans(), unique=st.booleans())
+    def check(rows, two_keys, unique):
+        if unique:  # distinct first keys: the shortcut
+            rows = list({r[0]: r for r in rows}.values())
+        t = pa.table({"k": [r[0] for r in rows], "k2": [r[1] for r in rows], "o": pa.array([r[2] for r in rows],
+                      pa.int64()), "payload": [r[3] for r in rows]})
+        keys = ["k", "k2"] if two_keys else ["k"]
+        best: dict = {}
+        for i, r in enumerate(rows):
+            key = (r[0], r[1]) if two_keys else (r[0],)
+            rank = (-1 if r[2] is None else r[2], i)
+            if key not in best or rank >= best[key][0]:
+                best[key] = (rank, r)
+        want = [best[k][1] for k in sorted(best)]
+        got = latest_by(t, keys, ["o"])
+        assert got.schema == t.schema
+        assert [(r["k"], r["k2"], r["o"], r["payload"]) for r in got.to_pylist()] == want
+
+    check()

@@ -41,10 +41,13 @@ import datetime as dt
 import itertools
 import json
 import logging
+import queue
 import re
+import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -114,6 +117,60 @@ ANNOTATION_LOG_SCHEMA = pa.schema(
 )
 # columns of the first layout's single wide table (dropped when such a table is re-exported)
 _OLD_LAYOUT_COLUMNS = re.compile(r"^(eval\.|annotation\.|annotations$)")
+
+
+T = TypeVar("T")
+_END = object()
+
+
+def read_ahead(items: Iterator[T], name: str = "obslake-read") -> Iterator[T]:
+    """``items``, produced one ahead in a thread of their own: the source reads the next batch (Parquet scans,
+    Postgres COPY, DuckDB aggregation: work that releases the GIL) while the caller flattens and hands on this
+    one. At most one item waits (memory: one batch more). An error of the source is raised here, at the item
+    it replaced. When the caller stops early (an error, or it has what it needs), the thread finishes the
+    item it is producing and closes ``items`` itself (a generator's ``finally`` runs in the thread it ran in),
+    so no read is left running."""
+    handoff: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry: tuple[object, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((_END, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # the consumer has its answer (or its own error) already
+                    log.warning("closing %s failed", name, exc_info=True)
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = handoff.get()
+            if exc is not None:
+                raise exc
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 def span_rows(batch: ChangeBatch, synced_at: dt.datetime) -> pa.Table:
@@ -342,7 +399,8 @@ class ProjectExporter:
         ann_writer: DataFileWriter | None = None
         span_writer: DataFileWriter | None = None
         with contextlib.ExitStack() as writers:
-            for batch in changes.batches:
+            # the source reads the next batch while this one is flattened (and the last written)
+            for batch in read_ahead(changes.batches, f"obslake-read-{self.project}"):
                 log_rows = annotation_rows(batch, synced_at)
                 if log_rows.num_rows:
                     ann_table = ann_table or self._create_annotations()

@@ -237,33 +237,22 @@ def _identity_on(table, column: str) -> bool:
 
 def trace_bounds(spans_t) -> pa.Table:
     """``trace_id``, ``start_time_min``, ``end_time_max`` of every trace, from one streamed pass over those three
-    columns (partial aggregates per batch, folded as they pile up: memory grows with the traces, not the spans)."""
+    columns, aggregated by DuckDB as the batches come (memory grows with the traces, not the spans; both cores).
+    10M spans of 2.5M traces: about 4 s, against 27 s for Arrow partial aggregates folded in Python."""
+    from obslake.schema.duck import query
 
-    def fold(tables: list[pa.Table]) -> pa.Table:
-        out = (
-            pa.concat_tables(tables)
-            .group_by("trace_id")
-            .aggregate([("start_time_min", "min"), ("end_time_max", "max")])
-        )
-        names = {"start_time_min_min": "start_time_min", "end_time_max_max": "end_time_max"}
-        return out.rename_columns([names.get(c, c) for c in out.column_names])
-
-    parts: list[pa.Table] = []
     reader = spans_t.scan(selected_fields=("trace_id", "start_time", "end_time")).to_arrow_batch_reader()
-    for batch in reader:
-        t = pa.Table.from_batches([batch]).group_by("trace_id")
-        parts.append(t.aggregate([("start_time", "min"), ("end_time", "max")]))
-        if len(parts) >= 16:
-            parts = [fold(parts)]
-    if not parts:
-        return pa.table(
-            {
-                "trace_id": pa.array([], pa.string()),
-                "start_time_min": pa.array([], TS),
-                "end_time_max": pa.array([], TS),
-            }
-        )
-    return fold(parts)
+    out = query(
+        "SELECT trace_id, min(start_time) AS start_time_min, max(end_time) AS end_time_max FROM r GROUP BY trace_id",
+        r=reader,
+    )
+    return pa.table(
+        {
+            "trace_id": out["trace_id"].cast(pa.string()),
+            "start_time_min": out["start_time_min"].cast(TS),
+            "end_time_max": out["end_time_max"].cast(TS),
+        }
+    )
 
 
 IN_FILTER_MAX = 200

@@ -975,12 +975,16 @@ def latest_by(table: pa.Table, keys: list[str], order: list[str]) -> pa.Table:
     ``ORDER BY … DESC NULLS LAST`` does in SQL; ties keep the row that comes last in ``table``)."""
     if table.num_rows == 0:
         return table
-    idx = pa.array(range(table.num_rows), pa.int64())
-    t = table.append_column("__i", idx)
+    by_keys = [(k, "ascending") for k in keys]
+    narrow = table.select(keys)
+    if len(keys) == 1 and pc.count_distinct(narrow[keys[0]], mode="all").as_py() == table.num_rows:
+        return table.take(pc.sort_indices(narrow, sort_keys=by_keys))  # every key once: only the order to set
+    # the choice is made on the key and order columns alone; the whole rows are copied once, at the end
+    t = table.select(keys + order).append_column("__i", pa.array(range(table.num_rows), pa.int64()))
     sort = [(c, "ascending", "at_start") for c in keys + order] + [("__i", "ascending", "at_start")]
     t = t.take(pc.sort_indices(t, sort_keys=sort))
     last = t.group_by(keys, use_threads=False).aggregate([("__i", "last")])
-    return table.take(last["__i_last"]).sort_by([(k, "ascending") for k in keys])
+    return table.take(last["__i_last"].take(pc.sort_indices(last, sort_keys=by_keys)))
 
 
 def list_files(io: Any, location: str) -> Iterator[tuple[str, int, dt.datetime]]:
