@@ -852,6 +852,9 @@ class PhoenixSource:
         high = plan.previous_watermark
         emitted = 0
         with self._connect() as conn:
+            # a project without document annotations (most: they are retrieval evaluations) skips their query per
+            # batch; one added after this check is after the plan's cursor too, so the next sync sends it
+            documents = self._guard(lambda: self._has_document_annotations(conn, plan.project_rowid))
             for traces in (True, False):
                 pending: list[pa.Table] = []
                 it = self._span_tables(conn, plan, traces)
@@ -865,7 +868,7 @@ class PhoenixSource:
                         head, rest = rows.slice(0, batch_spans), rows.slice(batch_spans)
                         pending = [rest] if rest.num_rows else []
                         size = rest.num_rows
-                        batch = self._guard(functools.partial(self._batch, conn, head))
+                        batch = self._guard(functools.partial(self._batch, conn, head, documents))
                         batch.spans_changed = traces
                         mark = pc.max(batch.spans["changed_at"]).as_py()
                         if mark is not None and (high is None or mark > high):
@@ -879,7 +882,17 @@ class PhoenixSource:
                         break
         log.info("%r: exported %d span(s), high watermark %s", self, emitted, high)
 
-    def _batch(self, conn: sa.Connection, rows: pa.Table) -> ChangeBatch:
+    def _has_document_annotations(self, conn: sa.Connection, pid: int | None) -> bool:
+        """Whether any span of project ``pid`` has a document annotation (one query per sync)."""
+        da, sp, tr = self.t["document_annotations"], self.t["spans"], self.t["traces"]
+        found = sa.exists(
+            sa.select(da.c.id)
+            .select_from(da.join(sp, sp.c.id == da.c.span_rowid).join(tr, tr.c.id == sp.c.trace_rowid))
+            .where(tr.c.project_rowid == pid)
+        )
+        return bool(conn.scalar(sa.select(found)))
+
+    def _batch(self, conn: sa.Connection, rows: pa.Table, documents: bool = True) -> ChangeBatch:
         t = self.t
         span_ids = rows["span_id"].to_pylist()
         span_of = dict(zip(rows["id"].to_pylist(), span_ids, strict=True))
@@ -912,6 +925,8 @@ class PhoenixSource:
                 .order_by(sa_t.c.id)
             ):
                 add(a.span_rowid, a.name, a)
+            if not documents:
+                continue
             for a in conn.execute(
                 sa.select(da_t.c.span_rowid, da_t.c.document_position, *cols(da_t))
                 .where(self._among(da_t.c.span_rowid, chunk))
