@@ -852,9 +852,13 @@ class PhoenixSource:
         high = plan.previous_watermark
         emitted = 0
         with self._connect() as conn:
-            # a project without document annotations (most: they are retrieval evaluations) skips their query per
-            # batch; one added after this check is after the plan's cursor too, so the next sync sends it
-            documents = self._guard(lambda: self._has_document_annotations(conn, plan.project_rowid))
+            # a full export of a project without document annotations (most: they are retrieval evaluations)
+            # skips their query per batch; one added after this check is after the plan's cursor too, so the next
+            # sync sends it. Only for a full export: the check's cost grows with the database (at worst its
+            # document annotations), a full export's already does; an incremental sync's queries stay per change.
+            documents = not plan.all_traces or self._guard(
+                lambda: self._has_document_annotations(conn, plan.project_rowid)
+            )
             for traces in (True, False):
                 pending: list[pa.Table] = []
                 it = self._span_tables(conn, plan, traces)
@@ -883,7 +887,7 @@ class PhoenixSource:
         log.info("%r: exported %d span(s), high watermark %s", self, emitted, high)
 
     def _has_document_annotations(self, conn: sa.Connection, pid: int | None) -> bool:
-        """Whether any span of project ``pid`` has a document annotation (one query per sync)."""
+        """Whether any span of project ``pid`` has a document annotation (one query per full export)."""
         da, sp, tr = self.t["document_annotations"], self.t["spans"], self.t["traces"]
         found = sa.exists(
             sa.select(da.c.id)
